@@ -1,0 +1,1 @@
+"""Host benchmarks: latency, throughput, memory and accuracy per artifact."""

@@ -1,0 +1,56 @@
+"""Run every artifact in its real runtime over the test set and hold it to its PyTorch reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import DataBundle
+from pipeline.evaluate import agreement, compare
+
+from . import REGISTRY
+from .base import ExportSource
+
+
+@dataclass
+class Thresholds:
+    min_agreement: float = 0.995
+    max_acc_drop_pp: float = 0.5
+
+
+def run_artifact(path: Path, artifact: dict, source: ExportSource, data: DataBundle, batch_size: int = 256) -> tuple[np.ndarray, str]:
+    run, method = REGISTRY[artifact["backend"]].runner(path, artifact, source)
+    logits = np.concatenate([run(images.numpy()) for images, _ in data.batches("test", batch_size)])
+    return logits, method
+
+
+def verify(artifact: dict, logits: np.ndarray, reference: np.ndarray, labels, thresholds: Thresholds) -> dict:
+    """Metrics of one artifact against its reference, with the failures spelled out."""
+    metrics = compare(logits, reference, labels)
+    drop_pp = 100.0 * (metrics["reference_accuracy"] - metrics["accuracy"])
+    failures = []
+    if metrics["agreement"] < thresholds.min_agreement:
+        failures.append(f"top-1 agreement with the {artifact['reference']} reference is {100 * metrics['agreement']:.2f}% "
+                        f"< {100 * thresholds.min_agreement:.2f}%")
+    if drop_pp > thresholds.max_acc_drop_pp:
+        failures.append(f"accuracy {100 * metrics['accuracy']:.2f}% is {drop_pp:.2f} pp below the "
+                        f"{artifact['reference']} reference ({100 * metrics['reference_accuracy']:.2f}%), "
+                        f"allowed {thresholds.max_acc_drop_pp} pp")
+    return {**metrics, "accuracy_drop_pp": drop_pp, "passed": not failures, "failures": failures}
+
+
+def cross_agreement(logits_by_file: dict[str, np.ndarray], artifacts: dict[str, dict]) -> dict:
+    """Top-1 agreement between artifacts of different backends that share a reference and quantization."""
+    pairs = {}
+    files = sorted(logits_by_file)
+    for i, a in enumerate(files):
+        for b in files[i + 1:]:
+            ra, rb = artifacts[a], artifacts[b]
+            if ra["backend"] != rb["backend"] and ra["reference"] == rb["reference"] and ra["quant"] == rb["quant"]:
+                pairs[f"{a} vs {b}"] = {
+                    "agreement": agreement(logits_by_file[a], logits_by_file[b]),
+                    "max_abs_logit_diff": float(np.abs(logits_by_file[a] - logits_by_file[b]).max()),
+                }
+    return pairs

@@ -1,0 +1,145 @@
+"""`mobile-pipeline`: train, QAT, export, verify and benchmark a ConvNet for mobile runtimes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import warnings
+
+from .config import FIELDS, ConfigError, RunConfig, load_config_file, resolve
+
+COMMANDS = {
+    "train": "train the fp32 model (seeded; checkpoint each epoch; --resume continues)",
+    "qat": "PTQ baseline and quantization-aware fine-tuning from the fp32 checkpoint",
+    "export": "convert the QAT model with each backend, then verify every artifact",
+    "verify": "run every exported artifact on the test set in its runtime and check it",
+    "bundle": "copy verified artifacts, labels and a test sample into a demo app",
+    "bench": "measure load time, latency, throughput, memory and accuracy on this host",
+    "report": "rebuild the reports and plots from the JSON files, without running anything",
+    "run": "train, qat, export (with verify), bench and report, in order",
+}
+GROUPS = {"data": "data and model", "train": "fp32 training", "quant": "quantization (PTQ and QAT)",
+          "export": "export backends", "verify": "verification", "run": "run"}
+EPILOG = """examples:
+  mobile-pipeline run --dataset mnist-5k --epochs 1
+  mobile-pipeline export --backends executorch,tflite --out artifacts
+  mobile-pipeline export --backends coreml --nbits 2 --force
+  mobile-pipeline bundle android
+  mobile-pipeline train --config my_run.yaml --epochs 5 --resume
+
+Settings resolve as: defaults < --config FILE (YAML or JSON) < flags. Every run records the
+resolved config in OUT/manifest.json. Exit status: 0 ok, 1 a backend or a check failed,
+2 bad input."""
+
+
+def _type(f: dataclasses.Field):
+    text = str(f.type)
+    return int if "int" in text else float if "float" in text else str
+
+
+def settings_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (flags override it)")
+    groups = {g: parser.add_argument_group(title) for g, title in GROUPS.items()}
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        group = groups[f.metadata["group"]]
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if f.type in (bool, "bool"):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag, type=_type(f), default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobile-pipeline", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    settings = settings_parser()
+    for name, help_text in COMMANDS.items():
+        cmd = sub.add_parser(name, parents=[settings], help=help_text, description=help_text)
+        if name == "bundle":
+            cmd.add_argument("platform", choices=("android", "ios"), help="which demo app")
+            cmd.add_argument("--dest", help="folder to fill (default: the app's assets/resources folder)")
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep the console for the pipeline's own messages; library chatter goes to warnings only."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for noisy in ("coremltools", "torch", "torchao", "executorch", "absl", "jax", "litert_torch", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|torchao|coremltools|executorch|litert_torch)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    file_values = load_config_file(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    return resolve(file_values, flags)
+
+
+def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
+    from .stages import Pipeline
+
+    if command in ("bench", "report"):
+        from benchmarks import host
+
+        return host.bench(cfg) if command == "bench" else host.rebuild_reports(cfg)
+    pipeline = Pipeline(cfg)
+    if command == "train":
+        pipeline.train()
+    elif command == "qat":
+        pipeline.qat()
+    elif command == "export":
+        return pipeline.export()
+    elif command == "verify":
+        return pipeline.verify()
+    elif command == "bundle":
+        pipeline.bundle(args.platform, args.dest)
+    elif command == "run":
+        from benchmarks import host
+
+        pipeline.train()
+        pipeline.qat()
+        exported = pipeline.export()
+        return host.bench(cfg) and exported
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    from .data import DataError
+    from .io import OutputDirError
+    from .manifest import ManifestError
+    from .models import ModelError
+    from .qat import QuantError
+    from .stages import StageError
+    from .train import CheckpointError
+
+    bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError, StageError)
+    try:
+        cfg = config_from_args(args)
+        ok = run_command(args.command, cfg, args)
+    except bad_input as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from converters import ConversionError
+
+        if isinstance(exc, ConversionError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Every setting of a run, in one dataclass: defaults < config file < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+BACKENDS = ("executorch", "tflite", "coreml")
+
+
+def _opt(default, help: str, group: str = "run", **kw):
+    return field(default=default, metadata={"help": help, "group": group, **kw})
+
+
+@dataclass
+class RunConfig:
+    # data and model
+    dataset: str = _opt("mnist", "mnist | fashion-mnist | cifar10 | mnist-5k | imagefolder:PATH", "data")
+    data_dir: str = _opt("data", "where datasets are found or downloaded", "data")
+    model: str = _opt("convnet", "convnet | cifarcnn | mobilenet_v2 | mobilenet_v3_small", "data")
+    weights: str | None = _opt(None, "optional state_dict (.pt) to initialise the model from", "data")
+    image_size: int | None = _opt(None, "input side in pixels (default: the model's own)", "data")
+    limit_train: int = _opt(0, "use only the first N training images (0 = all)", "data")
+    limit_test: int = _opt(0, "use only the first N test images (0 = all)", "data")
+    # fp32 training
+    epochs: int = _opt(3, "fp32 training epochs", "train")
+    batch_size: int = _opt(64, "training batch size", "train")
+    lr: float = _opt(1e-3, "fp32 learning rate (Adam)", "train")
+    seed: int = _opt(0, "seed for weights, data order and dropout", "train")
+    threads: int = _opt(0, "torch CPU threads (0 = all cores)", "train")
+    resume: bool = _opt(False, "continue an interrupted fp32 run from its last checkpoint", "train")
+    # quantization
+    qat_epochs: float = _opt(1.0, "QAT fine-tuning epochs (fractions allowed)", "quant")
+    qat_max_steps: int = _opt(0, "cap on QAT steps (0 = no cap)", "quant")
+    qat_lr: float = _opt(1e-4, "QAT learning rate", "quant")
+    freeze_bn_at: float = _opt(0.6, "fraction of QAT steps after which BatchNorm statistics freeze", "quant")
+    freeze_observers_at: float = _opt(0.8, "fraction of QAT steps after which quantization ranges freeze", "quant")
+    calib_batches: int = _opt(32, "calibration batches for the PTQ baseline", "quant")
+    # export
+    backends: str = _opt("executorch,tflite,coreml", "comma-separated converter backends", "export")
+    allow_fallback: bool = _opt(False, "ExecuTorch: accept ops left outside XNNPACK", "export")
+    dynamic_batch: int = _opt(0, "ExecuTorch/TFLite: max batch for a dynamic-batch export (0 = static batch 1)", "export")
+    nhwc: bool = _opt(False, "TFLite: channels-last (NHWC) input", "export")
+    nbits: int = _opt(4, "Core ML palettization bits: 1, 2, 3, 4, 6 or 8", "export")
+    granularity: str = _opt("per_grouped_channel", "Core ML palettization: per_tensor | per_grouped_channel", "export")
+    group_size: int = _opt(16, "Core ML channels per LUT group (per_grouped_channel)", "export")
+    weight_threshold: int = _opt(2048, "Core ML: weights with fewer elements stay dense fp16", "export")
+    dkm: bool = _opt(False, "Core ML: training-time palettization (coremltools DKM) before export", "export")
+    dkm_steps: int = _opt(50, "Core ML: DKM fine-tuning steps", "export")
+    # verification
+    min_agreement: float = _opt(0.995, "minimum top-1 agreement of each artifact with its PyTorch reference", "verify")
+    max_acc_drop: float = _opt(0.5, "maximum accuracy drop (percentage points) against the reference", "verify")
+    sample_size: int = _opt(100, "test images bundled into the demo apps", "verify")
+    # output
+    out: str = _opt("artifacts", "output directory", "run")
+    force: bool = _opt(False, "re-run stages even when OUT already holds their result", "run")
+
+    def validate(self) -> "RunConfig":
+        problems = []
+        if self.epochs < 0:
+            problems.append(f"--epochs must be >= 0, got {self.epochs}")
+        if self.qat_epochs < 0:
+            problems.append(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
+        if self.batch_size < 2:
+            problems.append(f"--batch-size must be >= 2 (QAT export needs a batch of 2), got {self.batch_size}")
+        for name in ("freeze_bn_at", "freeze_observers_at"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"--{name.replace('_', '-')} is a fraction in [0, 1], got {getattr(self, name)}")
+        unknown = [b for b in self.backends.split(",") if b.strip() and b.strip() not in BACKENDS + ("all",)]
+        if unknown:
+            problems.append(f"unknown backend(s) {unknown} in --backends; choose from {', '.join(BACKENDS)}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            problems.append(f"--min-agreement is a fraction in [0, 1], got {self.min_agreement}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self, *names: str) -> str:
+        """Short hash of the named settings: equal keys mean a stage's result can be reused."""
+        subset = {n: getattr(self, n) for n in sorted(names)}
+        return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message says which and what is allowed."""
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of setting: value")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown settings {unknown}; known: {sorted(FIELDS)}")
+    return data
+
+
+def resolve(file_values: dict | None = None, flag_values: dict | None = None) -> RunConfig:
+    values = {**(file_values or {}), **(flag_values or {})}
+    return RunConfig(**values).validate()
