@@ -1,0 +1,37 @@
+"""Shared fixtures: one tiny trained, QAT fine-tuned and exported model per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TINY = dict(dataset="mnist-5k", model="convnet", epochs=1, limit_train=1024, limit_test=300,
+            batch_size=32, qat_epochs=1.0, qat_max_steps=20, calib_batches=4, sample_size=20)
+
+
+def tiny_config(out, **overrides):
+    from pipeline.config import RunConfig
+
+    return RunConfig(**{**TINY, "out": str(out), **overrides}).validate()
+
+
+@pytest.fixture
+def make_config():
+    return tiny_config
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """A Pipeline whose OUT holds a trained model, its QAT result and all six verified artifacts."""
+    from pipeline.cli import quiet_libraries
+    from pipeline.stages import Pipeline
+
+    quiet_libraries()
+    pipeline = Pipeline(tiny_config(tmp_path_factory.mktemp("exported")))
+    pipeline.train()
+    pipeline.qat()
+    pipeline.export_ok = pipeline.export()
+    return pipeline

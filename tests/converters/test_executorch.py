@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from converters import ConversionError
+from converters.executorch import ExecuTorchConverter, delegation_checks, lower
+from converters.verify import run_artifact
+
+
+def test_int8_pte_is_fully_delegated_and_int8(exported):
+    checks = exported.manifest["artifacts"]["convnet_xnnpack_int8.pte"]["checks"]
+    assert checks["fully_delegated"] and checks["delegates"] == ["XnnpackBackend"]
+    assert checks["non_delegated_ops"] == {}
+    assert checks["compute_ops"] == 4 and checks["int8_compute_ops"] == 4
+    fp32 = exported.manifest["artifacts"]["convnet_xnnpack_fp32.pte"]
+    assert fp32["checks"]["int8_compute_ops"] == 0
+    assert fp32["bytes"] > 3.5 * exported.manifest["artifacts"]["convnet_xnnpack_int8.pte"]["bytes"]
+
+
+def test_pte_runs_and_agrees_with_the_qat_reference(exported):
+    v = exported.manifest["artifacts"]["convnet_xnnpack_int8.pte"]["verification"]
+    assert v["passed"] and v["method"] == "executorch.runtime"
+    assert v["images"] == 300 and v["agreement"] >= 0.995
+    source = exported.export_source()
+    artifact = exported.manifest["artifacts"]["convnet_xnnpack_int8.pte"]
+    logits, _ = run_artifact(exported.out / "convnet_xnnpack_int8.pte", artifact, source, exported.data)
+    reference = source.qat_folded(exported.data.normalize(exported.data.test_images)).detach().numpy()
+    assert np.abs(logits - reference).max() < 0.5
+
+
+class CumsumHead(nn.Module):
+    """XNNPACK has no cumsum: it must stay outside the delegate."""
+
+    def forward(self, x):
+        return torch.cumsum(x, dim=1)
+
+
+def test_fallback_is_detected():
+    program, table = lower(nn.Sequential(nn.Flatten(), nn.Linear(16, 4), CumsumHead()).eval(), (1, 4, 4))
+    checks = delegation_checks(program, table, "fp32")
+    assert not checks["fully_delegated"]
+    assert any("cumsum" in op for op in checks["non_delegated_ops"])
+
+
+def test_fallback_fails_export_unless_allowed(exported, tmp_path, monkeypatch):
+    source = exported.export_source()
+    source.fp32_model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), CumsumHead())
+    with pytest.raises(ConversionError, match="outside XNNPACK.*--allow-fallback"):
+        ExecuTorchConverter().export(source, tmp_path, exported.cfg)
+    assert not (tmp_path / "convnet_xnnpack_fp32.pte").exists()
+    monkeypatch.setattr(exported.cfg, "allow_fallback", True)
+    artifacts = ExecuTorchConverter().export(source, tmp_path, exported.cfg)
+    assert artifacts[1].checks["non_delegated_ops"] and (tmp_path / "convnet_xnnpack_fp32.pte").exists()

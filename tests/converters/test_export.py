@@ -1,0 +1,113 @@
+"""The export stage: reuse, a failing backend, missing inputs, and the demo-app bundle."""
+
+import json
+import shutil
+
+import pytest
+
+from converters.coreml import CoreMLConverter
+from pipeline import qat
+from pipeline.stages import Pipeline
+
+
+@pytest.fixture
+def copy_of(exported, tmp_path, make_config):
+    def copy(**overrides):
+        out = tmp_path / "out"
+        shutil.copytree(exported.out, out)
+        return Pipeline(make_config(out, **overrides))
+
+    return copy
+
+
+def test_all_six_artifacts_verified(exported):
+    assert exported.export_ok
+    artifacts = exported.manifest["artifacts"]
+    assert sorted(artifacts) == sorted([
+        "convnet_xnnpack_int8.pte", "convnet_xnnpack_fp32.pte", "convnet_tflite_int8.tflite",
+        "convnet_tflite_fp32.tflite", "convnet_coreml_fp16.mlpackage", "convnet_coreml_pal4.mlpackage"])
+    for file, a in artifacts.items():
+        assert a["verification"]["passed"], file
+        assert len(a["sha256"]) == 64 and a["bytes"] > 0
+        assert a["input"]["mean"] == exported.data.mean
+    assert (exported.out / "labels.txt").read_text().split() == [str(i) for i in range(10)]
+    report = (exported.out / "report.md").read_text()
+    assert "convnet_xnnpack_int8.pte" in report and "Cross-backend agreement" in report
+
+
+def test_second_export_reuses_everything(copy_of, capsys):
+    pipeline = copy_of()
+    before = {p.name: p.stat().st_mtime_ns for p in pipeline.out.glob("*.pte")}
+    pipeline.train()
+    pipeline.qat()
+    assert pipeline.export()
+    out = capsys.readouterr().out
+    assert "train: reusing" in out and "qat: reusing" in out and "executorch: reusing" in out
+    assert {p.name: p.stat().st_mtime_ns for p in pipeline.out.glob("*.pte")} == before
+
+
+def test_changed_setting_reexports_only_its_backend(copy_of, capsys):
+    pipeline = copy_of(nbits=6, backends="coreml,executorch")
+    assert pipeline.export()
+    out = capsys.readouterr().out
+    assert "executorch: reusing" in out and "convnet_coreml_pal6.mlpackage" in out
+    assert "convnet_coreml_pal6.mlpackage" in pipeline.manifest["artifacts"]
+    assert "convnet_coreml_pal4.mlpackage" not in pipeline.manifest["artifacts"]
+
+
+def test_failing_backend_is_reported_and_the_others_finish(copy_of, monkeypatch):
+    pipeline = copy_of(force=True)
+    pal4 = pipeline.out / "convnet_coreml_pal4.mlpackage"
+    before = sorted(p.name for p in pal4.rglob("*"))
+
+    def broken(self, source, out, options):
+        raise RuntimeError("simulated converter crash")
+
+    monkeypatch.setattr(CoreMLConverter, "export", broken)
+    assert pipeline.export() is False
+    backends = pipeline.manifest["backends"]
+    assert backends["coreml"]["status"] == "failed" and "simulated converter crash" in backends["coreml"]["reason"]
+    assert backends["executorch"]["status"] == "ok" and backends["tflite"]["status"] == "ok"
+    assert sorted(p.name for p in pal4.rglob("*")) == before  # the earlier artifact is intact
+    assert "simulated converter crash" in (pipeline.out / "report.md").read_text()
+
+
+def test_missing_or_corrupt_qat_result_is_an_error_and_keeps_artifacts(copy_of):
+    pipeline = copy_of()
+    pte = (pipeline.out / "convnet_xnnpack_int8.pte").read_bytes()
+    (pipeline.out / qat.QAT_FOLDED).write_bytes(b"corrupt")
+    with pytest.raises(qat.QuantError, match="corrupt"):
+        pipeline.export()
+    (pipeline.out / qat.QAT_FOLDED).unlink()
+    with pytest.raises(qat.QuantError, match="not found"):
+        pipeline.export()
+    assert (pipeline.out / "convnet_xnnpack_int8.pte").read_bytes() == pte
+
+
+def test_verify_fails_loudly_on_a_tampered_artifact(copy_of, capsys):
+    pipeline = copy_of(min_agreement=1.0, max_acc_drop=0.0)
+    good = pipeline.out / "convnet_tflite_fp32.tflite"
+    shutil.copyfile(pipeline.out / "convnet_tflite_int8.tflite", good)  # the wrong model under the fp32 name
+    pipeline.manifest["artifacts"]["convnet_tflite_fp32.tflite"]["reference"] = "fp32"
+    assert pipeline.verify(["tflite"]) is False
+    assert "FAILED: convnet_tflite_fp32.tflite" in capsys.readouterr().out
+
+
+def test_bundle_for_android(exported, tmp_path):
+    dest = exported.bundle("android", tmp_path / "assets")
+    names = sorted(p.name for p in dest.iterdir())
+    assert names == sorted(["convnet_xnnpack_int8.pte", "convnet_xnnpack_fp32.pte", "convnet_tflite_int8.tflite",
+                            "convnet_tflite_fp32.tflite", "labels.txt", "models.json", "test_sample.json",
+                            "test_sample.u8"])
+    sample = json.loads((dest / "test_sample.json").read_text())
+    assert sample["count"] == 20 and sample["shape"] == [1, 28, 28]
+    assert (dest / "test_sample.u8").stat().st_size == 20 * 28 * 28
+    assert sample["labels"] == exported.data.test_labels[:20].tolist()
+    spec = {m["file"]: m for m in json.loads((dest / "models.json").read_text())["models"]}
+    assert spec["convnet_tflite_int8.tflite"]["input"]["dtype"] == "int8"
+
+
+def test_bundle_for_ios(exported, tmp_path):
+    dest = exported.bundle("ios", tmp_path / "Resources")
+    assert (dest / "convnet_coreml_pal4.mlpackage").is_dir() and (dest / "convnet_xnnpack_int8.pte").is_file()
+    assert not list(dest.glob("*.tflite"))

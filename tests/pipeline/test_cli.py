@@ -1,0 +1,80 @@
+"""Bad input through the real command line: exit status 2, a message that says what to do, nothing lost."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import cli
+from pipeline.config import ConfigError, load_config_file, resolve
+
+TINY = ["--dataset", "mnist-5k", "--limit-train", "256", "--limit-test", "100", "--epochs", "1"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "svhn"], "unknown dataset 'svhn'"),
+    (["--model", "resnet9"], "unknown model 'resnet9'"),
+    (["--dataset", "imagefolder:/no/such/data"], "needs /no/such/data/train"),
+    (["--epochs", "-1"], "--epochs must be >= 0"),
+    (["--backends", "executorch,onnx"], "unknown backend(s) ['onnx']"),
+])
+def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
+    result = run_cli("train", *TINY, "--out", str(tmp_path), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_bad_input_destroys_no_checkpoint(exported):
+    ckpt = exported.out / "checkpoints" / "fp32.pt"
+    before = ckpt.read_bytes()
+    for args in (["--epochs", "-1"], ["--dataset", "svhn"], ["--model", "resnet9"]):
+        assert run_cli("train", *TINY, "--out", str(exported.out), *args).returncode == 2
+    assert ckpt.read_bytes() == before
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli("train", *TINY, "--out", str(blocker / "out"))
+    assert result.returncode == 2 and "not writable" in result.stderr
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in cli.COMMANDS:
+        assert command in result.stdout
+    assert "--qat-epochs" in run_cli("qat", "--help").stdout
+
+
+def test_config_file_then_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset: mnist-5k\nepochs: 7\nqat-lr: 0.01\n")
+    args = cli.build_parser().parse_args(["train", "--config", str(config), "--epochs", "2"])
+    cfg = cli.config_from_args(args)
+    assert (cfg.dataset, cfg.epochs, cfg.qat_lr, cfg.model) == ("mnist-5k", 2, 0.01, "convnet")
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown settings \\['epoch'\\]"):
+        load_config_file(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config_file(tmp_path / "none.yaml")
+    with pytest.raises(ConfigError, match="fraction"):
+        resolve({"freeze_bn_at": 2.0})
+
+
+def test_manifest_records_the_run(exported):
+    manifest = json.loads((exported.out / "manifest.json").read_text())
+    assert manifest["dataset"]["name"] == "mnist-5k" and manifest["dataset"]["n_train"] == 1024
+    assert manifest["config"]["seed"] == 0 and manifest["model"]["name"] == "convnet"
+    assert set(manifest["accuracy"]) >= {"fp32", "ptq", "qat"}
+    for tool in ("torch", "executorch", "coremltools", "litert-torch", "ai-edge-litert"):
+        assert manifest["versions"][tool]

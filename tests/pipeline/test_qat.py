@@ -1,0 +1,48 @@
+import torch
+import torch.nn as nn
+
+from pipeline import qat
+
+
+def test_qat_keeps_accuracy_close_to_fp32(exported):
+    acc = exported.manifest["accuracy"]
+    assert acc["qat"] >= acc["fp32"] - 0.03
+    assert acc["ptq"] > 0.5 and acc["qat_float"] > 0.5
+
+
+def test_qat_freeze_schedule_ran(exported):
+    events = exported.manifest["stages"]["qat"]["events"]
+    assert [(e["event"], e["step"]) for e in events] == [("freeze_bn", 12), ("freeze_observers", 16)]
+    assert events[0]["nodes"] == 0  # the ConvNet has no BatchNorm
+    assert exported.manifest["stages"]["qat"]["steps"] == 20
+
+
+def test_saved_qat_programs_reload_and_match(exported):
+    folded = qat.load_program(exported.out / qat.QAT_FOLDED)
+    unfolded = qat.load_program(exported.out / qat.QAT_UNFOLDED)
+    x = torch.randn(5, 1, 28, 28)
+    assert torch.allclose(folded(x), unfolded(x), atol=1e-5)
+    weights = qat.load_float_weights(exported.out / qat.QAT_FLOAT)
+    assert set(weights) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                            "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+
+
+def test_freeze_batchnorm_in_a_qat_graph():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    prepared = prepare_qat_pt2e(qat._export(model.train(), (1, 28, 28)), qat.quantizer(is_qat=True))
+    assert qat.freeze_batchnorm(prepared) == 1
+    bn_nodes = [n for n in prepared.graph.nodes if n.target == torch.ops.aten.batch_norm.default]
+    assert all(n.args[5] is False for n in bn_nodes)
+
+
+def test_corrupt_qat_program_is_an_error(tmp_path):
+    bad = tmp_path / qat.QAT_FOLDED
+    bad.write_bytes(b"garbage")
+    import pytest
+
+    with pytest.raises(qat.QuantError, match="corrupt"):
+        qat.load_program(bad)
+    with pytest.raises(qat.QuantError, match="run `qat` first"):
+        qat.load_program(tmp_path / "missing.pt2")
