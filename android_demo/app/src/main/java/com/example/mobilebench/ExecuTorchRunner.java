@@ -1,0 +1,76 @@
+package com.example.mobilebench;
+
+import java.io.File;
+
+import org.pytorch.executorch.DType;
+import org.pytorch.executorch.EValue;
+import org.pytorch.executorch.Module;
+import org.pytorch.executorch.Tensor;
+
+/** Runs a .pte through ExecuTorch's Java Module API (org.pytorch:executorch-android). */
+final class ExecuTorchRunner implements ModelRunner {
+
+    private Module module;
+    private ModelSpec spec;
+    private EValue input;
+    private EValue[] outputs;
+
+    @Override
+    public String runtime() {
+        return "executorch";
+    }
+
+    @Override
+    public void load(File model, ModelSpec spec, int threads) {
+        this.spec = spec;
+        module = Module.load(model.getAbsolutePath(), Module.LOAD_MODE_FILE, threads);
+        // Module.load only opens the file; loading the method parses the program and
+        // initialises the XNNPACK delegate, which is the real cost of a cold load.
+        module.loadMethod("forward");
+    }
+
+    @Override
+    public void setInput(float[] normalized) {
+        long[] shape = spec.input.shape;
+        Tensor tensor;
+        if (spec.input.isInt8()) {
+            tensor = Tensor.fromBlob(Quant.quantizeInt8(normalized, spec.input.scale, spec.input.zeroPoint), shape);
+        } else {
+            tensor = Tensor.fromBlob(normalized, shape);
+        }
+        input = EValue.from(tensor);
+    }
+
+    @Override
+    public void invoke() {
+        outputs = module.forward(input);
+    }
+
+    @Override
+    public float[] output() {
+        if (outputs == null || outputs.length == 0) {
+            throw new IllegalStateException("forward() returned no outputs");
+        }
+        Tensor out = outputs[0].toTensor();
+        if (out.dtype() == DType.FLOAT) {
+            return out.getDataAsFloatArray();
+        }
+        if (out.dtype() == DType.INT8) {
+            if (!spec.output.hasQuantization()) {
+                throw new IllegalStateException("int8 output but models.json gives no output scale");
+            }
+            return Quant.dequantize(out.getDataAsByteArray(), spec.output.scale, spec.output.zeroPoint, false);
+        }
+        throw new IllegalStateException("unsupported output dtype " + out.dtype());
+    }
+
+    @Override
+    public void close() {
+        if (module != null) {
+            module.destroy();
+            module = null;
+        }
+        input = null;
+        outputs = null;
+    }
+}
