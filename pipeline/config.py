@@ -51,8 +51,6 @@ class RunConfig:
     granularity: str = _opt("per_grouped_channel", "Core ML palettization: per_tensor | per_grouped_channel", "export")
     group_size: int = _opt(16, "Core ML channels per LUT group (per_grouped_channel)", "export")
     weight_threshold: int = _opt(2048, "Core ML: weights with fewer elements stay dense fp16", "export")
-    dkm: bool = _opt(False, "Core ML: training-time palettization (coremltools DKM) before export", "export")
-    dkm_steps: int = _opt(50, "Core ML: DKM fine-tuning steps", "export")
     # verification
     min_agreement: float = _opt(0.995, "minimum top-1 agreement of each artifact with its PyTorch reference", "verify")
     max_acc_drop: float = _opt(0.5, "maximum accuracy drop (percentage points) against the reference", "verify")

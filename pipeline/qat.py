@@ -123,6 +123,35 @@ def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QA
                       "images_per_s": images / seconds if seconds else 0.0}
 
 
+def weight_quantization_error(prepared: torch.fx.GraphModule) -> list[dict]:
+    """Per layer: the int8 weight rounding error measured, against the uniform-noise model var = Δ²/12.
+
+    Δ is each output channel's quantization step (the scale the QAT observers settled on).
+    Rounding noise is uniform on [-Δ/2, Δ/2] when no weight is clipped, so the two should agree.
+    """
+    rows = []
+    for node in prepared.graph.nodes:
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if not (isinstance(source, torch.fx.Node) and source.op == "get_attr" and source.target.endswith("weight")):
+            continue
+        fake_quant = prepared.get_submodule(node.target)
+        weight = prepared.get_parameter(source.target).detach()
+        scale, _ = fake_quant.calculate_qparams()  # the scale convert_pt2e will bake in
+        step = scale.detach().reshape(-1, *([1] * (weight.dim() - 1)))
+        quantized = torch.clamp(torch.round(weight / step), fake_quant.quant_min, fake_quant.quant_max) * step
+        error = (quantized - weight).flatten(1)
+        per_channel = weight[0].numel()
+        rows.append({
+            "layer": source.target.removesuffix(".weight"),
+            "channels": weight.shape[0],
+            "mean_step": float(step.mean()),
+            "measured_mse": float(error.pow(2).mean()),
+            "predicted_mse": float((step.flatten() ** 2 / 12).mean()),
+            "clipped_fraction": float((weight.abs() > step * fake_quant.quant_max).sum() / (per_channel * weight.shape[0])),
+        })
+    return rows
+
+
 def convert(prepared: torch.fx.GraphModule, fold: bool = True) -> torch.fx.GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 

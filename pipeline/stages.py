@@ -140,6 +140,7 @@ class Pipeline:
             "key": key, "files": [f.name for f in files], "steps": stats["steps"], "events": stats["events"],
             "images_per_s": stats["images_per_s"], "history": stats["history"],
             "wall_time_s": time.perf_counter() - start}}
+        self.manifest["quantization_error"] = qat.weight_quantization_error(prepared)
         self.manifest["artifacts"], self.manifest["backends"] = {}, {}
         self._save()
 

@@ -46,3 +46,11 @@ def test_corrupt_qat_program_is_an_error(tmp_path):
         qat.load_program(bad)
     with pytest.raises(qat.QuantError, match="run `qat` first"):
         qat.load_program(tmp_path / "missing.pt2")
+
+
+def test_weight_rounding_error_follows_the_uniform_noise_model(exported):
+    rows = {r["layer"]: r for r in exported.manifest["quantization_error"]}
+    assert set(rows) == {"conv1", "conv2", "fc1", "fc2"}
+    fc1 = rows["fc1"]  # 1.2 M weights: the measured variance must sit on Δ²/12
+    assert 0.8 < fc1["measured_mse"] / fc1["predicted_mse"] < 1.25
+    assert "Int8 weight rounding error" in (exported.out / "report.md").read_text()
