@@ -70,7 +70,7 @@ class Converter(ABC):
         """Write this backend's artifacts into `out` (atomically) and check their structure."""
 
     @abstractmethod
-    def runner(self, path: Path, artifact: dict, source: ExportSource) -> tuple[Runner, str]:
+    def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1) -> tuple[Runner, str]:
         """A function running the artifact in its real runtime, and a word on how it runs."""
 
 

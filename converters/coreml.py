@@ -79,7 +79,7 @@ class CoreMLConverter(Converter):
                      time.perf_counter() - start),
         ]
 
-    def runner(self, path: Path, artifact: dict, source: ExportSource):
+    def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1):
         if platform.system() == "Darwin":
             return _predict_runner(path, source), "MLModel.predict (macOS; logits = log-probabilities)"
         return _readback_runner(path, source), "decompress_weights read-back (Linux)"

@@ -50,7 +50,7 @@ class ExecuTorchConverter(Converter):
                 export_seconds=time.perf_counter() - start))
         return artifacts
 
-    def runner(self, path: Path, artifact: dict, source: ExportSource):
+    def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1):
         from executorch.runtime import Runtime
 
         method = Runtime.get().load_program(str(path)).load_method("forward")

@@ -49,8 +49,8 @@ class TFLiteConverter(Converter):
                                       checks=checks, export_seconds=time.perf_counter() - start))
         return artifacts
 
-    def runner(self, path: Path, artifact: dict, source: ExportSource):
-        interpreter = _interpreter(path)
+    def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1):
+        interpreter = _interpreter(path, threads)
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         in_scale, in_zero = inp["quantization"]
         out_scale, out_zero = out["quantization"]

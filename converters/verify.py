@@ -31,10 +31,10 @@ def verify(artifact: dict, logits: np.ndarray, reference: np.ndarray, labels, th
     metrics = compare(logits, reference, labels)
     drop_pp = 100.0 * (metrics["reference_accuracy"] - metrics["accuracy"])
     failures = []
-    if metrics["agreement"] < thresholds.min_agreement:
+    if metrics["agreement"] < thresholds.min_agreement - 1e-9:
         failures.append(f"top-1 agreement with the {artifact['reference']} reference is {100 * metrics['agreement']:.2f}% "
                         f"< {100 * thresholds.min_agreement:.2f}%")
-    if drop_pp > thresholds.max_acc_drop_pp:
+    if drop_pp > thresholds.max_acc_drop_pp + 1e-9:  # a drop of exactly the allowance passes
         failures.append(f"accuracy {100 * metrics['accuracy']:.2f}% is {drop_pp:.2f} pp below the "
                         f"{artifact['reference']} reference ({100 * metrics['reference_accuracy']:.2f}%), "
                         f"allowed {thresholds.max_acc_drop_pp} pp")

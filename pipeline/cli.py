@@ -22,7 +22,7 @@ COMMANDS = {
     "run": "train, qat, export (with verify), bench and report, in order",
 }
 GROUPS = {"data": "data and model", "train": "fp32 training", "quant": "quantization (PTQ and QAT)",
-          "export": "export backends", "verify": "verification", "run": "run"}
+          "export": "export backends", "verify": "verification", "bench": "host benchmark", "run": "run"}
 EPILOG = """examples:
   mobile-pipeline run --dataset mnist-5k --epochs 1
   mobile-pipeline export --backends executorch,tflite --out artifacts

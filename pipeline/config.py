@@ -55,6 +55,10 @@ class RunConfig:
     min_agreement: float = _opt(0.995, "minimum top-1 agreement of each artifact with its PyTorch reference", "verify")
     max_acc_drop: float = _opt(0.5, "maximum accuracy drop (percentage points) against the reference", "verify")
     sample_size: int = _opt(100, "test images bundled into the demo apps", "verify")
+    # host benchmark
+    bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement", "bench")
+    bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count (batch 32: a tenth, at least 3)", "bench")
+    bench_train_steps: int = _opt(30, "timed steps of the bare and the pipeline training loops", "bench")
     # output
     out: str = _opt("artifacts", "output directory", "run")
     force: bool = _opt(False, "re-run stages even when OUT already holds their result", "run")
