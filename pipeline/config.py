@@ -45,7 +45,7 @@ class RunConfig:
     # export
     backends: str = _opt("executorch,tflite,coreml", "comma-separated converter backends", "export")
     allow_fallback: bool = _opt(False, "ExecuTorch: accept ops left outside XNNPACK", "export")
-    dynamic_batch: int = _opt(0, "ExecuTorch/TFLite: max batch for a dynamic-batch export (0 = static batch 1)", "export")
+    dynamic_batch: int = _opt(0, "ExecuTorch: max batch for a dynamic-batch .pte (0 = static batch 1); TFLite exports stay batch 1", "export")
     nhwc: bool = _opt(False, "TFLite: channels-last (NHWC) input", "export")
     nbits: int = _opt(4, "Core ML palettization bits: 1, 2, 3, 4, 6 or 8", "export")
     granularity: str = _opt("per_grouped_channel", "Core ML palettization: per_tensor | per_grouped_channel", "export")
