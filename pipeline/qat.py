@@ -155,7 +155,14 @@ def weight_quantization_error(prepared: torch.fx.GraphModule) -> list[dict]:
 def convert(prepared: torch.fx.GraphModule, fold: bool = True) -> torch.fx.GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    return convert_pt2e(copy.deepcopy(prepared), fold_quantize=fold)
+    converted = convert_pt2e(copy.deepcopy(prepared), fold_quantize=fold)
+    # Folding adds int8 copies of the weights; drop the float originals nothing reads any more.
+    used = {n.target for n in converted.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(converted.named_parameters()):
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(converted.get_submodule(owner), attr)
+    return converted
 
 
 def float_weights(prepared: torch.fx.GraphModule, model: nn.Module) -> dict:

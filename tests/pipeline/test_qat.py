@@ -22,6 +22,8 @@ def test_saved_qat_programs_reload_and_match(exported):
     unfolded = qat.load_program(exported.out / qat.QAT_UNFOLDED)
     x = torch.randn(5, 1, 28, 28)
     assert torch.allclose(folded(x), unfolded(x), atol=1e-5)
+    # folded weights are int8 only: the unused float copies are dropped
+    assert (exported.out / qat.QAT_FOLDED).stat().st_size < 0.4 * (exported.out / qat.QAT_UNFOLDED).stat().st_size
     weights = qat.load_float_weights(exported.out / qat.QAT_FLOAT)
     assert set(weights) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
                             "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
