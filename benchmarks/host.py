@@ -38,7 +38,7 @@ BENCH_DIR = "bench"
 RESULTS = "results.json"
 THROUGHPUT_BATCH = 32
 CHILD_TIMEOUT_S = 1800
-# Settings read with getattr until RunConfig has them: name -> default.
+# RunConfig fields that belong to this bench run rather than to the run that built OUT.
 BENCH_SETTINGS = ("bench_warmup", "bench_iterations", "bench_train_steps")
 BACKEND_NAMES = {"pytorch": "PyTorch", "executorch": "ExecuTorch (XNNPACK)", "tflite": "LiteRT (TFLite, XNNPACK)",
                  "coreml": "Core ML"}

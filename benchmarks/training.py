@@ -62,20 +62,10 @@ def fp32_loops(model: nn.Module, data: DataBundle, batches: list, lr: float, see
             pipeline_loop(model, optimizer, data, len(batches[0][1]), len(batches) - WARMUP_STEPS, seed))
 
 
-def prepare_qat(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
-    """The model prepared for QAT as `pipeline.qat.qat` prepares it (fake quantization, observers on)."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-
-    prepared = prepare_qat_pt2e(qat._export(copy.deepcopy(model).train(), shape), qat.quantizer(is_qat=True))
-    allow_exported_model_train_eval(prepared)
-    return prepared
-
-
 def qat_loops(model: nn.Module, shape: tuple[int, ...], data: DataBundle, batches: list, lr: float,
               seed: int) -> tuple[dict, dict]:
     """(bare loop, pipeline loop) on one QAT-prepared copy of the fp32 model, one loop after the other."""
-    prepared = prepare_qat(model, shape)
+    prepared = qat.prepare(model, shape)
     optimizer = torch.optim.Adam(prepared.parameters(), lr=lr)
     return (bare_loop(prepared, optimizer, batches),
             pipeline_loop(prepared, optimizer, data, len(batches[0][1]), len(batches) - WARMUP_STEPS, seed))

@@ -71,6 +71,16 @@ def freeze_batchnorm(prepared: torch.fx.GraphModule) -> int:
     return frozen
 
 
+def prepare(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
+    """The fp32 model exported in train mode with fake quantization inserted (observers on)."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    prepared = prepare_qat_pt2e(_export(copy.deepcopy(model).train(), shape), quantizer(is_qat=True))
+    allow_exported_model_train_eval(prepared)  # .train()/.eval() now switch dropout and BatchNorm correctly
+    return prepared
+
+
 @dataclass
 class QATSchedule:
     epochs: float
@@ -88,11 +98,9 @@ class QATSchedule:
 
 def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QATSchedule) -> tuple[torch.fx.GraphModule, dict]:
     """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode and its stats."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval, disable_observer
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    from torchao.quantization.pt2e import disable_observer
 
-    prepared = prepare_qat_pt2e(_export(copy.deepcopy(model).train(), shape), quantizer(is_qat=True))
-    allow_exported_model_train_eval(prepared)  # .train()/.eval() now switch dropout and BatchNorm correctly
+    prepared = prepare(model, shape)
     optimizer = torch.optim.Adam(prepared.parameters(), lr=schedule.lr)
     total = schedule.total_steps(len(data.train_labels))
     freeze_bn_step = int(schedule.freeze_bn_at * total)
@@ -140,14 +148,13 @@ def weight_quantization_error(prepared: torch.fx.GraphModule) -> list[dict]:
         step = scale.detach().reshape(-1, *([1] * (weight.dim() - 1)))
         quantized = torch.clamp(torch.round(weight / step), fake_quant.quant_min, fake_quant.quant_max) * step
         error = (quantized - weight).flatten(1)
-        per_channel = weight[0].numel()
         rows.append({
             "layer": source.target.removesuffix(".weight"),
             "channels": weight.shape[0],
             "mean_step": float(step.mean()),
             "measured_mse": float(error.pow(2).mean()),
             "predicted_mse": float((step.flatten() ** 2 / 12).mean()),
-            "clipped_fraction": float((weight.abs() > step * fake_quant.quant_max).sum() / (per_channel * weight.shape[0])),
+            "clipped_fraction": float((weight.abs() > step * fake_quant.quant_max).float().mean()),
         })
     return rows
 

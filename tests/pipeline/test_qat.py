@@ -31,9 +31,7 @@ def test_saved_qat_programs_reload_and_match(exported):
 
 def test_freeze_batchnorm_in_a_qat_graph():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-
-    prepared = prepare_qat_pt2e(qat._export(model.train(), (1, 28, 28)), qat.quantizer(is_qat=True))
+    prepared = qat.prepare(model, (1, 28, 28))
     assert qat.freeze_batchnorm(prepared) == 1
     bn_nodes = [n for n in prepared.graph.nodes if n.target == torch.ops.aten.batch_norm.default]
     assert all(n.args[5] is False for n in bn_nodes)
