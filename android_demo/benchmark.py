@@ -5,7 +5,7 @@ Steps: pick the device, install or update the app, push the models and their sid
 files to /data/local/tmp/<package>/, start the app with the settings as intent extras
 (`am start -W -S`), poll `run-as <package> cat files/benchmark_results.json` until
 the file of this run appears, then validate it against
-pipeline/schemas/device_results.schema.json, save it with the thermal state and CPU
+benchmarks/schemas/device_results.schema.json, save it with the thermal state and CPU
 frequencies from before and after, and print a table.
 
 Output, in OUT/device/android/ (OUT defaults to artifacts; old results there are
@@ -40,7 +40,7 @@ REMOTE_DIR = f"/data/local/tmp/{PACKAGE}/"
 RESULTS_PATH = "files/benchmark_results.json"
 DEFAULT_APK = HERE / "app" / "build" / "outputs" / "apk" / "debug" / "app-debug.apk"
 DEFAULT_MODELS = HERE / "app" / "src" / "main" / "assets"
-SCHEMA = REPO / "pipeline" / "schemas" / "device_results.schema.json"
+SCHEMA = REPO / "benchmarks" / "schemas" / "device_results.schema.json"
 SIDE_FILES = ("models.json", "labels.txt", "test_sample.json", "test_sample.u8")
 MODEL_SUFFIXES = (".pte", ".tflite")
 LOG_TAGS = ("MobileBench", "AndroidRuntime", "DEBUG", "libc")

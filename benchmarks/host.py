@@ -24,16 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import io as atomic
-from pipeline import manifest as mf
-from pipeline import models, qat
-from pipeline.config import FIELDS, RunConfig
-from pipeline.stages import Pipeline, StageError
+from core import io as atomic
+from core import manifest as mf
+from core import models, qat
+from core.config import FIELDS, RunConfig
+from core.workspace import Workspace
 
 from . import plots, report, training
 
 SCHEMA_VERSION = 1
-SCHEMA = Path(__file__).with_name("results.schema.json")
+SCHEMA = Path(__file__).parent / "schemas" / "results.schema.json"
 BENCH_DIR = "bench"
 RESULTS = "results.json"
 THROUGHPUT_BATCH = 32
@@ -51,14 +51,14 @@ THREAD_CONTROL = {
     "coreml": "not controllable: Core ML schedules its own work (macOS only)",
 }
 RSS_METHOD = ("Each model runs in a fresh `python -m benchmarks.measure` process. *Baseline*: that process's RSS "
-              "after it imported everything the model's runtime needs (numpy, torch, the pipeline, the runtime), "
+              "after it imported everything the model's runtime needs (numpy, torch, the project, the runtime), "
               "before any model is loaded; the kernel's peak-RSS mark is then reset to it (Linux: "
               "/proc/self/clear_refs). *Peak*: VmHWM after loading and running the model at every thread count "
               "and the batch-32 throughput. Reported: peak minus baseline. The bare interpreter's RSS (stdlib only) "
               "and the baseline are recorded too.")
 
 
-class BenchError(StageError):
+class BenchError(RuntimeError):
     """Nothing to benchmark, or no results to report on; the message says which command to run first."""
 
 
@@ -172,7 +172,7 @@ def size_of(row: dict, out: Path, fp32_bytes: int) -> tuple[int, str]:
     return atomic.size_bytes(path), what
 
 
-def accuracy_of(row: dict, manifest: dict, pipeline: Pipeline) -> tuple[float | None, str]:
+def accuracy_of(row: dict, manifest: dict, workspace: Workspace) -> tuple[float | None, str]:
     """Test-set accuracy recorded by the pipeline, or computed now when the manifest lacks it."""
     n = manifest.get("dataset", {}).get("n_test")
     if row["name"] == "pytorch_fp32" and "fp32" in manifest["accuracy"]:
@@ -184,15 +184,15 @@ def accuracy_of(row: dict, manifest: dict, pipeline: Pipeline) -> tuple[float | 
         if "accuracy" in v:
             return v["accuracy"], f"manifest: verify, {v.get('images', n)} test images, {v.get('method')}"
     from converters.verify import run_artifact
-    from pipeline.evaluate import accuracy, predict
+    from core.evaluate import accuracy, predict
 
-    data = pipeline.data
+    data = workspace.data
     labels = data.test_labels.numpy()
-    source = pipeline.export_source()
+    source = workspace.export_source()
     if row["kind"] == "baseline":
         model = source.fp32_model if row["name"] == "pytorch_fp32" else source.qat_folded
         return accuracy(predict(model, data), labels), f"computed by bench, {len(labels)} test images"
-    logits, method = run_artifact(pipeline.out / row["file"], manifest["artifacts"][row["file"]], source, data)
+    logits, method = run_artifact(workspace.out / row["file"], manifest["artifacts"][row["file"]], source, data)
     return accuracy(logits, labels), f"computed by bench, {len(labels)} test images, {method}"
 
 
@@ -261,16 +261,16 @@ def add_ratios(rows: list[dict], macs: int | None) -> None:
             tp["gmac_per_s"] = macs * tp["images_per_s"] / 1e9 if macs else None
 
 
-def training_throughput(pipeline: Pipeline, manifest: dict, steps: int) -> dict:
+def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dict:
     """Images/s: recorded by the pipeline's stages; its loop and a bare loop, both timed now on the same model."""
-    cfg, data = pipeline.cfg, pipeline.data
+    cfg, data = workspace.cfg, workspace.data
     stages = manifest.get("stages", {})
     batches = training.training_batches(data, cfg.batch_size, steps + training.WARMUP_STEPS, cfg.seed)
     torch.manual_seed(cfg.seed)
     loops = {"fp32": training.fp32_loops(models.build(cfg.model, len(data.labels)), data, batches, cfg.lr, cfg.seed)}
     errors = {"fp32": None, "qat": None}
     try:
-        loops["qat"] = training.qat_loops(pipeline.fp32_model(), pipeline.shape, data, batches, cfg.qat_lr, cfg.seed)
+        loops["qat"] = training.qat_loops(workspace.fp32_model(), workspace.shape, data, batches, cfg.qat_lr, cfg.seed)
     except Exception as exc:  # the QAT loops are a bonus; the table says why they are missing
         loops["qat"], errors["qat"] = (None, None), f"{type(exc).__name__}: {exc}"
 
@@ -304,10 +304,10 @@ def bench(cfg) -> bool:
     run_cfg = bench_config(cfg, manifest)
     for name in BENCH_SETTINGS:
         setattr(run_cfg, name, getattr(cfg, name))
-    pipeline = Pipeline(run_cfg)
-    data, macs = pipeline.data, manifest.get("model", {}).get("macs")
+    workspace = Workspace(run_cfg)
+    data, macs = workspace.data, manifest.get("model", {}).get("macs")
     threads = sorted({1, usable_cores()})
-    fp32_bytes = state_dict_bytes(pipeline.fp32_model())
+    fp32_bytes = state_dict_bytes(workspace.fp32_model())
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
@@ -317,13 +317,13 @@ def bench(cfg) -> bool:
         for row in targets(manifest):
             row["size_bytes"], row["size_note"] = size_of(row, out, fp32_bytes)
             row["compression_ratio"] = fp32_bytes / row["size_bytes"]
-            row["accuracy"], row["accuracy_source"] = accuracy_of(row, manifest, pipeline)
+            row["accuracy"], row["accuracy_source"] = accuracy_of(row, manifest, workspace)
             measure_row(row, manifest, run_cfg, work / "inputs.npy", work, threads)
             print_row(row)
             rows.append(row)
     add_ratios(rows, macs)
     print("bench: bare PyTorch training loops ...")
-    train = training_throughput(pipeline, manifest, cfg.bench_train_steps)
+    train = training_throughput(workspace, manifest, cfg.bench_train_steps)
     results = {
         "schema_version": SCHEMA_VERSION,
         "created": mf.now(),

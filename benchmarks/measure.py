@@ -100,9 +100,9 @@ def import_runtime(spec: dict) -> None:
     import converters  # noqa: F401
 
     if spec["target"] == "pytorch_fp32":
-        from pipeline import stages  # noqa: F401
+        from core import workspace  # noqa: F401
     elif spec["target"] == "pytorch_qat":
-        from pipeline import qat  # noqa: F401
+        from core import qat  # noqa: F401
         import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
     elif spec["backend"] == "executorch":
         import executorch.runtime  # noqa: F401
@@ -139,13 +139,13 @@ def load(spec: dict, threads: int | None):
     target = spec["target"]
     if target in PYTORCH_TARGETS:
         if target == "pytorch_fp32":
-            from pipeline.config import RunConfig
-            from pipeline.stages import Pipeline
+            from core.config import RunConfig
+            from core.workspace import Workspace
 
-            model = Pipeline(RunConfig(**spec["config"])).fp32_model()
+            model = Workspace(RunConfig(**spec["config"])).fp32_model()
             method = "PyTorch eager (fp32 checkpoint)"
         else:
-            from pipeline import qat
+            from core import qat
 
             model = qat.load_program(Path(spec["out"]) / qat.QAT_FOLDED)
             method = "PyTorch, converted QAT graph (torchao PT2E, quantize/dequantize ops)"

@@ -10,7 +10,7 @@ from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, LogLocator
 from matplotlib.transforms import Bbox
 
-from pipeline import io as atomic
+from core import io as atomic
 
 COLORS = {"pytorch": "#555555", "executorch": "#1f77b4", "tflite": "#ff7f0e", "coreml": "#2ca02c"}
 MARKERS = {"fp32": "o", "int8": "s", "fp16": "^"}  # palettized (palN): diamond

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import jsonschema
 
-import pipeline
-
-DEVICE_SCHEMA = Path(pipeline.__file__).parent / "schemas" / "device_results.schema.json"
+DEVICE_SCHEMA = Path(__file__).parent / "schemas" / "device_results.schema.json"
 DASH = "–"
 
 
@@ -141,9 +139,9 @@ def training_section(results: dict) -> list[str]:
         "stages wrote into the manifest (whole epochs, measured when they ran, under whatever load the host had then). "
         f"*Pipeline loop* and *bare loop* are both timed in this run on the same model, batch size and optimizer, "
         f"{t['fp32']['bare_steps'] or DASH} steps after {t['warmup_steps']} untimed ones: the pipeline loop is "
-        "`pipeline.train.run_epoch` (normalizes each batch, keeps loss/accuracy, drives the progress bar); the bare "
+        "`core.train.run_epoch` (normalizes each batch, keeps loss/accuracy, drives the progress bar); the bare "
         "loop is forward, loss, backward, Adam step over batches normalized beforehand. For QAT both run the model "
-        "prepared by `prepare_qat_pt2e` as `pipeline.qat` prepares it. *Pipeline / bare* below 1 is what the "
+        "prepared by `prepare_qat_pt2e` as `core.qat` prepares it. *Pipeline / bare* below 1 is what the "
         "pipeline's loop costs.",
         "",
         *table(["stage", "recorded (img/s)", "pipeline loop (img/s)", "bare loop (img/s)", "pipeline / bare"], rows),
@@ -179,7 +177,7 @@ def device_section(results: dict, devices: dict) -> list[str]:
     if rows:
         lines += [
             "Measured by the demo apps (`OUT/device/<platform>/*.json`, checked against "
-            "`pipeline/schemas/device_results.schema.json`). *Host p50* is this host at 1 thread; *device / host* is "
+            "`benchmarks/schemas/device_results.schema.json`). *Host p50* is this host at 1 thread; *device / host* is "
             "device p50 over host p50. Device accuracy is over the bundled test sample only.",
             "",
             *table(["platform", "device", "model", "runtime", "load (ms)", "p50 (ms)", "p90 (ms)", "host p50 (ms)",

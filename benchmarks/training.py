@@ -2,7 +2,7 @@
 
 A bare loop is forward, loss, backward, optimizer step over batches already normalized in
 memory: no data pipeline, progress bar or metric bookkeeping. The pipeline's own loop
-(`pipeline.train.run_epoch`) is timed on the same model in the same run, so the ratio of the
+(`core.train.run_epoch`) is timed on the same model in the same run, so the ratio of the
 two is what the pipeline costs on top of PyTorch, free of the machine's drift since training.
 """
 
@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline import qat
-from pipeline.data import DataBundle
-from pipeline.train import run_epoch
+from core import qat
+from core.data import DataBundle
+from core.train import run_epoch
 
 WARMUP_STEPS = 3
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch.nn as nn
+
+from core.workspace import ExportSource  # noqa: F401  (re-exported: the converters' input)
 
 
 class ConversionError(RuntimeError):
@@ -18,22 +19,6 @@ class ConversionError(RuntimeError):
 
 class MissingDependency(ConversionError):
     """The backend's Python package is not installed."""
-
-
-@dataclass
-class ExportSource:
-    """Everything a converter may start from: the one QAT model, in the forms each runtime needs."""
-
-    model_name: str
-    input_shape: tuple[int, int, int]  # C, H, W
-    labels: list[str]
-    mean: list[float]
-    std: list[float]
-    qat_folded: nn.Module  # convert_pt2e(fold_quantize=True), for ExecuTorch
-    qat_unfolded: nn.Module  # convert_pt2e(fold_quantize=False), for litert-torch
-    fp32_model: nn.Module  # the fp32 checkpoint, for the float baselines
-    qat_float_model: nn.Module  # the QAT-trained float weights, for Core ML palettization
-    metadata: dict = field(default_factory=dict)  # dataset, accuracies, run id
 
 
 @dataclass

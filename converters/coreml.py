@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pipeline import io as atomic
+from core import io as atomic
 
 from .base import Artifact, ConversionError, Converter, ExportSource, float_output_spec
 

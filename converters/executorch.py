@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.export import Dim
 
-from pipeline import io as atomic
+from core import io as atomic
 
 from .base import Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_output_spec
 

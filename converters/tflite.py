@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import io as atomic
+from core import io as atomic
 
 from .base import Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_output_spec
 

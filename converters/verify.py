@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import DataBundle
-from pipeline.evaluate import agreement, compare
+from core.data import DataBundle
+from core.evaluate import agreement, compare
 
 from . import REGISTRY
 from .base import ExportSource

@@ -11,7 +11,7 @@ results label as such). Steps:
 3. the JSON is taken from the log (if the log lost it: from the .xcresult attachment),
    XCTest's own metrics (XCTClockMetric, XCTMemoryMetric) are parsed from the
    "measured [...]" lines, and everything is checked against
-   pipeline/schemas/device_results.schema.json;
+   benchmarks/schemas/device_results.schema.json;
 4. OUT/device/ios/benchmark_results.json, report.md and xcodebuild.log are written
    and a table is printed.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SCHEMA = REPO / "pipeline" / "schemas" / "device_results.schema.json"
+SCHEMA = REPO / "benchmarks" / "schemas" / "device_results.schema.json"
 SCHEME = "ConvNetBench"
 
 # Keep in step with ResultsWriter.swift.

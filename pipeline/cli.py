@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 
-from .config import FIELDS, ConfigError, RunConfig, load_config_file, resolve
+from core.config import FIELDS, ConfigError, RunConfig, load_config_file, resolve
 
 COMMANDS = {
     "train": "train the fp32 model (seeded; checkpoint each epoch; --resume continues)",
@@ -116,15 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries()
-    from .data import DataError
-    from .io import OutputDirError
-    from .manifest import ManifestError
-    from .models import ModelError
-    from .qat import QuantError
-    from .stages import StageError
-    from .train import CheckpointError
+    from benchmarks.host import BenchError
+    from core.data import DataError
+    from core.io import OutputDirError
+    from core.manifest import ManifestError
+    from core.models import ModelError
+    from core.qat import QuantError
+    from core.train import CheckpointError
 
-    bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError, StageError)
+    from .stages import StageError
+
+    bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError,
+                 StageError, BenchError)
     try:
         cfg = config_from_args(args)
         ok = run_command(args.command, cfg, args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import io as atomic
+from core import io as atomic
 
 FP32_BASELINES = ("_xnnpack_fp32.pte", "_tflite_fp32.tflite")
 

@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data as datasets
-from . import io as atomic
-from . import manifest as mf
-from . import models, qat, report, train
-from .config import RunConfig
-from .evaluate import accuracy, predict
+from core import io as atomic
+from core import manifest as mf
+from core import models, qat, train
 
-CHECKPOINT = Path("checkpoints") / "fp32.pt"
+from . import report
+from core.config import RunConfig
+from core.evaluate import accuracy, predict
+from core.workspace import CHECKPOINT, Workspace
+
 TRAIN_SETTINGS = ("dataset", "model", "weights", "image_size", "limit_train", "limit_test", "batch_size", "lr", "seed")
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
 APP_DIRS = {"android": Path("android_demo/app/src/main/assets"), "ios": Path("ios_demo/Resources")}
@@ -32,25 +33,14 @@ class StageError(RuntimeError):
     """A stage was asked for before the one it needs."""
 
 
-class Pipeline:
+class Pipeline(Workspace):
     def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        self.out = atomic.ensure_writable_dir(Path(cfg.out))
-        self.manifest = mf.load(self.out)
-        self.shape = models.input_shape(cfg.model, cfg.image_size)
-        self._data: datasets.DataBundle | None = None
+        atomic.ensure_writable_dir(Path(cfg.out))
+        super().__init__(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
     # ---- shared pieces -------------------------------------------------------------
-    @property
-    def data(self) -> datasets.DataBundle:
-        if self._data is None:
-            c, size, _ = self.shape
-            self._data = datasets.load(self.cfg.dataset, self.cfg.data_dir, c, size,
-                                       self.cfg.limit_train, self.cfg.limit_test)
-        return self._data
-
     def train_key(self) -> str:
         return f"{self.cfg.key(*TRAIN_SETTINGS)}-{self.data.name}-{len(self.data.train_labels)}"
 
@@ -63,12 +53,6 @@ class Pipeline:
     def _save(self) -> None:
         self.manifest["config"] = self.cfg.to_dict()
         mf.save(self.out, self.manifest)
-
-    def fp32_model(self) -> torch.nn.Module:
-        state = train.load_checkpoint(self.out / CHECKPOINT)
-        model = models.build(self.cfg.model, len(state["meta"]["labels"]))
-        model.load_state_dict(state["model"])
-        return model.eval()
 
     def _evaluate(self, fn) -> float:
         return accuracy(predict(fn, self.data), self.data.test_labels.numpy())
@@ -146,20 +130,9 @@ class Pipeline:
 
     # ---- export and verify ---------------------------------------------------------
     def export_source(self):
-        from converters import ExportSource
-
         if self._stage("qat").get("key") != self.qat_key():
             raise qat.QuantError(f"{self.out} holds no QAT result for these settings; run `qat` first (or `run`)")
-        data, acc = self.data, self.manifest["accuracy"]
-        qat_float = models.build(self.cfg.model, len(data.labels))
-        qat_float.load_state_dict(qat.load_float_weights(self.out / qat.QAT_FLOAT))
-        return ExportSource(
-            model_name=self.cfg.model, input_shape=self.shape, labels=data.labels, mean=data.mean, std=data.std,
-            qat_folded=qat.load_program(self.out / qat.QAT_FOLDED),
-            qat_unfolded=qat.load_program(self.out / qat.QAT_UNFOLDED),
-            fp32_model=self.fp32_model(), qat_float_model=qat_float.eval(),
-            metadata={"dataset": data.name, "qat_float_accuracy": acc.get("qat_float"),
-                      "run_id": self.manifest.get("run_id")})
+        return super().export_source()
 
     def export(self) -> bool:
         """Export with every selected backend; a failing backend is reported and the others still run."""

@@ -9,11 +9,14 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TINY = dict(dataset="mnist-5k", model="convnet", epochs=1, limit_train=1024, limit_test=300,
-            batch_size=32, qat_epochs=1.0, qat_max_steps=20, calib_batches=4, sample_size=20)
+            batch_size=32, qat_epochs=1.0, qat_max_steps=20, calib_batches=4, sample_size=20,
+            # A 1-epoch model on 1024 digits has many near-ties: 4-bit LUTs flip about 2 of 300 test
+            # predictions, so the agreement floor for this tiny model is 98%, not the default 99.5%.
+            min_agreement=0.98)
 
 
 def tiny_config(out, **overrides):
-    from pipeline.config import RunConfig
+    from core.config import RunConfig
 
     return RunConfig(**{**TINY, "out": str(out), **overrides}).validate()
 

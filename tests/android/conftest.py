@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ANDROID = REPO / "android_demo"
 DATA = Path(__file__).resolve().parent / "data"
-SCHEMA = REPO / "pipeline" / "schemas" / "device_results.schema.json"
+SCHEMA = REPO / "benchmarks" / "schemas" / "device_results.schema.json"
 
 
 def _load(name: str):

@@ -8,7 +8,7 @@ import pytest
 
 from pathlib import Path
 
-SCHEMA = Path(__file__).resolve().parents[2] / "pipeline" / "schemas" / "device_results.schema.json"
+SCHEMA = Path(__file__).resolve().parents[2] / "benchmarks" / "schemas" / "device_results.schema.json"
 
 PKG = "com.example.mobilebench"
 

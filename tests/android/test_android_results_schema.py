@@ -1,4 +1,4 @@
-"""benchmark_results.json against pipeline/schemas/device_results.schema.json: the
+"""benchmark_results.json against benchmarks/schemas/device_results.schema.json: the
 sample the app's format is modelled on validates, and broken copies do not."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO / "pipeline" / "schemas" / "device_results.schema.json"
+SCHEMA = REPO / "benchmarks" / "schemas" / "device_results.schema.json"
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample_benchmark_results.json"
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import resolve
+from core.config import resolve
 
 DATA = Path(__file__).resolve().parent / "data"
 TINY = ["--dataset", "mnist-5k", "--epochs", "1", "--limit-train", "512", "--limit-test", "200",

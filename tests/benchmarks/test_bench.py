@@ -37,7 +37,7 @@ def nothing_runs(monkeypatch):
 
     monkeypatch.setattr(host, "run_child", refuse)
     monkeypatch.setattr(host, "training_throughput", refuse)
-    monkeypatch.setattr(host.Pipeline, "__init__", refuse)
+    monkeypatch.setattr(host.Workspace, "__init__", refuse)
 
 
 # ---- bench ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from converters.coreml import CoreMLConverter
-from pipeline import qat
+from core import qat
 from pipeline.stages import Pipeline
 
 

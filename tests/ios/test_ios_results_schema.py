@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO / "pipeline" / "schemas" / "device_results.schema.json"
+SCHEMA = REPO / "benchmarks" / "schemas" / "device_results.schema.json"
 WRITER = REPO / "ios_demo" / "ConvNetBench" / "ResultsWriter.swift"
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pipeline import cli
-from pipeline.config import ConfigError, load_config_file, resolve
+from core.config import ConfigError, load_config_file, resolve
 
 TINY = ["--dataset", "mnist-5k", "--limit-train", "256", "--limit-test", "100", "--epochs", "1"]
 

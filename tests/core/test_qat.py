@@ -1,7 +1,7 @@
 import torch
 import torch.nn as nn
 
-from pipeline import qat
+from core import qat
 
 
 def test_qat_keeps_accuracy_close_to_fp32(exported):

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from pipeline.stages import CHECKPOINT, Pipeline
-from pipeline.train import CheckpointError, load_checkpoint
+from core.workspace import CHECKPOINT
+from pipeline.stages import Pipeline
+from core.train import CheckpointError, load_checkpoint
 
 
 @pytest.fixture

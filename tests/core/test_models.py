@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline import models
+from core import models
 
 
 @pytest.mark.parametrize("name, shape", [

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import data
-from pipeline.data import DataError
+from core import data
+from core.data import DataError
 
 
 def test_mnist_5k_is_a_fixed_stratified_4000_1000_split():

@@ -1,0 +1,4 @@
+"""The shared low-level pieces: settings, data, model sources, training, quantization, evaluation and atomic I/O.
+
+Nothing here imports `converters`, `benchmarks` or `pipeline`: those build on this package.
+"""
