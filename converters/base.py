@@ -50,6 +50,10 @@ class Converter(ABC):
         if missing:
             raise MissingDependency(f"{self.name}: missing Python package(s) {', '.join(missing)}; run `make setup`")
 
+    def validate(self, options) -> list[str]:
+        """Problems with this backend's settings, found before any stage runs (empty list: none)."""
+        return []
+
     @abstractmethod
     def export(self, source: ExportSource, out: Path, options) -> list[Artifact]:
         """Write this backend's artifacts into `out` (atomically) and check their structure."""

@@ -28,7 +28,9 @@ class CoreMLConverter(Converter):
         import coremltools as ct
         from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
-        check_options(options)
+        problems = self.validate(options)
+        if problems:
+            raise ConversionError("; ".join(problems))
         start = time.perf_counter()
         net = fold_batchnorm(source.qat_float_model)
         fp16 = ct.convert(
@@ -79,19 +81,20 @@ class CoreMLConverter(Converter):
                      time.perf_counter() - start),
         ]
 
+    def validate(self, options) -> list[str]:
+        problems = []
+        if options.nbits not in NBITS:
+            problems.append(f"--nbits {options.nbits} is not supported by Core ML palettization; use one of {NBITS}")
+        if options.granularity not in GRANULARITIES:
+            problems.append(f"--granularity {options.granularity!r}: use one of {GRANULARITIES}")
+        if options.granularity == "per_grouped_channel" and options.group_size < 1:
+            problems.append(f"--group-size must be >= 1, got {options.group_size}")
+        return problems
+
     def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1):
         if platform.system() == "Darwin":
             return _predict_runner(path, source), "MLModel.predict (macOS; logits = log-probabilities)"
         return _readback_runner(path, source), "decompress_weights read-back (Linux)"
-
-
-def check_options(options) -> None:
-    if options.nbits not in NBITS:
-        raise ConversionError(f"--nbits {options.nbits} is not supported by Core ML palettization; use one of {NBITS}")
-    if options.granularity not in GRANULARITIES:
-        raise ConversionError(f"--granularity {options.granularity!r}: use one of {GRANULARITIES}")
-    if options.granularity == "per_grouped_channel" and options.group_size < 1:
-        raise ConversionError(f"--group-size must be >= 1, got {options.group_size}")
 
 
 class ImageClassifier(nn.Module):

@@ -95,6 +95,25 @@ class QATSchedule:
         steps = math.ceil(self.epochs * n_train / self.batch_size)
         return min(steps, self.max_steps) if self.max_steps else steps
 
+    def problems(self, n_train: int) -> list[str]:
+        """Settings under which the quantization ranges would never see a batch (empty list: none).
+
+        Observers record ranges only on the steps before they freeze. With no such step the
+        ranges stay at their initial ±inf, and the converted model is at chance level.
+        """
+        total = self.total_steps(n_train)
+        if total < 1:
+            return [f"QAT would run 0 steps (--qat-epochs {self.epochs} on {n_train} training images"
+                    f"{f', --qat-max-steps {self.max_steps}' if self.max_steps else ''}), so the int8 ranges would "
+                    "never see data; give --qat-epochs > 0"]
+        observed = int(self.freeze_observers_at * total)
+        if observed < 1:
+            return [f"--freeze-observers-at {self.freeze_observers_at} freezes the int8 ranges at step {observed} of "
+                    f"{total} (--qat-epochs {self.epochs}, batch {self.batch_size}, {n_train} training images"
+                    f"{f', --qat-max-steps {self.max_steps}' if self.max_steps else ''}), before they see any batch; "
+                    f"raise --freeze-observers-at, --qat-epochs or --qat-max-steps so that at least one step observes"]
+        return []
+
 
 def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QATSchedule) -> tuple[torch.fx.GraphModule, dict]:
     """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode and its stats."""

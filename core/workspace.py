@@ -41,7 +41,7 @@ class Workspace:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.manifest = mf.load(self.out)
+        self.manifest = mf.load(self.out, force=cfg.force)
         self.shape = models.input_shape(cfg.model, cfg.image_size)
         self._data: datasets.DataBundle | None = None
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 import warnings
 
-from core.config import FIELDS, ConfigError, RunConfig, load_config_file, resolve
+from core.config import FIELDS, ConfigError, RunConfig, field_kind, load_config_file, resolve
 
 COMMANDS = {
     "train": "train the fp32 model (seeded; checkpoint each epoch; --resume continues)",
@@ -35,11 +34,6 @@ resolved config in OUT/manifest.json. Exit status: 0 ok, 1 a backend or a check 
 2 bad input."""
 
 
-def _type(f: dataclasses.Field):
-    text = str(f.type)
-    return int if "int" in text else float if "float" in text else str
-
-
 def settings_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (flags override it)")
@@ -48,10 +42,11 @@ def settings_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         group = groups[f.metadata["group"]]
         help_text = f"{f.metadata['help']} (default: {f.default})"
-        if f.type in (bool, "bool"):
+        kind, _ = field_kind(name)
+        if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            group.add_argument(flag, type=_type(f), default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
     return parser
 
 
@@ -118,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from benchmarks.host import BenchError
     from core.data import DataError
-    from core.io import OutputDirError
+    from core.io import OutLock, OutputDirError, recover
     from core.manifest import ManifestError
     from core.models import ModelError
     from core.qat import QuantError
@@ -128,19 +123,26 @@ def main(argv: list[str] | None = None) -> int:
 
     bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError,
                  StageError, BenchError)
+    from converters import ConversionError
+
     try:
         cfg = config_from_args(args)
-        ok = run_command(args.command, cfg, args)
-    except bad_input as exc:
+        with OutLock(cfg.out, f"mobile-pipeline {args.command}"):
+            for action in recover(cfg.out):
+                print(f"recover: {action}")
+            ok = run_command(args.command, cfg, args)
+    except bad_input + (ConversionError,) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from converters import ConversionError
-
-        if isinstance(exc, ConversionError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except OSError as exc:  # an I/O failure outside the atomic writes: name the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check the disk and the path, or pick another --out",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.command} stopped; finished files in OUT are intact, and the next run "
+              "cleans up and continues from them", file=sys.stderr)
+        return 130
     return 0 if ok else 1
 
 

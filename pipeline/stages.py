@@ -1,8 +1,11 @@
 """The pipeline's stages over one output directory: train, qat, export (+ verify), bundle.
 
-Each stage records a key of the settings it depends on in OUT/manifest.json and reuses
-its result when the key still matches, so `make export-ios` after `make export-android`
-does not retrain. `--force` re-runs them.
+Each stage records in OUT/manifest.json a key of the settings it depends on and the sha256 of
+every file it wrote. It reuses its result only when the key matches AND every file is intact,
+so `make export-ios` after `make export-android` does not retrain, while a damaged or
+overwritten file is never trusted. A stage marks itself "running" before it rewrites anything,
+and files of an older model are moved to OUT/stale/ rather than left under their final names.
+`--force` re-runs the stages.
 """
 
 from __future__ import annotations
@@ -17,20 +20,22 @@ import torch
 from core import io as atomic
 from core import manifest as mf
 from core import models, qat, train
-
-from . import report
 from core.config import RunConfig
 from core.evaluate import accuracy, predict
 from core.workspace import CHECKPOINT, Workspace
 
+from . import report
+
 TRAIN_SETTINGS = ("dataset", "model", "weights", "image_size", "limit_train", "limit_test", "batch_size", "lr", "seed")
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
+QAT_FILES = (qat.QAT_FOLDED, qat.QAT_UNFOLDED, qat.QAT_FLOAT)
+ARTIFACT_SUFFIXES = (".pte", ".tflite", ".mlpackage")
 APP_DIRS = {"android": Path("android_demo/app/src/main/assets"), "ios": Path("ios_demo/Resources")}
 APP_FORMATS = {"android": ("pte", "tflite"), "ios": ("mlpackage", "pte")}
 
 
 class StageError(RuntimeError):
-    """A stage was asked for before the one it needs."""
+    """A stage was asked for before the one it needs, or its settings cannot work; the message says what to do."""
 
 
 class Pipeline(Workspace):
@@ -39,6 +44,24 @@ class Pipeline(Workspace):
         super().__init__(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.preflight()
+
+    # ---- checks before anything runs ---------------------------------------------
+    def preflight(self) -> None:
+        """Refuse, before any stage runs, settings that cannot give a sound model or artifact."""
+        import converters
+
+        problems = [p for conv in converters.select(self.cfg.backends) for p in conv.validate(self.cfg)]
+        if problems:  # settings alone: refused before any data is read
+            raise StageError("; ".join(problems))
+        problems = self.schedule().problems(len(self.data.train_labels))
+        if problems:
+            raise StageError("; ".join(problems))
+
+    def schedule(self) -> qat.QATSchedule:
+        cfg = self.cfg
+        return qat.QATSchedule(cfg.qat_epochs, cfg.qat_max_steps, cfg.qat_lr, cfg.batch_size, cfg.seed,
+                               cfg.freeze_bn_at, cfg.freeze_observers_at)
 
     # ---- shared pieces -------------------------------------------------------------
     def train_key(self) -> str:
@@ -50,30 +73,71 @@ class Pipeline(Workspace):
     def _stage(self, name: str) -> dict:
         return self.manifest["stages"].get(name, {})
 
+    def _done(self, name: str, key: str) -> bool:
+        stage = self._stage(name)
+        return stage.get("status") == "done" and stage.get("key") == key
+
     def _save(self) -> None:
+        """Write the manifest, and the report that describes it, so the two never disagree."""
         self.manifest["config"] = self.cfg.to_dict()
         mf.save(self.out, self.manifest)
+        report.write_export_report(self.out, self.manifest)
 
     def _evaluate(self, fn) -> float:
         return accuracy(predict(fn, self.data), self.data.test_labels.numpy())
+
+    def _retire(self, files: list[str], why: str) -> None:
+        """Move outputs of an older model out of the way, into OUT/stale/<its run id>/; never delete them."""
+        stale = self.out / "stale" / (self.manifest.get("run_id") or "unknown-run")
+        moved = atomic.move_aside([self.out / f for f in files], stale)
+        if moved:
+            print(f"{why}: moved {len(moved)} file(s) of the previous model to {stale}")
+
+    def _downstream_of(self, stage: str) -> list[str]:
+        """Files in OUT that were made from the result of `stage` (artifacts, reports, bench results)."""
+        files = list(self.manifest["artifacts"])
+        files += [p.name for p in self.out.iterdir() if p.suffix in ARTIFACT_SUFFIXES and p.name not in files]
+        files += ["report.md", "labels.txt", "bench"]
+        if stage == "train":
+            files += list(QAT_FILES)
+        return files
+
+    def checkpoint_state(self) -> dict:
+        """The fp32 checkpoint, only if it is the one `train` recorded."""
+        ckpt, recorded = self.out / CHECKPOINT, self._stage("train").get("sha256")
+        if not atomic.intact(ckpt, recorded):
+            state = "missing" if not ckpt.exists() else "changed since `train` wrote it (its sha256 differs)"
+            raise train.CheckpointError(f"{ckpt} is {state}; it may have been overwritten by another run. "
+                                        "Rerun `train --force` to train again (or restore the file)")
+        return train.load_checkpoint(ckpt)
+
+    def fp32_model(self) -> torch.nn.Module:
+        state = self.checkpoint_state()
+        model = models.build(self.cfg.model, len(state["meta"]["labels"]))
+        model.load_state_dict(state["model"])
+        return model.eval()
 
     # ---- train ---------------------------------------------------------------------
     def train(self) -> None:
         cfg, data = self.cfg, self.data
         key, stage = self.train_key(), self._stage("train")
         ckpt = self.out / CHECKPOINT
-        if (not cfg.force and not cfg.resume and stage.get("key") == key
-                and stage.get("epochs_done") == cfg.epochs and ckpt.exists()):
-            train.load_checkpoint(ckpt)  # a corrupt checkpoint is an error, never silently replaced
+        if not cfg.force and not cfg.resume and self._done("train", key) and stage.get("epochs_done") == cfg.epochs:
+            self.checkpoint_state()  # an overwritten or corrupt checkpoint is an error, never silently reused
             print(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
             return
+        keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
+        self._retire(self._downstream_of("train") + keep, "train")
+        self.manifest.update({"accuracy": {}, "artifacts": {}, "backends": {}, "verification": {}})
+        self.manifest["stages"] = {"train": {"status": "running", "key": key}}
+        self._save()
         train.seed_everything(cfg.seed)
         model = models.build(cfg.model, len(data.labels), cfg.weights)
         meta = {"model": cfg.model, "labels": data.labels, "mean": data.mean, "std": data.std, "input_shape": list(self.shape)}
         start = time.perf_counter()
         result = train.train_fp32(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                                   checkpoint=ckpt, key=key, meta=meta, resume=cfg.resume)
-        if not ckpt.exists():  # epochs == 0: keep the initial weights as the checkpoint
+        if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
         fp32_acc = self._evaluate(result.model.eval())
         print(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
@@ -84,11 +148,10 @@ class Pipeline(Workspace):
                       "parameters": sum(p.numel() for p in result.model.parameters()),
                       "macs": models.count_macs(result.model, self.shape)},
             "accuracy": {"fp32": fp32_acc},
-            "artifacts": {}, "backends": {},
         })
         self.manifest["stages"] = {"train": {
-            "key": key, "checkpoint": str(CHECKPOINT), "epochs_done": result.epochs_done,
-            "images_per_s": result.images_per_s, "history": result.history,
+            "status": "done", "key": key, "checkpoint": str(CHECKPOINT), "sha256": atomic.sha256(ckpt),
+            "epochs_done": result.epochs_done, "images_per_s": result.images_per_s, "history": result.history,
             "wall_time_s": time.perf_counter() - start}}
         self._save()
 
@@ -96,23 +159,27 @@ class Pipeline(Workspace):
     def qat(self) -> None:
         cfg, data = self.cfg, self.data
         key, stage = self.qat_key(), self._stage("qat")
-        files = [self.out / qat.QAT_FOLDED, self.out / qat.QAT_UNFOLDED, self.out / qat.QAT_FLOAT]
-        if not cfg.force and stage.get("key") == key and all(f.exists() for f in files):
-            acc = self.manifest["accuracy"]
-            print(f"qat: reusing {self.out} (fp32 {acc['fp32']:.4f}, PTQ {acc['ptq']:.4f}, QAT {acc['qat']:.4f})")
-            return
-        if self._stage("train").get("key") != self.train_key():
+        if not cfg.force and self._done("qat", key):
+            damaged = [f for f in QAT_FILES if not atomic.intact(self.out / f, stage.get("sha256", {}).get(f))]
+            if not damaged:
+                acc = self.manifest["accuracy"]
+                print(f"qat: reusing {self.out} (fp32 {acc['fp32']:.4f}, PTQ {acc['ptq']:.4f}, QAT {acc['qat']:.4f})")
+                return
+            print(f"qat: {', '.join(damaged)} missing or changed since `qat` wrote them; running QAT again")
+        if not self._done("train", self.train_key()):
             raise train.CheckpointError(f"{self.out / CHECKPOINT} was not trained with these settings; run `train` first")
         model = self.fp32_model()
+        self._retire(self._downstream_of("qat"), "qat")
+        self.manifest.update({"artifacts": {}, "backends": {}, "verification": {}})
+        self.manifest["stages"] = {"train": self._stage("train"), "qat": {"status": "running", "key": key}}
+        self._save()
         start = time.perf_counter()
         ptq_model = qat.ptq(model, data, self.shape, cfg.calib_batches, cfg.batch_size)
         ptq_acc = self._evaluate(ptq_model)
         train.seed_everything(cfg.seed)
-        schedule = qat.QATSchedule(cfg.qat_epochs, cfg.qat_max_steps, cfg.qat_lr, cfg.batch_size, cfg.seed,
-                                   cfg.freeze_bn_at, cfg.freeze_observers_at)
-        prepared, stats = qat.qat(model, data, self.shape, schedule)
+        prepared, stats = qat.qat(model, data, self.shape, self.schedule())
         qat_acc = self._evaluate(qat.convert(prepared))
-        qat.save(prepared, model, self.shape, self.out)
+        paths = qat.save(prepared, model, self.shape, self.out)
         qat_float = models.build(cfg.model, len(data.labels))
         qat_float.load_state_dict(qat.float_weights(prepared, model))
         qat_float_acc = self._evaluate(qat_float.eval())
@@ -120,18 +187,23 @@ class Pipeline(Workspace):
         acc.update({"ptq": ptq_acc, "qat": qat_acc, "qat_float": qat_float_acc})
         print(f"qat: test accuracy fp32 {acc['fp32']:.4f} | PTQ int8 {ptq_acc:.4f} | QAT int8 {qat_acc:.4f} "
               f"| QAT weights in float {qat_float_acc:.4f}")
-        self.manifest["stages"] = {"train": self._stage("train"), "qat": {
-            "key": key, "files": [f.name for f in files], "steps": stats["steps"], "events": stats["events"],
-            "images_per_s": stats["images_per_s"], "history": stats["history"],
-            "wall_time_s": time.perf_counter() - start}}
+        self.manifest["stages"]["qat"] = {
+            "status": "done", "key": key, "files": list(QAT_FILES),
+            "sha256": {name: atomic.sha256(path) for name, path in paths.items()},
+            "steps": stats["steps"], "events": stats["events"], "images_per_s": stats["images_per_s"],
+            "history": stats["history"], "wall_time_s": time.perf_counter() - start}
         self.manifest["quantization_error"] = qat.weight_quantization_error(prepared)
-        self.manifest["artifacts"], self.manifest["backends"] = {}, {}
         self._save()
 
     # ---- export and verify ---------------------------------------------------------
     def export_source(self):
-        if self._stage("qat").get("key") != self.qat_key():
+        if not self._done("qat", self.qat_key()):
             raise qat.QuantError(f"{self.out} holds no QAT result for these settings; run `qat` first (or `run`)")
+        recorded = self._stage("qat").get("sha256", {})
+        damaged = [f for f in QAT_FILES if not atomic.intact(self.out / f, recorded.get(f))]
+        if damaged:
+            raise qat.QuantError(f"{', '.join(damaged)} in {self.out} are missing or changed since `qat` wrote them; "
+                                 "rerun `qat` (it rebuilds them)")
         return super().export_source()
 
     def export(self) -> bool:
@@ -144,29 +216,37 @@ class Pipeline(Workspace):
         for conv in selected:
             key = f"{self.qat_key()}/{self.cfg.key(*conv.settings)}"
             previous = self.manifest["backends"].get(conv.name, {})
-            files = [f for f, a in self.manifest["artifacts"].items() if a["backend"] == conv.name]
-            if (not self.cfg.force and previous.get("key") == key and previous.get("status") == "ok"
-                    and files and all((self.out / f).exists() for f in files)):
-                print(f"export: {conv.name}: reusing {', '.join(files)}")
-                continue
+            files = {f: a for f, a in self.manifest["artifacts"].items() if a["backend"] == conv.name}
+            if not self.cfg.force and previous.get("key") == key and previous.get("status") == "ok" and files:
+                damaged = [f for f, a in files.items() if not atomic.intact(self.out / f, a.get("sha256"))]
+                if not damaged:
+                    print(f"export: {conv.name}: reusing {', '.join(files)}")
+                    continue
+                print(f"export: {conv.name}: {', '.join(damaged)} missing or changed since export; exporting again")
+            for f in files:  # not done until the new files are written and recorded
+                self.manifest["artifacts"].pop(f)
+            self.manifest["backends"][conv.name] = {"key": key, "status": "running"}
+            self._save()
             start = time.perf_counter()
             try:
                 conv.check_dependencies()
                 artifacts = conv.export(source, self.out, self.cfg)
+            except atomic.OutputDirError:
+                raise  # a full or read-only disk stops every backend: exit 2 with the file named
             except Exception as exc:  # a failing backend must not stop the others
                 ok = False
                 reason = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
                 print(f"[x] export: {conv.name} FAILED: {reason}")
                 self.manifest["backends"][conv.name] = {"key": key, "status": "failed", "reason": reason}
+                self._retire([f for f in files], f"export: {conv.name}")
                 self._save()
                 continue
-            for f in files:
-                self.manifest["artifacts"].pop(f, None)
             for a in artifacts:
                 path = self.out / a.file
                 self.manifest["artifacts"][a.file] = {**a.to_dict(), "bytes": atomic.size_bytes(path),
                                                       "sha256": atomic.sha256(path)}
                 print(f"[✓] export: {a.file} ({atomic.size_bytes(path) / 1e6:.2f} MB, {a.export_seconds:.1f} s)")
+            self._retire([f for f in files if f not in self.manifest["artifacts"]], f"export: {conv.name}")
             self.manifest["backends"][conv.name] = {"key": key, "status": "ok", "reason": None,
                                                     "wall_time_s": time.perf_counter() - start}
             self._save()
@@ -175,12 +255,14 @@ class Pipeline(Workspace):
         return ok and verified
 
     def verify(self, backends: list[str] | None = None, source=None) -> bool:
-        """Run each artifact over the whole test set; compare with its PyTorch reference."""
+        """Run each artifact over the whole test set; compare with its PyTorch reference and with fp32/PTQ."""
         from converters.verify import Thresholds, cross_agreement, run_artifact, verify
 
         source = source or self.export_source()
         data, labels = self.data, self.data.test_labels.numpy()
-        thresholds = Thresholds(self.cfg.min_agreement, self.cfg.max_acc_drop)
+        cfg, acc = self.cfg, self.manifest["accuracy"]
+        thresholds = Thresholds(cfg.min_agreement, cfg.max_acc_drop, cfg.max_quant_drop)
+        baselines = {"fp32": acc.get("fp32"), "ptq": acc.get("ptq")}
         references = {"qat": source.qat_folded, "fp32": source.fp32_model, "qat_float": source.qat_float_model}
         ref_logits: dict[str, np.ndarray] = {}
         logits_by_file, ok = {}, True
@@ -190,9 +272,11 @@ class Pipeline(Workspace):
             return False
         for file, artifact in selected.items():
             path = self.out / file
-            if not path.exists():
-                artifact["verification"] = {"passed": False, "failures": [f"{path} is missing"]}
-                print(f"[x] verify: {file}: missing; re-run export")
+            if not atomic.intact(path, artifact.get("sha256")):
+                state = "missing" if not path.exists() else "changed since export (its sha256 differs)"
+                artifact["verification"] = {"passed": False, "failures": [f"{path} is {state}; re-run `export`, "
+                                                                          "which rebuilds it"]}
+                print(f"[x] verify: {file}: {state}; re-run `export`, which rebuilds it")
                 ok = False
                 continue
             for name in {artifact["reference"], "qat"}:
@@ -203,10 +287,10 @@ class Pipeline(Workspace):
                 logits, method = run_artifact(path, artifact, source, data)
             except Exception as exc:
                 artifact["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
-                print(f"[x] verify: {file}: could not run it: {exc}")
+                print(f"[x] verify: {file}: could not run it: {exc}; re-run `export --force` to rebuild it")
                 ok = False
                 continue
-            result = verify(artifact, logits, ref_logits[artifact["reference"]], labels, thresholds)
+            result = verify(artifact, logits, ref_logits[artifact["reference"]], labels, thresholds, baselines)
             result.update({"method": method, "images": len(labels), "seconds": time.perf_counter() - start,
                            "agreement_with_qat": float((logits.argmax(1) == ref_logits["qat"].argmax(1)).mean())})
             artifact["verification"] = result
@@ -218,31 +302,37 @@ class Pipeline(Workspace):
                 print(f"    FAILED: {file}: {failure}")
             ok &= result["passed"]
         self.manifest["verification"] = {
-            "thresholds": {"min_agreement": thresholds.min_agreement, "max_acc_drop_pp": thresholds.max_acc_drop_pp},
+            "thresholds": {"min_agreement": thresholds.min_agreement, "max_acc_drop_pp": thresholds.max_acc_drop_pp,
+                           "max_quant_drop_pp": thresholds.max_quant_drop_pp},
             "cross_backend": {**self.manifest.get("verification", {}).get("cross_backend", {}),
                               **cross_agreement(logits_by_file, self.manifest["artifacts"])},
         }
-        self.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed") for a in self.manifest["artifacts"].values())
+        self.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed")
+                                                      for a in self.manifest["artifacts"].values())
         self._save()
-        report.write_export_report(self.out, self.manifest)
         return ok
 
     # ---- demo apps -----------------------------------------------------------------
     def bundle(self, platform: str, dest: Path | None = None) -> Path:
-        """Copy the verified artifacts, labels, a test sample and their input specs into a demo app."""
+        """Copy the verified, intact artifacts, labels, a test sample and their input specs into a demo app."""
         dest = Path(dest or APP_DIRS[platform])
-        dest.mkdir(parents=True, exist_ok=True)
         formats = APP_FORMATS[platform]
         chosen = {f: a for f, a in self.manifest["artifacts"].items()
-                  if a["format"] in formats and a.get("verification", {}).get("passed")}
+                  if a["format"] in formats and a.get("verification", {}).get("passed")
+                  and atomic.intact(self.out / f, a.get("sha256"))}
         if not chosen:
-            raise StageError(f"no verified {'/'.join(formats)} artifacts in {self.out}; run `export` first")
-        for stale in dest.iterdir():
-            if stale.suffix.lstrip(".") in formats and stale.name not in chosen:
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            raise StageError(f"no verified, intact {'/'.join(formats)} artifacts in {self.out}; run `export` first")
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for stale in dest.iterdir():
+                if stale.suffix.lstrip(".") in formats and stale.name not in chosen:
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        except OSError as exc:
+            raise atomic.describe_os_error(dest, exc) from exc
         for file in chosen:
             src = self.out / file
-            atomic.atomic_write(dest / file, lambda tmp, s=src: shutil.copytree(s, tmp) if s.is_dir() else shutil.copyfile(s, tmp))
+            atomic.atomic_write(dest / file, lambda tmp, s=src: shutil.copytree(s, tmp) if s.is_dir() else shutil.copyfile(s, tmp),
+                                size_hint=atomic.size_bytes(src))
         data = self.data
         n = min(self.cfg.sample_size, len(data.test_labels))
         atomic.write_bytes(dest / "test_sample.u8", data.test_images[:n].contiguous().numpy().tobytes())
@@ -255,4 +345,3 @@ class Pipeline(Workspace):
             for f, a in chosen.items()]})
         print(f"bundle: {len(chosen)} models, labels and {n} test images -> {dest}")
         return dest
-

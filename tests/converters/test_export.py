@@ -7,6 +7,7 @@ import pytest
 
 from converters.coreml import CoreMLConverter
 from core import qat
+from core.io import sha256
 from pipeline.stages import Pipeline
 
 
@@ -64,11 +65,15 @@ def test_failing_backend_is_reported_and_the_others_finish(copy_of, monkeypatch)
         raise RuntimeError("simulated converter crash")
 
     monkeypatch.setattr(CoreMLConverter, "export", broken)
+    run_id = pipeline.manifest["run_id"]
     assert pipeline.export() is False
     backends = pipeline.manifest["backends"]
     assert backends["coreml"]["status"] == "failed" and "simulated converter crash" in backends["coreml"]["reason"]
     assert backends["executorch"]["status"] == "ok" and backends["tflite"]["status"] == "ok"
-    assert sorted(p.name for p in pal4.rglob("*")) == before  # the earlier artifact is intact
+    # the earlier artifact is no longer listed, and is kept whole under stale/, not lost
+    assert "convnet_coreml_pal4.mlpackage" not in pipeline.manifest["artifacts"] and not pal4.exists()
+    kept = pipeline.out / "stale" / run_id / "convnet_coreml_pal4.mlpackage"
+    assert sorted(p.name for p in kept.rglob("*")) == before
     assert "simulated converter crash" in (pipeline.out / "report.md").read_text()
 
 
@@ -76,10 +81,10 @@ def test_missing_or_corrupt_qat_result_is_an_error_and_keeps_artifacts(copy_of):
     pipeline = copy_of()
     pte = (pipeline.out / "convnet_xnnpack_int8.pte").read_bytes()
     (pipeline.out / qat.QAT_FOLDED).write_bytes(b"corrupt")
-    with pytest.raises(qat.QuantError, match="corrupt"):
+    with pytest.raises(qat.QuantError, match="qat_int8.pt2 .* missing or changed since `qat` wrote them; rerun `qat`"):
         pipeline.export()
     (pipeline.out / qat.QAT_FOLDED).unlink()
-    with pytest.raises(qat.QuantError, match="not found"):
+    with pytest.raises(qat.QuantError, match="missing or changed"):
         pipeline.export()
     assert (pipeline.out / "convnet_xnnpack_int8.pte").read_bytes() == pte
 
@@ -88,7 +93,10 @@ def test_verify_fails_loudly_on_a_tampered_artifact(copy_of, capsys):
     pipeline = copy_of(min_agreement=1.0, max_acc_drop=0.0)
     good = pipeline.out / "convnet_tflite_fp32.tflite"
     shutil.copyfile(pipeline.out / "convnet_tflite_int8.tflite", good)  # the wrong model under the fp32 name
-    pipeline.manifest["artifacts"]["convnet_tflite_fp32.tflite"]["reference"] = "fp32"
+    entry = pipeline.manifest["artifacts"]["convnet_tflite_fp32.tflite"]
+    assert pipeline.verify(["tflite"]) is False  # caught first by its sha256
+    assert "convnet_tflite_fp32.tflite: changed since export" in capsys.readouterr().out
+    entry["sha256"] = sha256(good)  # as if an export had written the wrong model: the numbers must catch it
     assert pipeline.verify(["tflite"]) is False
     assert "FAILED: convnet_tflite_fp32.tflite" in capsys.readouterr().out
 
