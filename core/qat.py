@@ -30,11 +30,23 @@ class QuantError(RuntimeError):
     """The QAT result is missing or unreadable."""
 
 
-def quantizer(is_qat: bool):
+def quantizer(is_qat: bool, keep_float: tuple[str, ...] = ()):
+    """XNNPACK's int8 quantizer; the modules named in `keep_float` (and everything inside them) stay float."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
+    q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
+    if keep_float:
+        q.set_filter_function(float_filter(keep_float))
+    return q
+
+
+def float_filter(keep_float: tuple[str, ...]):
+    """A quantizer filter that leaves every node of the named modules unannotated, so they stay float."""
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    inside = [get_module_name_filter(name) for name in keep_float]
+    return lambda node: not any(f(node) for f in inside)
 
 
 def _export(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
@@ -44,11 +56,12 @@ def _export(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
     return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
 
 
-def ptq(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int) -> torch.fx.GraphModule:
+def ptq(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int,
+        keep_float: tuple[str, ...] = ()) -> torch.fx.GraphModule:
     """Post-training quantization: calibrate observers on training batches, then convert."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(_export(copy.deepcopy(model).eval(), shape), quantizer(is_qat=False))
+    prepared = prepare_pt2e(_export(copy.deepcopy(model).eval(), shape), quantizer(is_qat=False, keep_float=keep_float))
     with torch.no_grad():
         for i, (images, _) in enumerate(data.batches("train", batch_size)):
             if i >= calib_batches:
@@ -71,12 +84,12 @@ def freeze_batchnorm(prepared: torch.fx.GraphModule) -> int:
     return frozen
 
 
-def prepare(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
+def prepare(model: nn.Module, shape: tuple[int, ...], keep_float: tuple[str, ...] = ()) -> torch.fx.GraphModule:
     """The fp32 model exported in train mode with fake quantization inserted (observers on)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    prepared = prepare_qat_pt2e(_export(copy.deepcopy(model).train(), shape), quantizer(is_qat=True))
+    prepared = prepare_qat_pt2e(_export(copy.deepcopy(model).train(), shape), quantizer(is_qat=True, keep_float=keep_float))
     allow_exported_model_train_eval(prepared)  # .train()/.eval() now switch dropout and BatchNorm correctly
     return prepared
 
@@ -115,11 +128,12 @@ class QATSchedule:
         return []
 
 
-def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QATSchedule) -> tuple[torch.fx.GraphModule, dict]:
+def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QATSchedule,
+        keep_float: tuple[str, ...] = ()) -> tuple[torch.fx.GraphModule, dict]:
     """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode and its stats."""
     from torchao.quantization.pt2e import disable_observer
 
-    prepared = prepare(model, shape)
+    prepared = prepare(model, shape, keep_float)
     optimizer = torch.optim.Adam(prepared.parameters(), lr=schedule.lr)
     total = schedule.total_steps(len(data.train_labels))
     freeze_bn_step = int(schedule.freeze_bn_at * total)
