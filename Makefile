@@ -15,7 +15,7 @@ OUT      ?= artifacts
 ARGS     ?=
 SETTINGS  = --dataset $(DATASET) --data-dir $(DATA_DIR) --model $(MODEL) --epochs $(EPOCHS) --out $(OUT) $(ARGS)
 
-.PHONY: setup train qat export export-android export-ios bench report test clean distclean
+.PHONY: setup train qat export export-android export-ios bench report study test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(VENV_STAMP)
 
 report: $(VENV_STAMP)
 	$(CLI) report $(SETTINGS)
+
+# The quantization study of the trained model (writes OUT/study/); study flags go in ARGS.
+study: qat
+	$(CLI) study $(SETTINGS)
 
 include android_demo/android.mk
 include ios_demo/ios.mk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -50,8 +51,11 @@ class CoreMLConverter(Converter):
         config = OpPalettizerConfig(mode="kmeans", nbits=options.nbits, granularity=options.granularity,
                                     group_size=options.group_size if options.granularity == "per_grouped_channel" else 0,
                                     weight_threshold=options.weight_threshold)
-        palettized = palettize_weights(fp16, OptimizationConfig(global_config=config))
-        quant = f"pal{options.nbits}"
+        # Mixed precision (the study's --keep-float): the named layers' weights stay dense fp16.
+        float_layers = tuple(getattr(options, "float_layers", ()) or ())
+        kept = {weight_const(layer): None for layer in float_layers}
+        palettized = palettize_weights(fp16, OptimizationConfig(global_config=config, op_name_configs=kept or None))
+        quant = f"pal{options.nbits}" + ("_mixed" if float_layers else "")
         describe(palettized, source, quant)
         pal_file = f"{source.model_name}_coreml_{quant}.mlpackage"
         atomic.atomic_write(out / pal_file, lambda tmp: palettized.save(str(tmp)))
@@ -60,6 +64,10 @@ class CoreMLConverter(Converter):
         if not checks["palettized"]:
             raise ConversionError(f"{pal_file}: no constexpr_lut_to_dense op holds a weight; every weight is below "
                                   f"--weight-threshold {options.weight_threshold}")
+        not_dense = [c for c in kept if c not in checks["dense"]]
+        if not_dense:
+            raise ConversionError(f"{pal_file}: {not_dense} should have stayed dense fp16 (--keep-float), but are "
+                                  "not dense fp16 weights of this program")
         if checks["wrong_nbits"]:
             raise ConversionError(f"{pal_file}: LUTs of the wrong width: {checks['wrong_nbits']}, asked for {options.nbits} bits")
         if checks["bytes_palettized"] >= checks["bytes_fp16"]:
@@ -122,6 +130,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def weight_const(layer: str) -> str:
+    """The Core ML const holding a layer's fp16 weight, as ct.convert names it from the exported program."""
+    return f"p_net_{layer.replace('.', '_')}_weight_to_fp16"
+
+
 def describe(mlmodel, source: ExportSource, quant: str) -> None:
     meta = source.metadata
     mlmodel.short_description = (f"{source.model_name} image classifier ({meta.get('dataset', '?')}), "
@@ -173,7 +186,8 @@ def load_into(net: nn.Module, weights: dict[str, np.ndarray]) -> nn.Module:
     """Load Core ML weights into the PyTorch network they were converted from (names follow the state_dict)."""
     by_key = {}
     for name, value in weights.items():
-        key = name.removesuffix("_palettized").removesuffix("_to_fp16")
+        # Compressed weights are named after the dense const plus a suffix per compression step.
+        key = re.sub(r"(_palettized|_quantized|_sparsified)+$", "", name).removesuffix("_to_fp16")
         if key.startswith("p_net_"):
             by_key[key[len("p_net_"):]] = value
     state = net.state_dict()

@@ -25,9 +25,14 @@ class ExecuTorchConverter(Converter):
     settings = ("allow_fallback", "dynamic_batch")
 
     def export(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        # Mixed precision (the study's --keep-float): only an explicit `float_layers` option accepts float
+        # conv/linear ops in the int8 program; a normal export still demands int8 for every one of them.
+        float_layers = tuple(getattr(options, "float_layers", ()) or ())
         artifacts = []
         for quant, module, reference in (("int8", source.qat_folded, "qat"), ("fp32", source.fp32_model.eval(), "fp32")):
             start = time.perf_counter()
+            if quant == "int8" and float_layers:
+                quant = "int8_mixed"
             file = f"{source.model_name}_xnnpack_{quant}.pte"
             batch = options.dynamic_batch or 1
             program, table = lower(module, source.input_shape, options.dynamic_batch)
@@ -40,6 +45,11 @@ class ExecuTorchConverter(Converter):
             if quant == "int8" and checks["int8_compute_ops"] < checks["compute_ops"]:
                 raise ConversionError(f"{file}: only {checks['int8_compute_ops']} of {checks['compute_ops']} "
                                       "conv/linear ops take int8 weights and activations")
+            if quant == "int8_mixed":
+                checks["float_layers"] = list(float_layers)
+                if not checks["int8_compute_ops"]:
+                    raise ConversionError(f"{file}: no conv/linear op takes int8 weights and activations; "
+                                          f"every layer stayed float (asked to keep {list(float_layers)})")
             buffer = program.to_executorch().buffer
             atomic.write_bytes(out / file, buffer)
             spec_batch = batch if options.dynamic_batch else 1

@@ -13,6 +13,7 @@ from core import io as atomic
 from .base import Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_output_spec
 
 FLOAT_TYPES = {"float32", "float16"}
+COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
 class TFLiteConverter(Converter):
@@ -24,9 +25,15 @@ class TFLiteConverter(Converter):
         import litert_torch
 
         layout = "NHWC" if options.nhwc else "NCHW"
+        # Mixed precision (the study's --keep-float): only an explicit `float_layers` option accepts float
+        # tensors in the int8 file; a normal export still demands a fully int8 one.
+        float_layers = tuple(getattr(options, "float_layers", ()) or ())
         artifacts = []
         for quant, module, reference in (("int8", source.qat_unfolded, "qat"), ("fp32", source.fp32_model.eval(), "fp32")):
             start = time.perf_counter()
+            mixed = quant == "int8" and bool(float_layers)
+            if mixed:
+                quant = "int8_mixed"
             file = f"{source.model_name}_tflite_{quant}.tflite"
             module.training = False
             if options.nhwc:
@@ -34,13 +41,18 @@ class TFLiteConverter(Converter):
                 example = torch.zeros(1, *source.input_shape).permute(0, 2, 3, 1).contiguous()
             else:
                 example = torch.zeros(1, *source.input_shape)
-            quant_config = _int8_config() if quant == "int8" else None
+            quant_config = _int8_config() if quant != "fp32" else None
             edge = litert_torch.convert(module, (example,), quant_config=quant_config)
             atomic.atomic_write(out / file, lambda tmp: edge.export(str(tmp)))
             checks, io_spec = inspect(out / file)
             if quant == "int8" and not checks["fully_int8"]:
                 raise ConversionError(f"{file}: not fully int8: float tensors {checks['float_tensors'][:8]}, "
                                       f"input {io_spec['input']['dtype']}, output {io_spec['output']['dtype']}")
+            if mixed:
+                checks["float_layers"] = list(float_layers)
+                if len(checks["float_compute_ops"]) == checks["compute_ops"]:
+                    raise ConversionError(f"{file}: every conv/linear op is float; nothing was quantized "
+                                          f"(asked to keep {list(float_layers)} float)")
             print(f"[tflite] {file}: tensors by type {checks['tensor_types']}, ops {checks['ops']}")
             input_spec = {**float_input_spec(source, 1, layout), **io_spec["input"]}
             artifacts.append(Artifact(file=file, backend=self.name, quant=quant, format="tflite",
@@ -100,8 +112,15 @@ def inspect(path: Path) -> tuple[dict, dict]:
         if dtype in FLOAT_TYPES:
             floats.append(t["name"])
     ops: dict[str, int] = {}
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    compute, float_compute = 0, []
     for op in interpreter._get_ops_details():
         ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+        if op["op_name"] in COMPUTE_OPS and len(op["inputs"]) > 1:
+            compute += 1
+            weight = tensors.get(int(op["inputs"][1]))
+            if weight is not None and np.dtype(weight["dtype"]).name in FLOAT_TYPES:
+                float_compute.append(weight["name"])  # the name carries the layer's module path
 
     def io(detail: dict) -> dict:
         scale, zero = detail["quantization"]
@@ -110,6 +129,7 @@ def inspect(path: Path) -> tuple[dict, dict]:
                 "zero_point": int(zero) if quantized else None}
 
     io_spec = {"input": io(interpreter.get_input_details()[0]), "output": io(interpreter.get_output_details()[0])}
-    checks = {"tensor_types": types, "float_tensors": floats, "ops": ops,
+    checks = {"tensor_types": types, "float_tensors": floats, "ops": ops, "compute_ops": compute,
+              "float_compute_ops": float_compute,
               "fully_int8": not floats and io_spec["input"]["dtype"] == "int8" and io_spec["output"]["dtype"] == "int8"}
     return checks, io_spec

@@ -63,6 +63,16 @@ class RunConfig:
     bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement", "bench")
     bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count (batch 32: a tenth, at least 3)", "bench")
     bench_train_steps: int = _opt(30, "timed steps of the bare and the pipeline training loops", "bench")
+    # quantization study (`mobile-pipeline study`; see study/)
+    study_sections: str = _opt("all", "study sections: all, or some of error,sensitivity,mixed,sweep,pruning,wa (or 1-6)", "study")
+    study_batches: int = _opt(0, "test batches of 256 for the per-layer activation error (0 = the whole test set)", "study")
+    keep_float: str = _opt("auto:0.5", "layers left float: auto:PP (fewest, most sensitive, until PTQ is within PP "
+                                       "points of fp32), NAME,... or none", "study")
+    sparsity: float = _opt(0.75, "unstructured global magnitude pruning: fraction of conv/linear weights zeroed", "study")
+    channel_ratio: float = _opt(0.5, "structured pruning (torch-pruning): fraction of channels removed per layer", "study")
+    prune_epochs: float = _opt(1.0, "fine-tuning epochs of the gradual pruning schedule (fractions allowed)", "study")
+    prune_steps: int = _opt(0, "cap on pruning fine-tuning steps (0 = no cap)", "study")
+    prune_lr: float = _opt(5e-4, "pruning fine-tuning learning rate (Adam)", "study")
     # output
     out: str = _opt("artifacts", "output directory", "run")
     force: bool = _opt(False, "re-run stages even when OUT already holds their result", "run")
@@ -74,10 +84,14 @@ class RunConfig:
         for name, low in (("epochs", 0), ("qat_epochs", 0), ("limit_train", 0), ("limit_test", 0), ("threads", 0),
                           ("qat_max_steps", 0), ("seed", 0), ("max_acc_drop", 0), ("max_quant_drop", 0),
                           ("weight_threshold", 0), ("bench_warmup", 0), ("bench_train_steps", 1),
-                          ("bench_iterations", 1), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1)):
+                          ("bench_iterations", 1), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
+                          ("study_batches", 0), ("prune_epochs", 0), ("prune_steps", 0)):
             if getattr(self, name) < low:
                 problems.append(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}")
-        for name in ("lr", "qat_lr"):
+        for name in ("sparsity", "channel_ratio"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{_flag(name)} is a fraction in [0, 1), got {getattr(self, name)}")
+        for name in ("lr", "qat_lr", "prune_lr"):
             if not getattr(self, name) > 0:
                 problems.append(f"{_flag(name)} must be > 0, got {getattr(self, name)}")
         if self.batch_size < 2:

@@ -129,8 +129,12 @@ class QATSchedule:
 
 
 def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QATSchedule,
-        keep_float: tuple[str, ...] = ()) -> tuple[torch.fx.GraphModule, dict]:
-    """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode and its stats."""
+        keep_float: tuple[str, ...] = (), each_step=None) -> tuple[torch.fx.GraphModule, dict]:
+    """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode and its stats.
+
+    `each_step(prepared)`, when given, runs before every training step and once after the last one
+    (the study uses it to hold pruned weights at zero).
+    """
     from torchao.quantization.pt2e import disable_observer
 
     prepared = prepare(model, shape, keep_float)
@@ -147,6 +151,8 @@ def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QA
         if step == freeze_obs_step:
             prepared.apply(disable_observer)
             events.append({"step": step, "event": "freeze_observers"})
+        if each_step:
+            each_step(prepared)
 
     epoch = 0
     while done < total:
@@ -157,6 +163,8 @@ def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QA
         print(f"QAT epoch {epoch + 1}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
               f"{stats['images_per_s']:.0f} img/s")
         epoch += 1
+    if each_step:
+        each_step(prepared)
     prepared.eval()
     images = sum(h["images"] for h in history)
     seconds = sum(h["seconds"] for h in history)

@@ -19,15 +19,18 @@ COMMANDS = {
     "bench": "measure load time, latency, throughput, memory and accuracy on this host",
     "report": "rebuild the reports and plots from the JSON files, without running anything",
     "run": "train, qat, export (with verify), bench and report, in order",
+    "study": "the quantization study of a trained model: per-layer error, sensitivity, mixed precision, "
+             "bit widths, pruning against quantization (writes OUT/study/)",
 }
 GROUPS = {"data": "data and model", "train": "fp32 training", "quant": "quantization (PTQ and QAT)",
-          "export": "export backends", "verify": "verification", "bench": "host benchmark", "run": "run"}
+          "export": "export backends", "verify": "verification", "bench": "host benchmark", "study": "quantization study", "run": "run"}
 EPILOG = """examples:
   mobile-pipeline run --dataset mnist-5k --epochs 1
   mobile-pipeline export --backends executorch,tflite --out artifacts
   mobile-pipeline export --backends coreml --nbits 2 --force
   mobile-pipeline bundle android
   mobile-pipeline train --config my_run.yaml --epochs 5 --resume
+  mobile-pipeline study --keep-float auto:0.2 --sparsity 0.8
 
 Settings resolve as: defaults < --config FILE (YAML or JSON) < flags. Every run records the
 resolved config in OUT/manifest.json. Exit status: 0 ok, 1 a backend or a check failed,
@@ -86,6 +89,10 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
         from benchmarks import host
 
         return host.bench(cfg) if command == "bench" else host.rebuild_reports(cfg)
+    if command == "study":
+        from study.run import study
+
+        return study(cfg)
     pipeline = Pipeline(cfg)
     if command == "train":
         pipeline.train()
@@ -119,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     from core.qat import QuantError
     from core.train import CheckpointError
 
+    from study import StudyError
+
     from .stages import StageError
 
     bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError,
-                 StageError, BenchError)
+                 StageError, BenchError, StudyError)
     from converters import ConversionError
 
     try:

@@ -1,4 +1,4 @@
-"""The packages depend one way: core at the bottom, converters above it, then benchmarks, then pipeline."""
+"""The packages depend one way: core at the bottom, converters above it, then benchmarks, study, then pipeline."""
 
 import ast
 from pathlib import Path
@@ -11,7 +11,8 @@ ALLOWED = {
     "core": {"core"},
     "converters": {"core", "converters"},
     "benchmarks": {"core", "converters", "benchmarks"},
-    "pipeline": {"core", "converters", "benchmarks", "pipeline"},
+    "study": {"core", "converters", "benchmarks", "study"},
+    "pipeline": {"core", "converters", "benchmarks", "study", "pipeline"},
 }
 
 

@@ -1,0 +1,210 @@
+"""Export a variant of the model with the pipeline's converters, verify every file, and measure it.
+
+A *variant* is one model in the forms the converters take (an `ExportSource`): the pruned
+network, the mixed-precision QAT programs, ... Its files go to OUT/study/<variant>/. Each is run
+in its real runtime on the whole test set (converters.verify.run_artifact) and held to the same
+thresholds as `verify`. Sizes are raw and zip-compressed; latencies are batch-1, timed in this
+process with the host benchmark's helper, interleaved with the baseline they are compared with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import platform
+import statistics
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from core import io as atomic
+from core.workspace import ExportSource
+
+from . import schemes
+from .context import Study
+
+LATENCY_ROUNDS = 3
+LATENCY_INPUTS = 64
+
+
+def variant_source(base: ExportSource, **changes) -> ExportSource:
+    return dataclasses.replace(base, **changes)
+
+
+def export_variant(study: Study, name: str, source: ExportSource, backends: list[str] | None = None,
+                   float_layers: tuple[str, ...] = ()) -> tuple[list[dict], dict[str, str]]:
+    """Export with each converter into OUT/study/<name>/; a failing backend is recorded and the others go on."""
+    import converters
+
+    out_dir = study.root / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = [c for c in converters.select(study.cfg.backends) if backends is None or c.name in backends]
+    rows, failures = [], {}
+    options = schemes.export_options(study.cfg, float_layers)
+    for conv in chosen:
+        try:
+            conv.check_dependencies()
+            made = conv.export(source, out_dir, options)
+        except atomic.OutputDirError:
+            raise
+        except Exception as exc:  # one backend failing must not stop the study
+            failures[conv.name] = f"{type(exc).__name__}: {exc}"
+            print(f"[x] study: {name}: {conv.name} export FAILED: {failures[conv.name]}")
+            continue
+        for a in made:
+            rows.append(artifact_row(study, out_dir / a.file, a.to_dict()))
+            print(f"[✓] study: exported {name}/{a.file}")
+    return rows, failures
+
+
+def artifact_row(study: Study, path: Path, artifact: dict) -> dict:
+    return {**artifact, "file": study.rel(path), "path": path, **sizes(path)}
+
+
+def derived_row(study: Study, path: Path, like: dict, quant: str, checks: dict) -> dict:
+    """A file the study made from another one (e.g. a Core ML package compressed further): same I/O, new weights."""
+    return artifact_row(study, path, {**{k: v for k, v in like.items() if k not in ("file", "path", "verification")},
+                                      "quant": quant, "checks": checks})
+
+
+def sizes(path: Path) -> dict:
+    """Size on disk, and zip-compressed (DEFLATE): what a download or an app bundle costs."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            archive.write(f, f.relative_to(path.parent))
+    return {"bytes": atomic.size_bytes(path), "zip_bytes": len(buffer.getvalue())}
+
+
+def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines: dict[str, float | None]) -> bool:
+    """Run every file in its runtime on the test set; hold it to its PyTorch reference and to `baselines`."""
+    from converters.verify import Thresholds, run_artifact, verify
+    from core.evaluate import predict
+
+    cfg = study.cfg
+    thresholds = Thresholds(cfg.min_agreement, cfg.max_acc_drop, cfg.max_quant_drop)
+    references = {"qat": source.qat_folded, "fp32": source.fp32_model, "qat_float": source.qat_float_model}
+    logits_of: dict[str, np.ndarray] = {}
+    ok = True
+    for row in rows:
+        reference = row["reference"]
+        if reference not in logits_of:
+            logits_of[reference] = predict(references[reference], study.data)
+        try:
+            logits, method = run_artifact(row["path"], row, source, study.data)
+        except Exception as exc:
+            row["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
+            row["accuracy"] = None
+            print(f"[x] study: verify {row['file']}: could not run it: {exc}")
+            ok = False
+            continue
+        result = verify(row, logits, logits_of[reference], study.labels, thresholds, baselines)
+        row["verification"] = {**result, "method": method}
+        row["accuracy"] = result["accuracy"]
+        row["how"] = how_it_ran(row)
+        mark = "✓" if result["passed"] else "x"
+        print(f"[{mark}] study: verify {row['file']}: accuracy {result['accuracy']:.4f}, agreement with "
+              f"{reference} {result['agreement']:.4f} ({method})")
+        for failure in result["failures"]:
+            print(f"    FAILED: {row['file']}: {failure}")
+        ok &= result["passed"]
+    return ok
+
+
+def how_it_ran(row: dict) -> str:
+    """runtime: the file ran in its own runtime; readback: its weights, read back, ran in PyTorch."""
+    if row["backend"] == "coreml" and platform.system() != "Darwin":
+        return "readback"
+    return "runtime"
+
+
+def timeable(row: dict) -> bool:
+    """Latency means something only for a file that runs in its own runtime here."""
+    return row.get("how", how_it_ran(row)) == "runtime" and row.get("verification", {}).get("method") is not None
+
+
+def latencies(study: Study, rows: dict[str, dict], source: ExportSource) -> dict[str, dict]:
+    """Batch-1 latency of each file, in rounds that interleave them, so a busy host slows all alike.
+
+    Returns per key the median over rounds of each round's p50 and mean (ms); compare them only as ratios.
+    """
+    from benchmarks.measure import time_batch1
+    from converters import REGISTRY
+
+    cfg = study.cfg
+    inputs = study.data.normalize(study.data.test_images[:LATENCY_INPUTS]).numpy()
+    runners = {key: REGISTRY[row["backend"]].runner(row["path"], row, source, 1)[0] for key, row in rows.items()}
+    rounds: dict[str, list[dict]] = {key: [] for key in rows}
+    for _ in range(LATENCY_ROUNDS):
+        for key, run in runners.items():
+            rounds[key].append(time_batch1(run, inputs, cfg.bench_warmup, cfg.bench_iterations))
+    return {key: {"p50_ms": statistics.median(r["p50_ms"] for r in timings),
+                  "mean_ms": statistics.median(r["mean_ms"] for r in timings),
+                  "rounds": LATENCY_ROUNDS, "iterations": cfg.bench_iterations, "threads": 1}
+            for key, timings in rounds.items()}
+
+
+def public(row: dict) -> dict:
+    """A row as results.json keeps it (no Path objects, no bulky per-op tables)."""
+    keep = ("file", "backend", "quant", "format", "reference", "bytes", "zip_bytes", "accuracy", "how")
+    out = {k: row.get(k) for k in keep}
+    v = row.get("verification") or {}
+    out["verification"] = {"passed": bool(v.get("passed")), "agreement": v.get("agreement"),
+                           "method": v.get("method"), "failures": v.get("failures", [])}
+    checks = row.get("checks") or {}
+    out["checks"] = {k: checks[k] for k in ("float_layers", "float_compute_ops", "int8_compute_ops", "compute_ops",
+                                            "weight_ops", "dense", "fully_int8", "fully_delegated") if k in checks}
+    return out
+
+
+def _reusable(study: Study, artifact: dict) -> bool:
+    """An artifact `export` wrote for OUT's model that this run's settings would write the same way."""
+    if not artifact.get("verification", {}).get("passed"):
+        return False
+    if artifact["backend"] == "coreml" and artifact["quant"].startswith("pal"):
+        checks, cfg = artifact.get("checks", {}), study.cfg
+        return (checks.get("nbits"), checks.get("granularity"), checks.get("group_size"), checks.get("weight_threshold")) \
+            == (cfg.nbits, cfg.granularity, cfg.group_size, cfg.weight_threshold)
+    return True
+
+
+def baseline(study: Study) -> list[dict]:
+    """OUT's own model (fp32 and full int8 QAT) in every selected runtime, verified in this run.
+
+    The pipeline's exported files are used when they are intact and match this run's settings;
+    a backend without them is exported here, into OUT/study/baseline/.
+    """
+    import converters
+
+    if study.baseline_rows is not None:
+        return study.baseline_rows
+    wanted = [c.name for c in converters.select(study.cfg.backends)]
+    by_backend: dict[str, list[dict]] = {}
+    for file, artifact in study.ws.manifest.get("artifacts", {}).items():
+        path = study.ws.out / file
+        if artifact["backend"] in wanted and atomic.intact(path, artifact.get("sha256")):
+            by_backend.setdefault(artifact["backend"], []).append((path, artifact))
+    rows = []
+    for name in wanted:
+        found = by_backend.get(name, [])
+        if found and all(_reusable(study, a) for _, a in found):
+            for path, artifact in found:
+                rows.append({**{k: v for k, v in artifact.items() if k != "verification"},
+                             "file": str(Path("..") / path.name), "path": path, **sizes(path), "reused": True})
+            print(f"study: baseline {name}: using the pipeline's {', '.join(p.name for p, _ in found)}")
+    missing = [n for n in wanted if n not in {r["backend"] for r in rows}]
+    if missing:
+        made, failures = export_variant(study, "baseline", study.source(), backends=missing)
+        rows += made
+    acc = study.ws.manifest.get("accuracy", {})
+    verify_rows(study, rows, study.source(), {"fp32": study.fp32_accuracy, "ptq": acc.get("ptq")})
+    study.baseline_rows = rows
+    return rows
+
+
+def find(rows: list[dict], backend: str, quant_prefix: str) -> dict | None:
+    """The row of a backend whose quantization label starts with `quant_prefix` (int8, fp32, pal, ...)."""
+    return next((r for r in rows if r["backend"] == backend and r["quant"].startswith(quant_prefix)), None)

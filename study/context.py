@@ -1,0 +1,186 @@
+"""What every section of the study shares: the resolved settings, OUT's model and data, and cached evaluations."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import io as atomic
+from core import qat
+from core.config import FIELDS, RunConfig
+from core.evaluate import accuracy, predict
+from core.workspace import CHECKPOINT, ExportSource, Workspace
+
+from . import StudyError, schemes
+
+SECTIONS = ("error", "sensitivity", "mixed", "sweep", "pruning", "wa")
+TITLES = {"error": "Per-layer quantization error", "sensitivity": "Sensitivity", "mixed": "Automatic mixed precision",
+          "sweep": "Bit-width sweep (Core ML)", "pruning": "Pruning against quantization",
+          "wa": "Weight-only, activation-only, both"}
+# Settings that describe the trained model (its data, training and quantization): the study takes them from
+# OUT's manifest, so it studies the model OUT holds, whatever the command line says about data or model.
+RECORDED_GROUPS = ("data", "train", "quant")
+NOT_RECORDED = ("threads", "resume")
+
+
+def parse_sections(text: str) -> list[str]:
+    words = [w.strip().lower() for w in str(text).split(",") if w.strip()]
+    if not words or words == ["all"]:
+        return list(SECTIONS)
+    chosen = []
+    for w in words:
+        name = SECTIONS[int(w) - 1] if w.isdigit() and 1 <= int(w) <= len(SECTIONS) else w
+        if name not in SECTIONS:
+            raise StudyError(f"--study-sections: unknown section {w!r}; use all, or some of {', '.join(SECTIONS)} (or 1-6)")
+        if name not in chosen:
+            chosen.append(name)
+    return [s for s in SECTIONS if s in chosen]
+
+
+@dataclass(frozen=True)
+class KeepFloat:
+    """--keep-float: `auto` with a budget in percentage points, or explicit layer names (none: empty)."""
+
+    auto_pp: float | None
+    names: tuple[str, ...] = ()
+
+
+def parse_keep_float(text: str) -> KeepFloat:
+    text = str(text).strip()
+    if text.lower() in ("", "none"):
+        return KeepFloat(None, ())
+    if text.lower().startswith("auto"):
+        _, _, budget = text.partition(":")
+        try:
+            pp = float(budget) if budget else 0.5
+        except ValueError:
+            raise StudyError(f"--keep-float {text!r}: write auto:PP with PP a number of percentage points, e.g. auto:0.5") from None
+        if not pp >= 0:
+            raise StudyError(f"--keep-float {text!r}: the budget PP must be >= 0 percentage points")
+        return KeepFloat(pp, ())
+    return KeepFloat(None, tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip())))
+
+
+def resolve_config(cfg: RunConfig, manifest: dict) -> RunConfig:
+    """This run's settings, with the model's own data, training and quantization settings from OUT's manifest."""
+    recorded = manifest.get("config", {})
+    values = cfg.to_dict()
+    for name, f in FIELDS.items():
+        if f.metadata["group"] in RECORDED_GROUPS and name not in NOT_RECORDED and name in recorded:
+            if recorded[name] != values[name] and name in ("dataset", "model"):
+                print(f"study: {cfg.out} holds a model trained with --{name.replace('_', '-')} {recorded[name]}; "
+                      f"studying that, not {values[name]}")
+            values[name] = recorded[name]
+    return RunConfig(**values).validate()
+
+
+@dataclass
+class Study:
+    """One study run: OUT's workspace read-only, the directory being written, and evaluations done once."""
+
+    cfg: RunConfig
+    ws: Workspace
+    root: Path  # where this run writes (a temporary directory, renamed to OUT/study at the end)
+    keep: KeepFloat
+    sections: list[str]
+    started: float = field(default_factory=time.perf_counter)
+    _ptq: dict = field(default_factory=dict)
+    _source: ExportSource | None = None
+    _fp32_acc: float | None = None
+    _fp32: torch.nn.Module | None = None
+    _layers: list[str] | None = None
+    baseline_rows: list[dict] | None = None  # OUT's own model in every runtime (artifacts.baseline)
+    sensitivity: dict | None = None  # section 2's result, for section 3
+
+    @classmethod
+    def open(cls, cfg: RunConfig, root: Path | None = None) -> "Study":
+        sections = parse_sections(cfg.study_sections)
+        keep = parse_keep_float(cfg.keep_float)
+        ws = Workspace(cfg)
+        cfg = resolve_config(cfg, ws.manifest)
+        ws = Workspace(cfg)
+        check_out(ws)
+        study = cls(cfg, ws, Path(root or ws.out / "study"), keep, sections)
+        unknown = [n for n in keep.names if n not in study.layers]
+        if unknown:
+            raise StudyError(f"--keep-float: {unknown} are not conv/linear layers of {cfg.model}; "
+                             f"its layers are {', '.join(study.layers)}")
+        return study
+
+    # ---- the model and data --------------------------------------------------------------
+    @property
+    def data(self):
+        return self.ws.data
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.ws.shape
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.data.test_labels.numpy()
+
+    def fp32_model(self) -> torch.nn.Module:
+        """A fresh copy of OUT's fp32 model (callers may prune or retrain it)."""
+        if self._fp32 is None:
+            self._fp32 = self.ws.fp32_model()
+        return copy.deepcopy(self._fp32).eval()
+
+    @property
+    def layers(self) -> list[str]:
+        if self._layers is None:
+            self._layers = schemes.quantizable_layers(self.fp32_model())
+        return self._layers
+
+    def source(self) -> ExportSource:
+        """What the pipeline's converters start from: OUT's fp32 checkpoint and QAT programs."""
+        if self._source is None:
+            self._source = self.ws.export_source()
+        return self._source
+
+    def accuracy(self, fn) -> float:
+        return accuracy(predict(fn, self.data), self.labels)
+
+    @property
+    def fp32_accuracy(self) -> float:
+        if self._fp32_acc is None:
+            self._fp32_acc = self.accuracy(self.fp32_model())
+        return self._fp32_acc
+
+    def ptq_accuracy(self, keep_float: tuple[str, ...] | set[str] = ()) -> float:
+        """Test accuracy of PTQ int8 with the given layers left float (cached by the set of layers)."""
+        key = frozenset(keep_float)
+        if key not in self._ptq:
+            ordered = tuple(n for n in self.layers if n in key)
+            self._ptq[key] = self.accuracy(schemes.ptq(self.fp32_model(), self.data, self.shape, self.cfg, ordered))
+        return self._ptq[key]
+
+    def path(self, *parts: str) -> Path:
+        p = self.root.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def rel(self, path: Path) -> str:
+        """A path inside OUT/study, as it will read once the run's directory is in place."""
+        return str(Path(path).relative_to(self.root))
+
+
+def check_out(ws: Workspace) -> None:
+    """OUT must hold a finished `train` and `qat`, with their files as those stages wrote them."""
+    stages = ws.manifest.get("stages", {})
+    if stages.get("train", {}).get("status") != "done":
+        raise StudyError(f"{ws.out} holds no trained model; run `mobile-pipeline train` and `qat` first "
+                         "(`make study` runs them)")
+    if stages.get("qat", {}).get("status") != "done":
+        raise StudyError(f"{ws.out} holds no QAT result; run `mobile-pipeline qat` first (`make study` runs it)")
+    if not atomic.intact(ws.out / CHECKPOINT, stages["train"].get("sha256")):
+        raise StudyError(f"{ws.out / CHECKPOINT} is missing or changed since `train` wrote it; rerun `train`")
+    recorded = stages["qat"].get("sha256", {})
+    damaged = [f for f in (qat.QAT_FOLDED, qat.QAT_UNFOLDED, qat.QAT_FLOAT) if not atomic.intact(ws.out / f, recorded.get(f))]
+    if damaged:
+        raise StudyError(f"{', '.join(damaged)} in {ws.out} are missing or changed since `qat` wrote them; rerun `qat`")

@@ -1,0 +1,95 @@
+"""Section 3: automatic mixed precision, applied the same way in every runtime.
+
+`--keep-float auto:PP` walks the sensitivity ranking and leaves layers float, most sensitive
+first, until PTQ is within PP percentage points of fp32 (the fewest layers that reach it along
+the ranking). `--keep-float NAME,...` names them. The choice then goes through QAT (the `qat`
+stage's own schedule) and every converter, with the explicit `float_layers` option:
+
+- ExecuTorch: XNNPACKQuantizer leaves the layers unannotated, so they lower as fp32 XNNPACK ops;
+- TFLite: the same unfolded PT2E graph; the converter reports which conv/linear ops stayed float;
+- Core ML: per-op configs (`op_name_configs={weight: None}`) keep the layers' weights dense fp16.
+
+Each file is verified like any export and timed against the full-int8 file of the same runtime.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+from core import train
+
+from . import artifacts, schemes, sensitivity
+from .context import Study
+
+
+def choose(study: Study) -> dict:
+    """The layers to keep float, and the PTQ accuracy after each one is added (the trace)."""
+    fp32, keep = study.fp32_accuracy, study.keep
+
+    def point(kept: list[str]) -> dict:
+        acc = study.ptq_accuracy(set(kept))
+        return {"kept": list(kept), "ptq_accuracy": acc, "drop_pp": 100 * (fp32 - acc)}
+
+    if keep.auto_pp is None:
+        return {"mode": "explicit" if keep.names else "none", "budget_pp": None, "chosen": list(keep.names),
+                "trace": [point([]), point(list(keep.names))] if keep.names else [point([])], "reached": None}
+    ranking, _ = sensitivity.ranking_for_auto(study)
+    kept: list[str] = []
+    trace = [point(kept)]
+    for layer in ranking:
+        if trace[-1]["drop_pp"] <= keep.auto_pp + 1e-9:
+            break
+        kept.append(layer)
+        trace.append(point(kept))
+    return {"mode": "auto", "budget_pp": keep.auto_pp, "chosen": kept, "trace": trace, "ranking": ranking,
+            "reached": trace[-1]["drop_pp"] <= keep.auto_pp + 1e-9}
+
+
+def run(study: Study) -> dict:
+    choice = choose(study)
+    result = {"choice": choice, "files": [], "failures": {}, "latency": {}, "tflite_float_layers": {}}
+    chosen = tuple(n for n in study.layers if n in choice["chosen"])
+    if not chosen:
+        result["note"] = ("no layer needs to stay float: full int8 PTQ is within the budget"
+                          if choice["mode"] == "auto" else "--keep-float none: nothing to export")
+        return result
+    print(f"study: mixed precision keeps {list(chosen)} float; QAT with them float, then export")
+    train.seed_everything(study.cfg.seed)
+    model = study.fp32_model()
+    prepared, stats = schemes.run_qat(model, study.data, study.shape, study.cfg, keep_float=chosen)
+    programs = schemes.save_programs(prepared, model, study.shape, study.root / "mixed")
+    result["qat_accuracy"] = study.accuracy(programs["folded"])
+    result["qat_steps"] = stats["steps"]
+    source = artifacts.variant_source(study.source(), qat_folded=programs["folded"], qat_unfolded=programs["unfolded"],
+                                      qat_float_model=programs["float"], fp32_model=study.fp32_model())
+    rows, result["failures"] = artifacts.export_variant(study, "mixed", source, float_layers=chosen)
+    for row in [r for r in rows if not r["quant"].endswith("_mixed")]:  # the fp32 files are the baseline's
+        shutil.rmtree(row["path"]) if row["path"].is_dir() else row["path"].unlink()
+    rows = [r for r in rows if r["quant"].endswith("_mixed")]
+    ok = artifacts.verify_rows(study, rows, source, {"fp32": study.fp32_accuracy})
+    base = artifacts.baseline(study)
+    for row in rows:
+        full = next((b for b in base if b["backend"] == row["backend"] and b["quant"] == row["quant"].removesuffix("_mixed")), None)
+        fp32 = next((b for b in base if b["backend"] == row["backend"] and b["quant"] in ("fp32", "fp16")), None)
+        row["full_int8_file"] = full["file"] if full else None
+        row["full_int8_accuracy"] = full.get("accuracy") if full else None
+        if row["backend"] == "tflite":
+            result["tflite_float_layers"] = tflite_float_layers(row, chosen)
+        if full and artifacts.timeable(row) and artifacts.timeable(full):
+            timed = {"mixed": row, "full": full, **({"fp32": fp32} if fp32 and artifacts.timeable(fp32) else {})}
+            ms = artifacts.latencies(study, timed, source)
+            result["latency"][row["backend"]] = {
+                "ratio_to_full_int8": ms["mixed"]["p50_ms"] / ms["full"]["p50_ms"],
+                "ratio_fp32_to_full_int8": ms["fp32"]["p50_ms"] / ms["full"]["p50_ms"] if "fp32" in ms else None,
+                "p50_ms": {k: v["p50_ms"] for k, v in ms.items()}}
+    result["files"] = [{**artifacts.public(r), "full_int8_file": r["full_int8_file"],
+                        "full_int8_accuracy": r["full_int8_accuracy"]} for r in rows]
+    result["passed"] = ok and not result["failures"]
+    return result
+
+
+def tflite_float_layers(row: dict, chosen: tuple[str, ...]) -> dict[str, bool]:
+    """Did each kept layer stay float in the .tflite? Its float conv/linear ops name their module."""
+    names = row.get("checks", {}).get("float_compute_ops", [])
+    return {layer: any(re.search(rf"(^|[_/;.]){re.escape(layer)}($|[;/])", n) for n in names) for layer in chosen}
