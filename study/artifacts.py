@@ -79,8 +79,13 @@ def sizes(path: Path) -> dict:
     return {"bytes": atomic.size_bytes(path), "zip_bytes": len(buffer.getvalue())}
 
 
-def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines: dict[str, float | None]) -> bool:
-    """Run every file in its runtime on the test set; hold it to its PyTorch reference and to `baselines`."""
+def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines: dict[str, float | None],
+                measurement: bool = False) -> bool:
+    """Run every file in its runtime on the test set; hold it to its PyTorch reference and to `baselines`.
+
+    `measurement`: the files probe a limit (2-bit weights, pruning without fine-tuning); falling outside the
+    thresholds is their result, reported as such, not a failed verification.
+    """
     from converters.verify import Thresholds, run_artifact, verify
     from core.evaluate import predict
 
@@ -105,12 +110,12 @@ def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines:
         row["verification"] = {**result, "method": method}
         row["accuracy"] = result["accuracy"]
         row["how"] = how_it_ran(row)
-        mark = "✓" if result["passed"] else "x"
+        mark = "✓" if result["passed"] else "·" if measurement else "x"
         print(f"[{mark}] study: verify {row['file']}: accuracy {result['accuracy']:.4f}, agreement with "
               f"{reference} {result['agreement']:.4f} ({method})")
         for failure in result["failures"]:
-            print(f"    FAILED: {row['file']}: {failure}")
-        ok &= result["passed"]
+            print(f"    {'outside the thresholds' if measurement else 'FAILED'}: {row['file']}: {failure}")
+        ok &= result["passed"] or measurement
     return ok
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import shutil
 
+from converters.coreml import weight_const
 from core import train
 
 from . import artifacts, schemes, sensitivity
@@ -76,6 +77,9 @@ def run(study: Study) -> dict:
         row["full_int8_accuracy"] = full.get("accuracy") if full else None
         if row["backend"] == "tflite":
             result["tflite_float_layers"] = tflite_float_layers(row, chosen)
+        if row["backend"] == "coreml" and full:
+            dense = set((full.get("checks") or {}).get("dense", []))
+            result["coreml_dense_anyway"] = [n for n in chosen if weight_const(n) in dense]
         if full and artifacts.timeable(row) and artifacts.timeable(full):
             timed = {"mixed": row, "full": full, **({"fp32": fp32} if fp32 and artifacts.timeable(fp32) else {})}
             ms = artifacts.latencies(study, timed, source)

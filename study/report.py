@@ -139,7 +139,10 @@ def _mixed(r: dict, results: dict) -> list[str]:
                         f"between quantized tensors): {', '.join(went)}" if went else "") + ".")
     for backend, reason in r.get("failures", {}).items():
         lines.append(f"- {backend}: export failed: {reason}")
-    lines.append("- Core ML: the kept layers' weights stay dense fp16 (per-op config); Core ML latency needs macOS.")
+    dense = r.get("coreml_dense_anyway") or []
+    lines.append("- Core ML: the kept layers' weights stay dense fp16 (per-op config)"
+                 + (f"; {', '.join(dense)} stayed dense in the full file too (below --weight-threshold)" if dense else "")
+                 + ". Core ML latency needs macOS.")
     return lines + [""]
 
 
