@@ -65,7 +65,7 @@ class RunConfig:
     bench_train_steps: int = _opt(30, "timed steps of the bare and the pipeline training loops", "bench")
     # quantization study (`mobile-pipeline study`; see study/)
     study_sections: str = _opt("all", "study sections: all, or some of error,sensitivity,mixed,sweep,pruning,wa (or 1-6)", "study")
-    study_batches: int = _opt(0, "test batches of 256 for the per-layer activation error (0 = the whole test set)", "study")
+    study_batches: int = _opt(8, "test batches of 256 for the per-layer activation error (0 = the whole test set)", "study")
     keep_float: str = _opt("auto:0.5", "layers left float: auto:PP (fewest, most sensitive, until PTQ is within PP "
                                        "points of fp32), NAME,... or none", "study")
     sparsity: float = _opt(0.75, "unstructured global magnitude pruning: fraction of conv/linear weights zeroed", "study")

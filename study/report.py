@@ -187,7 +187,9 @@ def _pruning(r: dict, results: dict) -> list[str]:
                          f"{pct(x['float_accuracy'])}, QAT int8 {pct(x['qat_accuracy'])} (simulated).")
         for backend, reason in x.get("failures", {}).items():
             lines.append(f"  - {backend}: export failed: {reason}")
-    lines += ["", "Every file below ran on the whole test set (Core ML: read back). Sizes relative to the baseline's "
+    lines += ["", "ExecuTorch and TFLite quantize with QAT (int8); Core ML quantizes after training (palettization), so "
+              "its files hold each variant's float network, the same one as the fp32 .pte and .tflite.",
+              "", "Every file below ran on the whole test set (Core ML: read back). Sizes relative to the baseline's "
               "float file of the same runtime; latency relative to the baseline's file of the same runtime and "
               "precision, batch 1, all files of a runtime timed interleaved in this run (Core ML: macOS only). "
               "XNNPACK has no sparse int8 kernels, so unstructured zeros are not expected to make a .pte faster, "

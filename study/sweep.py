@@ -25,6 +25,8 @@ def run(study: Study) -> dict:
     if failures:
         return {"failures": failures, "rows": [], "passed": False}
     fp16 = next(r for r in rows if r["quant"] == "fp16")
+    for r in rows:  # how each package stores its weights, read from the package (as for the widths made below)
+        r["checks"] = {**(r.get("checks") or {}), "weight_ops": schemes.coreml_weight_ops(r["path"])}
     stem = fp16["path"].name.removesuffix("_fp16.mlpackage")
     out_dir = fp16["path"].parent
     for nbits in PALETTE_BITS:

@@ -11,9 +11,11 @@ table ran:
 | baseline | neither | quantization alone |
 | pruned | pruning alone | both |
 
-Core ML files hold the QAT-trained float weights of their variant, as the pipeline's do. For the
-unstructured variant Core ML also stores the zeros sparse, alone and jointly with the LUTs; for the
-baseline, Core ML's own post-training magnitude pruning (no fine-tuning) is shown for comparison.
+Core ML's quantization is post-training (palettization), so its files hold each variant's float
+network: the fp32 checkpoint, or the pruned and fine-tuned one (the same network as the fp32 .pte
+and .tflite of that variant). For the unstructured variant Core ML also stores the zeros sparse,
+alone and jointly with the LUTs; for the baseline, Core ML's own post-training magnitude pruning
+(no fine-tuning) is shown for comparison.
 Latencies are batch-1, interleaved per runtime, as ratios to the baseline's files of that runtime.
 """
 
@@ -27,12 +29,15 @@ from .context import Study
 
 def run(study: Study) -> dict:
     cfg = study.cfg
-    base = artifacts.baseline(study)
-    variants = {"baseline": {"rows": base, "float_accuracy": study.fp32_accuracy,
+    base = [r for r in artifacts.baseline(study) if r["backend"] != "coreml"]
+    fp32_source = artifacts.variant_source(study.source(), qat_float_model=study.fp32_model())
+    coreml, failures = artifacts.export_variant(study, "baseline_coreml", fp32_source, backends=["coreml"])
+    ok = artifacts.verify_rows(study, coreml, fp32_source, {"fp32": study.fp32_accuracy}) and not failures
+    base += coreml
+    variants = {"baseline": {"rows": base, "float_accuracy": study.fp32_accuracy, "failures": failures,
                              "qat_accuracy": study.ws.manifest.get("accuracy", {}).get("qat"),
                              "parameters": sum(p.numel() for p in study.fp32_model().parameters())}}
-    sources = {"baseline": study.source()}
-    ok = True
+    sources = {"baseline": fp32_source}
     for method in pruning.METHODS:
         print(f"study: pruning ({method})")
         train.seed_everything(cfg.seed)
@@ -44,7 +49,7 @@ def run(study: Study) -> dict:
         programs = schemes.save_programs(prepared, pruned.model, study.shape, study.root / method)
         after_qat = pruning.sparsity(programs["float"], pruned.masks or None) if pruned.masks else None
         source = artifacts.variant_source(study.source(), fp32_model=pruned.model, qat_folded=programs["folded"],
-                                          qat_unfolded=programs["unfolded"], qat_float_model=programs["float"])
+                                          qat_unfolded=programs["unfolded"], qat_float_model=pruned.model)
         rows, failures = artifacts.export_variant(study, method, source)
         fp16 = next((r for r in rows if r["backend"] == "coreml" and r["quant"] == "fp16"), None)
         if fp16 and method == "unstructured":
@@ -60,8 +65,8 @@ def run(study: Study) -> dict:
             "sparsity_after_qat": after_qat}
     fp16 = next((r for r in base if r["backend"] == "coreml" and r["quant"] == "fp16"), None)
     if fp16:  # Core ML's post-training magnitude pruning of the baseline, for comparison (no fine-tuning)
-        extra = coreml_sparse(study, fp16, "baseline_coreml_pruned", target=cfg.sparsity)
-        artifacts.verify_rows(study, extra, study.source(), {"fp32": study.fp32_accuracy}, measurement=True)
+        extra = coreml_sparse(study, fp16, "baseline_coreml", target=cfg.sparsity)
+        artifacts.verify_rows(study, extra, fp32_source, {"fp32": study.fp32_accuracy}, measurement=True)
         variants["baseline"]["coreml_post_training"] = extra
     latency = measure(study, variants, sources)
     return {"variants": {name: {**{k: v for k, v in v.items() if k not in ("rows", "coreml_post_training")},

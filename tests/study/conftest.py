@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -14,13 +15,13 @@ STUDY = dict(keep_float="fc2", prune_steps=6, study_batches=1, bench_warmup=2, b
 
 
 @pytest.fixture(scope="session")
-def studied(exported, tmp_path_factory, make_config):
+def studied(exported, tmp_path_factory):
     """(config, OUT, results.json as a dict, whether the study passed)."""
     from study.run import study
 
     out = tmp_path_factory.mktemp("studied") / "out"
     shutil.copytree(exported.out, out)
-    cfg = make_config(out, **STUDY)
+    cfg = dataclasses.replace(exported.cfg, out=str(out), **STUDY).validate()
     passed = study(cfg)
     results = json.loads((out / "study" / "results.json").read_text())
     return cfg, out, results, passed

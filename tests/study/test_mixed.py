@@ -14,7 +14,8 @@ def fake_study(accuracies: dict, ranking: list[str], budget: float | None, names
 
 
 def test_auto_keeps_the_fewest_most_sensitive_layers():
-    acc = {frozenset(): 0.880, frozenset({"b"}): 0.893, frozenset({"b", "a"}): 0.897, frozenset({"b", "a", "c"}): 0.90}
+    acc = {frozenset(): 0.880, frozenset({"b"}): 0.893, frozenset({"b", "a"}): 0.897, frozenset({"b", "a", "c"}): 0.90,
+           frozenset({"a"}): 0.885}
     c = choose(fake_study(acc, ["b", "a", "c"], budget=0.5))
     assert c["chosen"] == ["b", "a"] and c["reached"]  # 2.0 pp -> 0.7 pp -> 0.3 pp <= 0.5
     assert [t["kept"] for t in c["trace"]] == [[], ["b"], ["b", "a"]]
