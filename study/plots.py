@@ -7,10 +7,21 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from core import io as atomic
 
 COLORS = {"executorch": "#1f77b4", "tflite": "#ff7f0e", "coreml": "#2ca02c", "pytorch": "#555555"}
+
+
+SIZES = {"executorch": 90, "tflite": 30, "coreml": 50}  # .pte and .tflite often coincide: a dot inside a disc
+
+
+def _log_kb(ax) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig: Figure, path: Path) -> str:
@@ -95,9 +106,9 @@ def sweep(result: dict, path: Path) -> str:
             continue
         ax.plot([r["bytes"] / 1e3 for r in pts], [100 * r["accuracy"] for r in pts], marker, color=color, label=scheme)
         for r in pts:
-            ax.annotate(f"{r['bits']}b", (r["bytes"] / 1e3, 100 * r["accuracy"]), textcoords="offset points",
+            ax.annotate(f"{'lin' if scheme == 'linear' else ''}{r['bits']}b", (r["bytes"] / 1e3, 100 * r["accuracy"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
+    _log_kb(ax)
     ax.set_xlabel("package size (kB, log)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Core ML weight compression: accuracy against size (weights read back)")
@@ -114,8 +125,13 @@ def pruning(result: dict, path: Path) -> str:
             continue
         filled = r["quant"] not in ("fp32", "fp16")
         ax1.scatter(r["zip_bytes"] / 1e3, 100 * r["accuracy"], marker=markers.get(r["variant"], "x"),
-                    facecolors=COLORS[r["backend"]] if filled else "none", edgecolors=COLORS[r["backend"]], s=45)
-    ax1.set_xscale("log")
+                    facecolors=COLORS[r["backend"]] if filled else "none", edgecolors=COLORS[r["backend"]],
+                    s=SIZES[r["backend"]], zorder=3 if r["backend"] == "tflite" else 2)
+    for backend, color in COLORS.items():
+        if any(r["backend"] == backend for r in result["table"]):
+            ax1.scatter([], [], color=color, label=backend, s=30)
+    ax1.legend(fontsize=8, loc="lower right")
+    _log_kb(ax1)
     ax1.set_xlabel("zip-compressed size (kB, log)")
     ax1.set_ylabel("test accuracy (%)")
     ax1.set_title("filled: quantized; hollow: float\no baseline, □ unstructured, ◇ structured", fontsize=9)
