@@ -267,7 +267,7 @@ def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dic
     stages = manifest.get("stages", {})
     batches = training.training_batches(data, cfg.batch_size, steps + training.WARMUP_STEPS, cfg.seed)
     torch.manual_seed(cfg.seed)
-    loops = {"fp32": training.fp32_loops(models.build(cfg.model, len(data.labels)), data, batches, cfg.lr, cfg.seed)}
+    loops = {"fp32": training.fp32_loops(workspace.build_model(len(data.labels)), data, batches, cfg.lr, cfg.seed)}
     errors = {"fp32": None, "qat": None}
     try:
         loops["qat"] = training.qat_loops(workspace.fp32_model(), workspace.shape, data, batches, cfg.qat_lr, cfg.seed)

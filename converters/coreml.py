@@ -55,7 +55,7 @@ class CoreMLConverter(Converter):
         describe(palettized, source, quant)
         pal_file = f"{source.model_name}_coreml_{quant}.mlpackage"
         atomic.atomic_write(out / pal_file, lambda tmp: palettized.save(str(tmp)))
-        checks = lut_checks(out / pal_file, options.nbits)
+        checks = {**lut_checks(out / pal_file, options.nbits), "placement": op_histogram(out / pal_file)}
         checks["bytes_fp16"], checks["bytes_palettized"] = atomic.size_bytes(out / fp16_file), atomic.size_bytes(out / pal_file)
         if not checks["palettized"]:
             raise ConversionError(f"{pal_file}: no constexpr_lut_to_dense op holds a weight; every weight is below "
@@ -74,7 +74,7 @@ class CoreMLConverter(Converter):
         output = {**float_output_spec(source), "kind": "classifier (classLabel, classLabel_probs)"}
         return [
             Artifact(fp16_file, self.name, "fp16", "mlpackage", "qat_float", image_input, output,
-                     {"dense_fp16": True}, fp16_seconds),
+                     {"dense_fp16": True, "placement": op_histogram(out / fp16_file)}, fp16_seconds),
             Artifact(pal_file, self.name, quant, "mlpackage", "qat_float", image_input, output,
                      {**checks, "nbits": options.nbits, "granularity": options.granularity,
                       "group_size": options.group_size, "weight_threshold": options.weight_threshold},
@@ -135,6 +135,32 @@ def describe(mlmodel, source: ExportSource, quant: str) -> None:
         "run_id": str(meta.get("run_id")), "quantization": quant,
         "mean": ",".join(map(str, source.mean)), "std": ",".join(map(str, source.std)),
     })
+
+
+def op_histogram(path: Path) -> dict:
+    """Core ML's op placement as far as the file tells it: ops by type, compute precision, compressed weights.
+
+    Which compute unit (CPU, GPU, Neural Engine) runs an op is decided by Core ML at load time on the
+    device; the file fixes only the ops, their precision, and how each weight is stored.
+    """
+    import coremltools as ct
+    from coremltools.proto import MIL_pb2
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    main = spec.mlProgram.functions["main"]
+    ops: dict[str, int] = {}
+    precision: dict[str, int] = {}
+    for op in main.block_specializations[main.opset].operations:
+        ops[op.type] = ops.get(op.type, 0) + 1
+        if op.type.startswith("const"):
+            continue
+        for out in op.outputs[:1]:
+            dtype = MIL_pb2.DataType.Name(out.type.tensorType.dataType) if out.type.HasField("tensorType") else "other"
+            precision[dtype] = precision.get(dtype, 0) + 1
+    return {"ops": ops, "compute_outputs_by_dtype": precision,
+            "lut_weights": ops.get("constexpr_lut_to_dense", 0),
+            "linear_quantized_weights": ops.get("constexpr_blockwise_shift_scale", 0) + ops.get("constexpr_affine_dequantize", 0),
+            "activation_quantize_ops": ops.get("quantize", 0) + ops.get("dequantize", 0)}
 
 
 def lut_checks(path: Path, nbits: int) -> dict:

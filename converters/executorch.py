@@ -10,6 +10,7 @@ import torch
 from torch.export import Dim
 
 from core import io as atomic
+from core.rewrites import graph_rewrites
 
 from .base import Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_output_spec
 
@@ -73,9 +74,11 @@ def lower(module: torch.nn.Module, shape: tuple[int, int, int], dynamic_batch: i
     if dynamic_batch:
         example = torch.zeros(max(DYNAMIC_MIN_EXAMPLE, min(dynamic_batch, 32)), *shape)
         dims = ({0: Dim("batch", min=1, max=dynamic_batch)},)
-        exported = torch.export.export(module, (example,), dynamic_shapes=dims)
     else:
-        exported = torch.export.export(module, (torch.zeros(1, *shape),))
+        example, dims = torch.zeros(1, *shape), None
+    graph = torch.export.export(module, (example,), dynamic_shapes=dims).module()
+    graph_rewrites(graph)  # the same exact rewrites the quantized graph got (mean keepdim, split -> slices)
+    exported = torch.export.export(graph, (example,), dynamic_shapes=dims)
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(program.exported_program().graph_module)
     table = info.get_operator_delegation_dataframe()
@@ -106,6 +109,7 @@ def delegation_checks(program, table: list[dict], quant: str) -> dict:
         "int8_compute_ops": int8,
         "fully_delegated": not fallbacks and bool(delegates),
         "quantization": quant,
+        "delegation": [r for r in table if r["op"] not in PLUMBING],
     }
 
 

@@ -18,7 +18,7 @@ FLOAT_TYPES = {"float32", "float16"}
 class TFLiteConverter(Converter):
     name = "tflite"
     packages = ("litert_torch", "ai_edge_litert")
-    settings = ("nhwc",)
+    settings = ("nhwc", "allow_fallback")
 
     def export(self, source: ExportSource, out: Path, options) -> list[Artifact]:
         import litert_torch
@@ -39,8 +39,14 @@ class TFLiteConverter(Converter):
             atomic.atomic_write(out / file, lambda tmp: edge.export(str(tmp)))
             checks, io_spec = inspect(out / file)
             if quant == "int8" and not checks["fully_int8"]:
-                raise ConversionError(f"{file}: not fully int8: float tensors {checks['float_tensors'][:8]}, "
-                                      f"input {io_spec['input']['dtype']}, output {io_spec['output']['dtype']}")
+                detail = (f"float ops {checks['float_ops']}, {len(checks['float_tensors'])} float tensors "
+                          f"(e.g. {checks['float_tensors'][:4]}), input {io_spec['input']['dtype']}, "
+                          f"output {io_spec['output']['dtype']}")
+                if not options.allow_fallback:
+                    (out / file).unlink()
+                    raise ConversionError(f"{file}: not fully int8: {detail}; pass --allow-fallback to accept "
+                                          "float ops in the .tflite")
+                print(f"[tflite] {file}: accepted with float ops (--allow-fallback): {detail}")
             print(f"[tflite] {file}: tensors by type {checks['tensor_types']}, ops {checks['ops']}")
             input_spec = {**float_input_spec(source, 1, layout), **io_spec["input"]}
             artifacts.append(Artifact(file=file, backend=self.name, quant=quant, format="tflite",
@@ -81,17 +87,23 @@ def _int8_config():
     return QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
 
 
-def _interpreter(path: Path, threads: int = 1):
-    from ai_edge_litert.interpreter import Interpreter
+def _interpreter(path: Path, threads: int = 1, delegates: bool = True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     return interpreter
 
 
 def inspect(path: Path) -> tuple[dict, dict]:
-    """Tensor types, ops and I/O quantization of a .tflite, read by the interpreter itself."""
-    interpreter = _interpreter(path)
+    """Tensor types, ops (float ones flagged) and I/O quantization of a .tflite, read by the interpreter itself.
+
+    The op list comes from an interpreter without delegates (the model's own ops); the default
+    interpreter then tells how many partitions LiteRT's XNNPACK delegate took over.
+    """
+    interpreter = _interpreter(path, delegates=False)
+    partitions = sum(op["op_name"] == "DELEGATE" for op in _interpreter(path)._get_ops_details())
     types: dict[str, int] = {}
     floats = []
     for t in interpreter.get_tensor_details():
@@ -99,9 +111,15 @@ def inspect(path: Path) -> tuple[dict, dict]:
         types[dtype] = types.get(dtype, 0) + 1
         if dtype in FLOAT_TYPES:
             floats.append(t["name"])
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     ops: dict[str, int] = {}
+    float_ops: dict[str, int] = {}
     for op in interpreter._get_ops_details():
         ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+        tensors = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        # A DEQUANTIZE at the edge of an int8 graph is a conversion, not float compute.
+        if op["op_name"] not in ("DEQUANTIZE", "QUANTIZE") and any(dtypes.get(i) in FLOAT_TYPES for i in tensors):
+            float_ops[op["op_name"]] = float_ops.get(op["op_name"], 0) + 1
 
     def io(detail: dict) -> dict:
         scale, zero = detail["quantization"]
@@ -110,6 +128,7 @@ def inspect(path: Path) -> tuple[dict, dict]:
                 "zero_point": int(zero) if quantized else None}
 
     io_spec = {"input": io(interpreter.get_input_details()[0]), "output": io(interpreter.get_output_details()[0])}
-    checks = {"tensor_types": types, "float_tensors": floats, "ops": ops,
+    checks = {"tensor_types": types, "float_tensors": floats, "ops": ops, "float_ops": float_ops,
+              "xnnpack_partitions": partitions,
               "fully_int8": not floats and io_spec["input"]["dtype"] == "int8" and io_spec["output"]["dtype"] == "int8"}
     return checks, io_spec

@@ -18,12 +18,13 @@ from torch.export import Dim
 
 from . import io as atomic
 from .data import DataBundle
+from .export_check import MAX_BATCH, export_training_graph
+from .rewrites import graph_rewrites
 from .train import run_epoch
 
 QAT_FOLDED = "qat_int8.pt2"  # convert_pt2e(fold_quantize=True): what ExecuTorch lowers
 QAT_UNFOLDED = "qat_int8_unfolded.pt2"  # fold_quantize=False: what litert-torch converts
 QAT_FLOAT = "qat_float.pt"  # the QAT-trained float weights, for Core ML palettization
-MAX_BATCH = 1024
 
 
 class QuantError(RuntimeError):
@@ -50,10 +51,10 @@ def float_filter(keep_float: tuple[str, ...]):
 
 
 def _export(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
-    # A dynamic batch needs an example batch of at least 2.
-    example = torch.zeros(2, *shape)
-    batch = Dim("batch", min=1, max=MAX_BATCH)
-    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+    """The graph PT2E quantizes: exported with a dynamic batch, with the exact graph rewrites applied."""
+    gm = export_training_graph(model, shape)
+    graph_rewrites(gm)
+    return gm
 
 
 def ptq(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int,

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from . import data as datasets
 from . import manifest as mf
-from . import models, qat, train
+from . import models, qat, rewrites, train
 from .config import RunConfig
 
 CHECKPOINT = Path("checkpoints") / "fp32.pt"
@@ -42,7 +42,7 @@ class Workspace:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.manifest = mf.load(self.out, force=cfg.force)
-        self.shape = models.input_shape(cfg.model, cfg.image_size)
+        self.shape = models.input_shape(cfg.model, cfg.image_size, cfg.dataset)
         self._data: datasets.DataBundle | None = None
 
     @property
@@ -53,19 +53,28 @@ class Workspace:
                                        self.cfg.limit_train, self.cfg.limit_test)
         return self._data
 
+    def build_model(self, num_classes: int, weights: str | None = None, pretrained: bool = False) -> nn.Module:
+        """A fresh network of this run's model source, for this run's input channels."""
+        return models.build(self.cfg.model, num_classes, weights, in_channels=self.shape[0], pretrained=pretrained)
+
+    def export_ready(self, model: nn.Module) -> nn.Module:
+        """The same network with the exact export rewrites applied (core/rewrites.py), in eval mode."""
+        return rewrites.apply(model, self.shape)[0].eval()
+
     def fp32_model(self) -> nn.Module:
         state = train.load_checkpoint(self.out / CHECKPOINT)
-        model = models.build(self.cfg.model, len(state["meta"]["labels"]))
+        model = self.build_model(len(state["meta"]["labels"]))
         model.load_state_dict(state["model"])
-        return model.eval()
+        return self.export_ready(model)
 
     def qat_folded(self) -> nn.Module:
         return qat.load_program(self.out / qat.QAT_FOLDED)
 
     def export_source(self) -> ExportSource:
         data, acc = self.data, self.manifest.get("accuracy", {})
-        qat_float = models.build(self.cfg.model, len(data.labels))
+        qat_float = self.build_model(len(data.labels))
         qat_float.load_state_dict(qat.load_float_weights(self.out / qat.QAT_FLOAT))
+        qat_float = self.export_ready(qat_float)
         return ExportSource(
             model_name=self.cfg.model, input_shape=self.shape, labels=data.labels, mean=data.mean, std=data.std,
             qat_folded=self.qat_folded(),

@@ -19,14 +19,15 @@ import torch
 
 from core import io as atomic
 from core import manifest as mf
-from core import models, qat, train
+from core import models, qat, rewrites, train
 from core.config import RunConfig
 from core.evaluate import accuracy, predict
+from core.export_check import check_exportable
 from core.workspace import CHECKPOINT, Workspace
 
 from . import report
 
-TRAIN_SETTINGS = ("dataset", "model", "weights", "image_size", "limit_train", "limit_test", "batch_size", "lr", "seed")
+TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "limit_train", "limit_test", "batch_size", "lr", "seed")
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
 QAT_FILES = (qat.QAT_FOLDED, qat.QAT_UNFOLDED, qat.QAT_FLOAT)
 ARTIFACT_SUFFIXES = (".pte", ".tflite", ".mlpackage")
@@ -113,9 +114,20 @@ class Pipeline(Workspace):
 
     def fp32_model(self) -> torch.nn.Module:
         state = self.checkpoint_state()
-        model = models.build(self.cfg.model, len(state["meta"]["labels"]))
+        model = self.build_model(len(state["meta"]["labels"]))
         model.load_state_dict(state["model"])
-        return model.eval()
+        return self.export_ready(model)
+
+    def checked_model(self) -> torch.nn.Module:
+        """A fresh, seeded model of this run's source, checked to give logits and to export; ModelError if not."""
+        n = len(self.data.labels)
+        train.seed_everything(self.cfg.seed)
+        model = self.build_model(n, self.cfg.weights, self.cfg.pretrained)
+        rng = torch.get_rng_state()  # the checks must not change what training sees
+        models.check_forward(model, self.cfg.model, self.shape, n)
+        self.graph_rewrites = rewrites.graph_rewrites(check_exportable(self.export_ready(model), self.cfg.model, self.shape))
+        torch.set_rng_state(rng)
+        return model.train()
 
     # ---- train ---------------------------------------------------------------------
     def train(self) -> None:
@@ -126,13 +138,12 @@ class Pipeline(Workspace):
             self.checkpoint_state()  # an overwritten or corrupt checkpoint is an error, never silently reused
             print(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
             return
+        model = self.checked_model()  # a model that cannot work stops here, before anything is rewritten
         keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
         self._retire(self._downstream_of("train") + keep, "train")
         self.manifest.update({"accuracy": {}, "artifacts": {}, "backends": {}, "verification": {}})
         self.manifest["stages"] = {"train": {"status": "running", "key": key}}
         self._save()
-        train.seed_everything(cfg.seed)
-        model = models.build(cfg.model, len(data.labels), cfg.weights)
         meta = {"model": cfg.model, "labels": data.labels, "mean": data.mean, "std": data.std, "input_shape": list(self.shape)}
         start = time.perf_counter()
         result = train.train_fp32(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
@@ -140,13 +151,15 @@ class Pipeline(Workspace):
         if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
         fp32_acc = self._evaluate(result.model.eval())
+        _, module_rewrites, float_diff = rewrites.apply(result.model, self.shape)
         print(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
         self.manifest.update({
             "run_id": f"{mf.now().replace(':', '').replace('-', '')[:15]}-{key[:8]}",
             "dataset": data.info(),
             "model": {"name": cfg.model, "input_shape": list(self.shape),
                       "parameters": sum(p.numel() for p in result.model.parameters()),
-                      "macs": models.count_macs(result.model, self.shape)},
+                      "macs": models.count_macs(result.model, self.shape),
+                      "rewrites": module_rewrites + self.graph_rewrites, "rewrite_float_diff": float_diff},
             "accuracy": {"fp32": fp32_acc},
         })
         self.manifest["stages"] = {"train": {
@@ -180,7 +193,7 @@ class Pipeline(Workspace):
         prepared, stats = qat.qat(model, data, self.shape, self.schedule())
         qat_acc = self._evaluate(qat.convert(prepared))
         paths = qat.save(prepared, model, self.shape, self.out)
-        qat_float = models.build(cfg.model, len(data.labels))
+        qat_float = self.build_model(len(data.labels))
         qat_float.load_state_dict(qat.float_weights(prepared, model))
         qat_float_acc = self._evaluate(qat_float.eval())
         acc = self.manifest["accuracy"]
