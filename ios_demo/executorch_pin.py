@@ -30,6 +30,10 @@ SEEN_SWIFTPM_REFS = {
     "swiftpm-1.5.0.20260822": "9e89536b5e5ee83c71cc26571d51f65c3ef40ec5",
     "swiftpm-1.4.1": "1e16db53f23996df64af6a243068f13ed7768e36",
 }
+# Products in the Package.swift of both refs above (the app may link only these).
+SEEN_PRODUCTS = frozenset({
+    "backend_coreml", "backend_mps", "backend_xnnpack", "executorch", "executorch_llm", "kernels_llm",
+    "kernels_optimized", "kernels_quantized", "kernels_torchao", "threadpool"})
 BRANCH_RE = re.compile(r"^swiftpm-(\d+)\.(\d+)\.(\d+)(?:\.(\d{8}))?$")
 
 
@@ -70,6 +74,9 @@ def pin_problems(spec: dict, python_version: str | None) -> list[str]:
         return [f"packages.{name}: {ref[0]} {ref[1]!r} was not seen among pytorch/executorch's branches "
                 f"(seen: {', '.join(sorted(SEEN_SWIFTPM_REFS))}); a missing branch fails Xcode's package "
                 "resolution. Check with `git ls-remote` and list it in ios_demo/executorch_pin.py"]
+    product_errors = product_problems(spec)
+    if product_errors:
+        return product_errors
     if python_version:
         m = BRANCH_RE.match(branch)
         py = re.match(r"(\d+)\.(\d+)", python_version)
@@ -77,6 +84,20 @@ def pin_problems(spec: dict, python_version: str | None) -> list[str]:
             return [f"packages.{name}: {branch} is not an ExecuTorch {'.'.join(py.group(1, 2)) if py else '?'}.x "
                     f"package, but requirements.lock has executorch=={python_version}"]
     return []
+
+
+def product_problems(spec: dict) -> list[str]:
+    """Every ExecuTorch product a target links must exist in the pinned package."""
+    found = executorch_package(spec)
+    if found is None:
+        return []
+    errors = []
+    for tname, target in (spec.get("targets") or {}).items():
+        for dep in (target or {}).get("dependencies") or []:
+            if isinstance(dep, dict) and dep.get("package") == found[0] and dep.get("product") not in SEEN_PRODUCTS:
+                errors.append(f"targets.{tname}.dependencies: ExecuTorch has no product {dep.get('product')!r} "
+                              f"(it has {', '.join(sorted(SEEN_PRODUCTS))})")
+    return errors
 
 
 def remote_branch_commit(url: str, branch: str, timeout: float = 60) -> str | None:

@@ -138,8 +138,13 @@ def test_the_pinned_branch_is_one_seen_to_exist(check_swift, spec):
     ({"branch": "swiftpm-1.4.1"}, ["not an ExecuTorch 1.5.x package", "executorch==1.5.1"]),
     ({"revision": "0123456789abcdef0123456789abcdef01234567"}, ["was not seen"]),
     ({}, ["pin a `branch:` or `revision:`"]),
-], ids=["no-such-branch", "older-minor", "unknown-revision", "no-pin"])
+    ({"branch": "swiftpm-1.5.0.20260822", "product": "backend_metal"}, ["no product 'backend_metal'"]),
+], ids=["no-such-branch", "older-minor", "unknown-revision", "no-pin", "unknown-product"])
 def test_pin_check_rejects(check_swift, spec, ref, words):
+    ref = dict(ref)
+    product = ref.pop("product", None)
+    if product:
+        spec["targets"]["ConvNetBench"]["dependencies"].append({"package": "ExecuTorch", "product": product})
     problems = " ".join(check_swift.executorch_pin_problems(pin(spec, **ref), REPO / "requirements.lock"))
     for w in words:
         assert w in problems
