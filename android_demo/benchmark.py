@@ -41,7 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results_store import (commit_session, keep_rejected, new_staging, recover_interrupted,  # noqa: E402
+from android_results_store import (commit_session, keep_rejected, new_staging, recover_interrupted,  # noqa: E402
                            write_file)
 REPO = HERE.parent
 PACKAGE = "com.example.mobilebench"

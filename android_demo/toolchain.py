@@ -123,7 +123,7 @@ class Toolchain:
 
     @property
     def source(self) -> str:
-        return f"the Android SDK at {self.sdk}" if self.sdk else "Debian packages"
+        return f"the Android SDK at {self.sdk}" if self.sdk else "Debian packages (ANDROID_HOME not set)"
 
     @property
     def build_tools(self) -> Path | None:

@@ -38,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from results_store import FAILED_DIR, commit_session, keep_failed, new_staging, recover_interrupted  # noqa: E402
+from ios_results_store import FAILED_DIR, commit_session, keep_failed, new_staging, recover_interrupted  # noqa: E402
 SCHEMA = REPO / "benchmarks" / "schemas" / "device_results.schema.json"
 SCHEME = "ConvNetBench"
 
