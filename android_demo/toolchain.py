@@ -36,6 +36,7 @@ it again does nothing when everything is already there.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import hashlib
 import os
@@ -97,6 +98,16 @@ SDK_HOWTO = ("install the Android SDK (Android Studio, or the command-line tools
 
 class ToolchainError(RuntimeError):
     pass
+
+
+@functools.lru_cache(maxsize=None)
+def runs(command: str) -> bool:
+    """Whether `command -version` works. macOS has /usr/bin/java and /usr/bin/javac stubs that
+    only say no JDK is installed, so finding the command is not enough."""
+    try:
+        return subprocess.run([command, "-version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _version_key(name: str) -> tuple:
@@ -194,6 +205,10 @@ class Toolchain:
                     out.append(f"`d8` (or `dx`) in {bt}")
             out += [f"command `{c}` (a JDK 17)" for c in JDK_TOOLS if self.tool(c) is None]
             jars = (self.android_jar, self.executorch_jar)
+        for c in ("javac", "java"):
+            found = self.tool(c)
+            if found and not runs(found):
+                out.append(f"a working `{c}` ({found} -version fails: is a JDK 17 installed?)")
         for path in jars:
             if not path.is_file() or path.stat().st_size == 0:
                 out.append(str(path))

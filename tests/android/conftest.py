@@ -69,12 +69,12 @@ def jdk(toolchain_mod):
     """javac and java, for the checks that need only a JDK (skipped, with the reason, where none can be had)."""
     tc = toolchain_mod.detect(toolchain_mod.DEFAULT_DIR)
     found = {name: tc.tool(name) for name in ("javac", "java")}
-    if all(found.values()):
+    if all(found.values()) and all(toolchain_mod.runs(path) for path in found.values()):
         return found
-    absent = [name for name, path in found.items() if path is None]
+    absent = [name for name, path in found.items() if path is None or not toolchain_mod.runs(path)]
     if shutil.which("apt-get", path=tc.path) is None:
-        pytest.skip(f"Java checks SKIPPED: no {' or '.join(absent)} on PATH or in $JAVA_HOME, and no apt-get "
-                    "to install one. To run them: install a JDK 17 (e.g. `brew install openjdk@17`) and put "
+        pytest.skip(f"Java checks SKIPPED: no working {' or '.join(absent)} on PATH or in $JAVA_HOME, and no "
+                    "apt-get to install one. To run them: install a JDK 17 (e.g. `brew install openjdk@17`) and put "
                     "its bin/ on PATH or set JAVA_HOME.")
     pytest.fail(f"{' and '.join(absent)} missing: run `make android-toolchain`", pytrace=False)
 

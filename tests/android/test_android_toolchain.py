@@ -63,6 +63,9 @@ def test_toolchain_step_fails_where_apt_get_exists(tmp_path):
 def test_pytest_reports_the_skip_reason_or_fails(tmp_path, with_apt):
     """The Android tests themselves, in a bare environment: skipped with the reason shown, or failed."""
     env = bare_env(tmp_path, with_apt)
+    if not with_apt:  # what macOS has without a JDK: java and javac that only say so
+        for name in ("java", "javac"):
+            executable(tmp_path / "bin" / name, "#!/bin/sh\necho 'Unable to locate a Java Runtime.' >&2\nexit 1\n")
     env["ANDROID_TOOLCHAIN"] = str(tmp_path / "empty-cache")
     env["PYTHONPATH"] = str(REPO)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
@@ -80,7 +83,8 @@ def test_pytest_reports_the_skip_reason_or_fails(tmp_path, with_apt):
         assert "1 passed, 8 skipped" in summary, summary
         assert out.count("SKIPPED [1] tests/android/test_android_build.py") == 5
         assert "Android checks SKIPPED: no apt-get on this machine" in out
-        assert "Java checks SKIPPED: no javac or java" in out
+        assert "Java checks SKIPPED: no working javac or java" in out
+        assert "a working `javac`" in out  # the stub is found, and named as not working
 
 
 # --- $ANDROID_HOME -------------------------------------------------------------------
