@@ -117,19 +117,20 @@ class Adb:
         r = self.call("shell", command, timeout=timeout)
         return r.returncode, r.stdout, r.stderr
 
-    def state(self) -> str:
-        """`adb get-state`: 'device' when usable; otherwise what adb said (offline, not found, ...)."""
+    def state(self) -> str | None:
+        """`adb get-state`: 'device' when usable; otherwise what adb said (offline, not found, ...);
+        None when adb itself does not answer (then nothing can be said about the device)."""
         try:
             r = self.call("get-state", timeout=10)
         except BenchTimeout:
-            return "no answer from `adb get-state`"
+            return None
         return r.stdout.strip() if r.returncode == 0 else (r.stderr or r.stdout).strip() or "unknown"
 
 
 def went_offline(adb: Adb, during: str) -> DeviceError | None:
     """A DeviceError when `adb get-state` no longer says 'device', else None."""
     state = adb.state()
-    if state == "device":
+    if state is None or state == "device":
         return None
     return DeviceError(f"device {adb.serial} went offline {during} (adb get-state: {state}). Reconnect it "
                        "(cable, USB debugging prompt; `adb devices` must say `device`) and run again")
