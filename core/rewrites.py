@@ -5,8 +5,8 @@ quantizer and the delegates take:
 
 - StochasticDepth -> Identity. It is the identity in eval mode; in a train-mode export it
   becomes `bernoulli_`, which neither ExecuTorch nor litert-torch can lower.
-- Hardsigmoid -> relu6(x + 3) / 6, and Hardswish -> x * relu6(x + 3) / 6 (PyTorch's own
-  definitions). XNNPACK's quantizer has no pattern for them: they run in float inside the
+- Hardsigmoid -> relu6(x + 3) * (1/6), and Hardswish -> x * relu6(x + 3) * (1/6) (PyTorch's own
+  definitions, up to one rounding of the division). XNNPACK's quantizer has no pattern for them: they run in float inside the
   delegate and leave float tensors in the .tflite; the rewritten forms quantize as add, relu6
   and mul.
 - In the exported graph: `mean(x, [2, 3])` -> `mean(x, [2, 3], keepdim=True)` then a reshape
@@ -28,18 +28,21 @@ import torch.nn.functional as F
 FLOAT_TOLERANCE = 1e-4  # max |difference| / max |output| allowed between original and rewritten, in float
 
 
+SIXTH = 1.0 / 6.0  # a multiply, not a divide: the quantizers annotate mul, and leave div in float
+
+
 class HardSigmoid(nn.Module):
     """hardsigmoid(x) = relu6(x + 3) / 6, as ops the int8 quantizers know."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu6(x + 3.0) / 6.0
+        return F.relu6(x + 3.0) * SIXTH
 
 
 class HardSwish(nn.Module):
     """hardswish(x) = x * relu6(x + 3) / 6, as ops the int8 quantizers know."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (F.relu6(x + 3.0) / 6.0)
+        return x * (F.relu6(x + 3.0) * SIXTH)
 
 
 def _stochastic_depth_type():
