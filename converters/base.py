@@ -32,6 +32,7 @@ class Artifact:
     output: dict
     checks: dict = field(default_factory=dict)  # structural checks made at export
     export_seconds: float = 0.0
+    scheme: dict | None = None  # the quantization scheme in full (core/schemes.py Scheme.describe); None for baselines
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,12 +56,46 @@ class Converter(ABC):
         return []
 
     @abstractmethod
-    def export(self, source: ExportSource, out: Path, options) -> list[Artifact]:
-        """Write this backend's artifacts into `out` (atomically) and check their structure."""
+    def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        """Write this backend's float baseline (fp32 or fp16) of the fp32 model, atomically, and check it."""
+
+    @abstractmethod
+    def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        """Write this backend's artifacts of `source.scheme` (atomically) and check their structure."""
 
     @abstractmethod
     def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1) -> tuple[Runner, str]:
         """A function running the artifact in its real runtime, and a word on how it runs."""
+
+
+def require_support(scheme, runtime: str) -> str:
+    """How `runtime` exports `scheme` (core/schemes.py), or a ConversionError with the reason it cannot."""
+    from core.schemes import support
+
+    s = support(scheme, runtime)
+    if not s.ok:
+        raise ConversionError(f"{runtime} cannot export {scheme.summary()}: {s.reason}")
+    return s.how
+
+
+def float_layers(options, scheme) -> tuple[str, ...]:
+    """The explicit mixed-precision option (the study's --keep-float): the layers the scheme's program left float.
+
+    Only an explicit `float_layers` option lets float conv/linear ops into a quantized file; a normal
+    export still demands that every one of them is quantized. The layers must have been kept float
+    when the program was made (core.qat's `keep_float`); the converters check the file agrees.
+    A float baseline (`scheme` None) has nothing to keep float: empty.
+    """
+    layers = tuple(getattr(options, "float_layers", ()) or ()) if scheme is not None else ()
+    if layers and scheme.activations != "static":
+        raise ConversionError(f"float_layers {list(layers)}: mixed precision applies to static int8 schemes (a PT2E "
+                              f"graph with layers left float), not to {scheme.summary()}")
+    return layers
+
+
+def mixed(name: str, layers: tuple[str, ...]) -> str:
+    """The quantization label (and file-name part) of a mixed-precision file: `int8` -> `int8_mixed`."""
+    return f"{name}_mixed" if layers else name
 
 
 def float_input_spec(source: ExportSource, batch: int = 1, layout: str = "NCHW") -> dict:

@@ -25,8 +25,9 @@ class RunConfig:
     # data and model
     dataset: str = _opt("mnist", "mnist | fashion-mnist | cifar10 | mnist-5k | imagefolder:PATH", "data")
     data_dir: str = _opt("data", "where datasets are found or downloaded", "data")
-    model: str = _opt("convnet", "convnet | cifarcnn | mobilenet_v2 | mobilenet_v3_small", "data")
+    model: str = _opt("convnet", "convnet | cifarcnn | torchvision:NAME | MODULE:FACTORY | path/to/file.py:FACTORY", "data")
     weights: str | None = _opt(None, "optional state_dict (.pt) to initialise the model from", "data")
+    pretrained: bool = _opt(False, "torchvision:NAME only: start from torchvision's ImageNet weights, new head", "data")
     image_size: int | None = _opt(None, "input side in pixels (default: the model's own)", "data")
     limit_train: int = _opt(0, "use only the first N training images (0 = all)", "data")
     limit_test: int = _opt(0, "use only the first N test images (0 = all)", "data")
@@ -43,9 +44,17 @@ class RunConfig:
     qat_lr: float = _opt(1e-4, "QAT learning rate", "quant")
     freeze_bn_at: float = _opt(0.6, "fraction of QAT steps after which BatchNorm statistics freeze", "quant")
     freeze_observers_at: float = _opt(0.8, "fraction of QAT steps after which quantization ranges freeze", "quant")
-    calib_batches: int = _opt(32, "calibration batches for the PTQ baseline", "quant")
+    calib_batches: int = _opt(32, "calibration batches for PTQ", "quant")
+    quant_mode: str = _opt("auto", "auto (export the better of PTQ and QAT) | qat | ptq", "quant")
+    weight_bits: int = _opt(8, "weight bits: 8 | 4 (where a runtime has kernels for it; see `mobile-pipeline schemes`)", "quant")
+    weight_granularity: str = _opt("per_channel", "per_channel | per_tensor | per_block (with --block-size)", "quant")
+    block_size: int = _opt(32, "weights per block along the input channels, for per_block", "quant")
+    weight_symmetry: str = _opt("symmetric", "symmetric (zero point 0) | asymmetric", "quant")
+    activations: str = _opt("static", "static (calibrated int8 ranges) | dynamic (int8 ranges at run time) | none (weight-only)", "quant")
+    calibration: str = _opt("histogram", "PTQ activation ranges: histogram | minmax | moving_average | percentile", "quant")
     # export
-    backends: str = _opt("executorch,tflite,coreml", "comma-separated converter backends", "export")
+    backends: str = _opt("executorch,tflite,coreml", "comma-separated converter backends ('none': quantize and "
+                                                      "measure in PyTorch only)", "export")
     allow_fallback: bool = _opt(False, "ExecuTorch: accept ops left outside XNNPACK", "export")
     dynamic_batch: int = _opt(0, "ExecuTorch: max batch for a dynamic-batch .pte (0 = static batch 1); TFLite exports stay batch 1", "export")
     nhwc: bool = _opt(False, "TFLite: channels-last (NHWC) input", "export")
@@ -60,12 +69,15 @@ class RunConfig:
                                       "and against PTQ where PTQ ran: the cost of quantization", "verify")
     sample_size: int = _opt(100, "test images bundled into the demo apps", "verify")
     # host benchmark
-    bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement", "bench")
-    bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count (batch 32: a tenth, at least 3)", "bench")
+    bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement (at most --bench-seconds / 4 of them)", "bench")
+    bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count, at most (batch 32: a tenth, at least 3)", "bench")
+    bench_seconds: float = _opt(5.0, "time budget per latency measurement: fewer calls than --bench-iterations when "
+                                     "a call is slow (at least 10 are timed)", "bench")
     bench_train_steps: int = _opt(30, "timed steps of the bare and the pipeline training loops", "bench")
     # quantization study (`mobile-pipeline study`; see study/)
     study_sections: str = _opt("all", "study sections: all, or some of error,sensitivity,mixed,sweep,pruning,wa (or 1-6)", "study")
     study_batches: int = _opt(8, "test batches of 256 for the per-layer activation error (0 = the whole test set)", "study")
+    sweep_bits: str = _opt("8,6,4,3,2,1", "Core ML palettization widths of the bit-width sweep (some of 8,6,4,3,2,1)", "study")
     keep_float: str = _opt("auto:0.5", "layers left float: auto:PP (fewest, most sensitive, until PTQ is within PP "
                                        "points of fp32), NAME,... or none", "study")
     sparsity: float = _opt(0.75, "unstructured global magnitude pruning: fraction of conv/linear weights zeroed", "study")
@@ -84,7 +96,7 @@ class RunConfig:
         for name, low in (("epochs", 0), ("qat_epochs", 0), ("limit_train", 0), ("limit_test", 0), ("threads", 0),
                           ("qat_max_steps", 0), ("seed", 0), ("max_acc_drop", 0), ("max_quant_drop", 0),
                           ("weight_threshold", 0), ("bench_warmup", 0), ("bench_train_steps", 1),
-                          ("bench_iterations", 1), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
+                          ("bench_iterations", 1), ("bench_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
                           ("study_batches", 0), ("prune_epochs", 0), ("prune_steps", 0)):
             if getattr(self, name) < low:
                 problems.append(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}")
@@ -105,7 +117,7 @@ class RunConfig:
         for name in ("freeze_bn_at", "freeze_observers_at"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{_flag(name)} is a fraction in [0, 1], got {getattr(self, name)}")
-        unknown = [b for b in self.backends.split(",") if b.strip() and b.strip() not in BACKENDS + ("all",)]
+        unknown = [b for b in self.backends.split(",") if b.strip() and b.strip() not in BACKENDS + ("all", "none")]
         if unknown:
             problems.append(f"unknown backend(s) {unknown} in --backends; choose from {', '.join(BACKENDS)}")
         if not 0.0 <= self.min_agreement <= 1.0:

@@ -50,7 +50,7 @@ def shape_problems(manifest) -> list[str]:
         elif not isinstance(manifest[name], kind):
             problems.append(f"'{name}' is a {type(manifest[name]).__name__}, not an object")
     for name, value in manifest.get("accuracy", {}).items() if isinstance(manifest.get("accuracy"), dict) else ():
-        if value is not None and not isinstance(value, (int, float)):
+        if value is not None and not isinstance(value, (int, float, dict)):  # a number, or a scheme's accuracies
             problems.append(f"accuracy '{name}' is {value!r}, not a number")
     for file, entry in manifest.get("artifacts", {}).items() if isinstance(manifest.get("artifacts"), dict) else ():
         if not isinstance(entry, dict) or not {"backend", "format", "quant", "reference"} <= set(entry):
@@ -88,3 +88,9 @@ def save(out: Path, manifest: dict) -> Path:
     manifest["updated"] = now()
     manifest["versions"] = tool_versions()
     return atomic.write_json(Path(out) / MANIFEST, manifest)
+
+
+def scheme_tag(artifact: dict) -> str | None:
+    """The scheme an artifact entry belongs to (its tag, or the tag whose weights it palettizes); None for baselines."""
+    scheme = artifact.get("scheme") or {}
+    return scheme.get("tag") or scheme.get("weights_of")

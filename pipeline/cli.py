@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": "measure load time, latency, throughput, memory and accuracy on this host",
     "report": "rebuild the reports and plots from the JSON files, without running anything",
     "run": "train, qat, export (with verify), bench and report, in order",
+    "schemes": "print which runtime honours which quantization scheme (the support matrix), and how",
     "study": "the quantization study of a trained model: per-layer error, sensitivity, mixed precision, "
              "bit widths, pruning against quantization (writes OUT/study/)",
 }
@@ -85,6 +86,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
     from .stages import Pipeline
 
+    if command == "schemes":
+        from core import schemes
+
+        from converters import select
+
+        print(schemes.matrix_markdown())
+        problems = schemes.check(schemes.Scheme.from_config(cfg), [c.name for c in select(cfg.backends)])
+        scheme = schemes.Scheme.from_config(cfg)
+        print(f"\nThe settings given: {scheme.summary()} (tag {scheme.tag}): "
+              + ("; ".join(problems) if problems else f"exported by {cfg.backends}"))
+        return not problems
     if command in ("bench", "report"):
         from benchmarks import host
 
@@ -124,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.manifest import ManifestError
     from core.models import ModelError
     from core.qat import QuantError
+    from core.schemes import SchemeError
     from core.train import CheckpointError
 
     from study import StudyError
@@ -131,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     from .stages import StageError
 
     bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError,
-                 StageError, BenchError, StudyError)
+                 StageError, BenchError, SchemeError, StudyError)
     from converters import ConversionError
 
     try:
         cfg = config_from_args(args)
+        if args.command == "schemes":  # reads nothing, writes nothing
+            return 0 if run_command(args.command, cfg, args) else 2
         with OutLock(cfg.out, f"mobile-pipeline {args.command}"):
             for action in recover(cfg.out):
                 print(f"recover: {action}")

@@ -10,7 +10,8 @@ report.md, results.json (schema: study/schemas/results.schema.json) and PNG plot
 5. pruning      unstructured and structured pruning, alone and with QAT (pruning.py, tradeoffs.py)
 6. wa           weight-only, activation-only and both (weights_activations.py)
 
-Every call that builds a quantizer or a converter's option set is in schemes.py.
+OUT's scheme (core/schemes.py) is the one studied; every PTQ and QAT is core's (core.quantize,
+core.qat), called through quant.py; Core ML compression beyond `export` is in compress.py.
 """
 
 

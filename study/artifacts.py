@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from core import io as atomic
+from core import manifest as mf
 from core.workspace import ExportSource
 
-from . import schemes
+from . import quant
 from .context import Study
 
 LATENCY_ROUNDS = 3
@@ -32,25 +33,30 @@ def variant_source(base: ExportSource, **changes) -> ExportSource:
     return dataclasses.replace(base, **changes)
 
 
+PARTS = ("fp32", "scheme")  # the converters' export_baseline and export_scheme
+
+
 def export_variant(study: Study, name: str, source: ExportSource, backends: list[str] | None = None,
-                   float_layers: tuple[str, ...] = ()) -> tuple[list[dict], dict[str, str]]:
-    """Export with each converter into OUT/study/<name>/; a failing backend is recorded and the others go on."""
+                   float_layers: tuple[str, ...] = (), parts: tuple[str, ...] = PARTS) -> tuple[list[dict], dict[str, str]]:
+    """Export with each converter into OUT/study/<name>/: the float baseline ("fp32") and `source.scheme`'s files
+    ("scheme"). A failing part is recorded under "backend:part" and the others go on."""
     import converters
 
     out_dir = study.root / name
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [c for c in converters.select(study.cfg.backends) if backends is None or c.name in backends]
     rows, failures = [], {}
-    options = schemes.export_options(study.cfg, float_layers)
-    for conv in chosen:
+    options = quant.export_options(study.cfg, float_layers)
+    for conv, part in [(c, p) for c in chosen for p in parts]:
+        key = f"{conv.name}:{part if part == 'fp32' else source.scheme.tag}"
         try:
             conv.check_dependencies()
-            made = conv.export(source, out_dir, options)
+            made = (conv.export_baseline if part == "fp32" else conv.export_scheme)(source, out_dir, options)
         except atomic.OutputDirError:
             raise
         except Exception as exc:  # one backend failing must not stop the study
-            failures[conv.name] = f"{type(exc).__name__}: {exc}"
-            print(f"[x] study: {name}: {conv.name} export FAILED: {failures[conv.name]}")
+            failures[key] = f"{type(exc).__name__}: {exc}"
+            print(f"[x] study: {name}: {key} export FAILED: {failures[key]}")
             continue
         for a in made:
             rows.append(artifact_row(study, out_dir / a.file, a.to_dict()))
@@ -64,8 +70,8 @@ def artifact_row(study: Study, path: Path, artifact: dict) -> dict:
 
 def derived_row(study: Study, path: Path, like: dict, quant: str, checks: dict) -> dict:
     """A file the study made from another one (e.g. a Core ML package compressed further): same I/O, new weights."""
-    return artifact_row(study, path, {**{k: v for k, v in like.items() if k not in ("file", "path", "verification")},
-                                      "quant": quant, "checks": checks})
+    kept = {k: like[k] for k in ("backend", "format", "reference", "input", "output")}
+    return artifact_row(study, path, {**kept, "quant": quant, "checks": checks, "scheme": None})
 
 
 def sizes(path: Path) -> dict:
@@ -91,7 +97,7 @@ def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines:
 
     cfg = study.cfg
     thresholds = Thresholds(cfg.min_agreement, cfg.max_acc_drop, cfg.max_quant_drop)
-    references = {"qat": source.qat_folded, "fp32": source.fp32_model, "qat_float": source.qat_float_model}
+    references = {"quantized": source.program, "fp32": source.fp32_model, "float": source.float_model}
     logits_of: dict[str, np.ndarray] = {}
     ok = True
     for row in rows:
@@ -120,9 +126,11 @@ def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines:
 
 
 def how_it_ran(row: dict) -> str:
-    """runtime: the file ran in its own runtime; readback: its weights, read back, ran in PyTorch."""
+    """runtime: the file ran in its own runtime; readback: its weights, read back, ran in PyTorch; simulated: a
+    Core ML W8A8 file on Linux, checked to hold the int8 graph's numbers, which then ran in PyTorch."""
     if row["backend"] == "coreml" and platform.system() != "Darwin":
-        return "readback"
+        static = (row.get("scheme") or {}).get("activations") == "static"
+        return "simulated" if row["reference"] == "quantized" and static else "readback"
     return "runtime"
 
 
@@ -177,10 +185,12 @@ def _reusable(study: Study, artifact: dict) -> bool:
 
 
 def baseline(study: Study) -> list[dict]:
-    """OUT's own model (fp32 and full int8 QAT) in every selected runtime, verified in this run.
+    """OUT's own model (its fp32 baselines and its scheme's files) in every selected runtime, verified.
 
-    The pipeline's exported files are used when they are intact and match this run's settings;
-    a backend without them is exported here, into OUT/study/baseline/.
+    The pipeline's exported files are used when they are intact (their sha256 is the one `export`
+    recorded), passed `verify` and match this run's settings; their accuracy is the one `verify`
+    measured on those same bytes and the same test set. A backend without them is exported here,
+    into OUT/study/baseline/, and verified in this run.
     """
     import converters
 
@@ -190,26 +200,26 @@ def baseline(study: Study) -> list[dict]:
     by_backend: dict[str, list[dict]] = {}
     for file, artifact in study.ws.manifest.get("artifacts", {}).items():
         path = study.ws.out / file
-        if artifact["backend"] in wanted and atomic.intact(path, artifact.get("sha256")):
+        if (artifact["backend"] in wanted and mf.scheme_tag(artifact) in (None, study.scheme.tag)
+                and atomic.intact(path, artifact.get("sha256"))):
             by_backend.setdefault(artifact["backend"], []).append((path, artifact))
     rows = []
     for name in wanted:
         found = by_backend.get(name, [])
         if found and all(_reusable(study, a) for _, a in found):
             for path, artifact in found:
-                rows.append({**{k: v for k, v in artifact.items() if k != "verification"},
-                             "file": str(Path("..") / path.name), "path": path, **sizes(path), "reused": True})
-            print(f"study: baseline {name}: using the pipeline's {', '.join(p.name for p, _ in found)}")
+                checked = artifact["verification"]
+                row = {**artifact, "file": str(Path("..") / path.name), "path": path, **sizes(path), "reused": True,
+                       "accuracy": checked["accuracy"],
+                       "verification": {**checked, "method": f"{checked.get('method')}, run by `verify` on these bytes"}}
+                rows.append({**row, "how": how_it_ran(row)})
+            print(f"study: baseline {name}: using the pipeline's verified {', '.join(p.name for p, _ in found)}")
     missing = [n for n in wanted if n not in {r["backend"] for r in rows}]
     if missing:
         made, failures = export_variant(study, "baseline", study.source(), backends=missing)
+        acc = study.ws.manifest.get("accuracy", {}).get(study.scheme.tag, {})
+        verify_rows(study, made, study.source(), {"fp32": study.fp32_accuracy, "ptq": acc.get("ptq")})
         rows += made
-    acc = study.ws.manifest.get("accuracy", {})
-    verify_rows(study, rows, study.source(), {"fp32": study.fp32_accuracy, "ptq": acc.get("ptq")})
     study.baseline_rows = rows
     return rows
 
-
-def find(rows: list[dict], backend: str, quant_prefix: str) -> dict | None:
-    """The row of a backend whose quantization label starts with `quant_prefix` (int8, fp32, pal, ...)."""
-    return next((r for r in rows if r["backend"] == backend and r["quant"].startswith(quant_prefix)), None)

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from converters.coreml import NBITS
 from core import io as atomic
-from core import qat
 from core.config import FIELDS, RunConfig
 from core.evaluate import accuracy, predict
+from core.schemes import Scheme
 from core.workspace import CHECKPOINT, ExportSource, Workspace
 
-from . import StudyError, schemes
+from . import StudyError, quant
 
 SECTIONS = ("error", "sensitivity", "mixed", "sweep", "pruning", "wa")
 TITLES = {"error": "Per-layer quantization error", "sensitivity": "Sensitivity", "mixed": "Automatic mixed precision",
@@ -40,6 +41,14 @@ def parse_sections(text: str) -> list[str]:
         if name not in chosen:
             chosen.append(name)
     return [s for s in SECTIONS if s in chosen]
+
+
+def parse_bits(text: str) -> tuple[int, ...]:
+    """--sweep-bits: palettization widths, widest first."""
+    words = [w.strip() for w in str(text).split(",") if w.strip()]
+    if not words or any(not w.isdigit() or int(w) not in NBITS for w in words):
+        raise StudyError(f"--sweep-bits {text!r}: give some of {','.join(map(str, sorted(NBITS, reverse=True)))}")
+    return tuple(sorted({int(w) for w in words}, reverse=True))
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ class Study:
     cfg: RunConfig
     ws: Workspace
     root: Path  # where this run writes (a temporary directory, renamed to OUT/study at the end)
+    scheme: Scheme  # OUT's quantization scheme (a static int8 PT2E one), from the settings it was made with
     keep: KeepFloat
     sections: list[str]
     started: float = field(default_factory=time.perf_counter)
@@ -101,11 +111,14 @@ class Study:
     def open(cls, cfg: RunConfig, root: Path | None = None) -> "Study":
         sections = parse_sections(cfg.study_sections)
         keep = parse_keep_float(cfg.keep_float)
+        parse_bits(cfg.sweep_bits)
         ws = Workspace(cfg)
         cfg = resolve_config(cfg, ws.manifest)
         ws = Workspace(cfg)
-        check_out(ws)
-        study = cls(cfg, ws, Path(root or ws.out / "study"), keep, sections)
+        scheme = Scheme.from_config(cfg)
+        check_scheme(scheme)
+        check_out(ws, scheme)
+        study = cls(cfg, ws, Path(root or ws.out / "study"), scheme, keep, sections)
         unknown = [n for n in keep.names if n not in study.layers]
         if unknown:
             raise StudyError(f"--keep-float: {unknown} are not conv/linear layers of {cfg.model}; "
@@ -134,14 +147,19 @@ class Study:
     @property
     def layers(self) -> list[str]:
         if self._layers is None:
-            self._layers = schemes.quantizable_layers(self.fp32_model())
+            self._layers = quant.quantizable_layers(self.fp32_model())
         return self._layers
 
     def source(self) -> ExportSource:
-        """What the pipeline's converters start from: OUT's fp32 checkpoint and QAT programs."""
+        """What the pipeline's converters start from: OUT's fp32 checkpoint and its scheme's quantized programs."""
         if self._source is None:
-            self._source = self.ws.export_source()
+            self._source = self.ws.export_source(self.scheme)
         return self._source
+
+    @property
+    def chosen(self) -> str:
+        """How OUT's quantized model was made: "qat" or "ptq" (the `qat` stage keeps the better under auto)."""
+        return self.ws.manifest["accuracy"][self.scheme.tag]["chosen"]
 
     def accuracy(self, fn) -> float:
         return accuracy(predict(fn, self.data), self.labels)
@@ -153,11 +171,12 @@ class Study:
         return self._fp32_acc
 
     def ptq_accuracy(self, keep_float: tuple[str, ...] | set[str] = ()) -> float:
-        """Test accuracy of PTQ int8 with the given layers left float (cached by the set of layers)."""
+        """Test accuracy of PTQ of the scheme with the given layers left float (cached by the set of layers)."""
         key = frozenset(keep_float)
         if key not in self._ptq:
             ordered = tuple(n for n in self.layers if n in key)
-            self._ptq[key] = self.accuracy(schemes.ptq(self.fp32_model(), self.data, self.shape, self.cfg, ordered))
+            program = quant.ptq_program(self.fp32_model(), self.data, self.shape, self.cfg, self.scheme, ordered)
+            self._ptq[key] = self.accuracy(program)
         return self._ptq[key]
 
     def path(self, *parts: str) -> Path:
@@ -170,17 +189,26 @@ class Study:
         return str(Path(path).relative_to(self.root))
 
 
-def check_out(ws: Workspace) -> None:
-    """OUT must hold a finished `train` and `qat`, with their files as those stages wrote them."""
+def check_scheme(scheme: Scheme) -> None:
+    """The study leaves layers float and reads quantize/dequantize pairs: it needs a static int8 PT2E scheme."""
+    if scheme.activations != "static" or not scheme.pt2e:
+        raise StudyError(f"the study measures static int8 schemes (a PT2E graph with quantize/dequantize pairs); "
+                         f"OUT's scheme is {scheme.tag} ({scheme.summary()}). Run `qat` with --activations static "
+                         "(and 8-bit symmetric per-channel or per-tensor weights) into another --out, and study that")
+
+
+def check_out(ws: Workspace, scheme: Scheme) -> None:
+    """OUT must hold a finished `train` and a quantized model of `scheme`, with their files as written."""
     stages = ws.manifest.get("stages", {})
     if stages.get("train", {}).get("status") != "done":
         raise StudyError(f"{ws.out} holds no trained model; run `mobile-pipeline train` and `qat` first "
                          "(`make study` runs them)")
-    if stages.get("qat", {}).get("status") != "done":
-        raise StudyError(f"{ws.out} holds no QAT result; run `mobile-pipeline qat` first (`make study` runs it)")
+    if ws.quant_stage(scheme.tag).get("status") != "done":
+        raise StudyError(f"{ws.out} holds no quantized model for {scheme.tag} ({scheme.summary()}); run "
+                         "`mobile-pipeline qat` first (`make study` runs it)")
     if not atomic.intact(ws.out / CHECKPOINT, stages["train"].get("sha256")):
         raise StudyError(f"{ws.out / CHECKPOINT} is missing or changed since `train` wrote it; rerun `train`")
-    recorded = stages["qat"].get("sha256", {})
-    damaged = [f for f in (qat.QAT_FOLDED, qat.QAT_UNFOLDED, qat.QAT_FLOAT) if not atomic.intact(ws.out / f, recorded.get(f))]
+    damaged = ws.quantized_damaged(scheme.tag)
     if damaged:
-        raise StudyError(f"{', '.join(damaged)} in {ws.out} are missing or changed since `qat` wrote them; rerun `qat`")
+        raise StudyError(f"{', '.join(damaged)} in {ws.quantized_folder(scheme.tag)} are missing or changed since "
+                         "`qat` wrote them; rerun `qat`")

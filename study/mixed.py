@@ -2,12 +2,15 @@
 
 `--keep-float auto:PP` walks the sensitivity ranking and leaves layers float, most sensitive
 first, until PTQ is within PP percentage points of fp32 (the fewest layers that reach it along
-the ranking). `--keep-float NAME,...` names them. The choice then goes through QAT (the `qat`
-stage's own schedule) and every converter, with the explicit `float_layers` option:
+the ranking). `--keep-float NAME,...` names them. The choice is quantized the way OUT's model was
+(QAT with the `qat` stage's schedule, or PTQ, whichever the stage kept; core.quantize with
+`keep_float`), then goes through every converter's `export_scheme` with the explicit
+`float_layers` option:
 
 - ExecuTorch: XNNPACKQuantizer leaves the layers unannotated, so they lower as fp32 XNNPACK ops;
 - TFLite: the same unfolded PT2E graph; the converter reports which conv/linear ops stayed float;
-- Core ML: per-op configs (`op_name_configs={weight: None}`) keep the layers' weights dense fp16.
+- Core ML: the W8A8 package of the same graph (its float layers stay fp16), and per-op configs
+  (`op_name_configs={weight: None}`) keep the layers' weights dense fp16 in the palettized one.
 
 Each file is verified like any export and timed against the full-int8 file of the same runtime.
 """
@@ -15,12 +18,11 @@ Each file is verified like any export and timed against the full-int8 file of th
 from __future__ import annotations
 
 import re
-import shutil
 
 from converters.coreml import weight_const
 from core import train
 
-from . import artifacts, schemes, sensitivity
+from . import artifacts, quant, sensitivity
 from .context import Study
 
 
@@ -55,19 +57,15 @@ def run(study: Study) -> dict:
         result["note"] = ("no layer needs to stay float: full int8 PTQ is within the budget"
                           if choice["mode"] == "auto" else "--keep-float none: nothing to export")
         return result
-    print(f"study: mixed precision keeps {list(chosen)} float; QAT with them float, then export")
+    mode = study.chosen
+    print(f"study: mixed precision keeps {list(chosen)} float; {mode.upper()} with them float, then export")
     train.seed_everything(study.cfg.seed)
-    model = study.fp32_model()
-    prepared, stats = schemes.run_qat(model, study.data, study.shape, study.cfg, keep_float=chosen)
-    programs = schemes.save_programs(prepared, model, study.shape, study.root / "mixed")
-    result["qat_accuracy"] = study.accuracy(programs["folded"])
-    result["qat_steps"] = stats["steps"]
-    source = artifacts.variant_source(study.source(), qat_folded=programs["folded"], qat_unfolded=programs["unfolded"],
-                                      qat_float_model=programs["float"], fp32_model=study.fp32_model())
-    rows, result["failures"] = artifacts.export_variant(study, "mixed", source, float_layers=chosen)
-    for row in [r for r in rows if not r["quant"].endswith("_mixed")]:  # the fp32 files are the baseline's
-        shutil.rmtree(row["path"]) if row["path"].is_dir() else row["path"].unlink()
-    rows = [r for r in rows if r["quant"].endswith("_mixed")]
+    made = quant.quantized(study.fp32_model(), study.data, study.shape, study.cfg, study.scheme, mode, chosen)
+    source = quant.variant(study.source(), made, study.root / "mixed" / "quantized")
+    result["mode"] = mode
+    result["quantized_accuracy"] = study.accuracy(source.program)
+    result["qat_steps"] = made.stats.get("steps", 0)
+    rows, result["failures"] = artifacts.export_variant(study, "mixed", source, float_layers=chosen, parts=("scheme",))
     ok = artifacts.verify_rows(study, rows, source, {"fp32": study.fp32_accuracy})
     base = artifacts.baseline(study)
     for row in rows:
@@ -77,7 +75,7 @@ def run(study: Study) -> dict:
         row["full_int8_accuracy"] = full.get("accuracy") if full else None
         if row["backend"] == "tflite":
             result["tflite_float_layers"] = tflite_float_layers(row, chosen)
-        if row["backend"] == "coreml" and full:
+        if row["backend"] == "coreml" and row["quant"].startswith("pal") and full:
             dense = set((full.get("checks") or {}).get("dense", []))
             result["coreml_dense_anyway"] = [n for n in chosen if weight_const(n) in dense]
         if full and artifacts.timeable(row) and artifacts.timeable(full):

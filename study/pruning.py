@@ -26,7 +26,7 @@ from core.data import DataBundle
 from core.models import count_macs
 from core.train import run_epoch
 
-from .schemes import QUANTIZABLE
+from .quant import QUANTIZABLE
 
 METHODS = ("unstructured", "structured")
 MAX_EVENTS = 10

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
+from benchmarks.report import num, pct
+from benchmarks.report import table as markdown_table
+
 from .context import SECTIONS, TITLES
 
 HOW = {"runtime": "runtime", "readback": "read back (Linux)", "simulated": "simulated (PyTorch)", "pytorch": "PyTorch",
        None: "—"}
 
 
-def pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.2f}%"
-
-
 def pp(x) -> str:
-    return "—" if x is None else f"{x:+.2f}"
-
-
-def num(x, fmt: str = "{:.2f}") -> str:
-    return "—" if x is None else fmt.format(x)
+    return num(x, "+.2f")
 
 
 def kb(n) -> str:
-    return "—" if n is None else f"{n / 1e3:,.1f}"
+    return num(None if n is None else n / 1e3, ",.1f")
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines + [""]
+    """The bench report's Markdown table (text left, numbers right), then a blank line."""
+    return markdown_table(header, [[str(c) for c in row] for row in rows]) + [""]
 
 
 def write(results: dict, plots: dict[str, str]) -> str:
@@ -35,9 +29,10 @@ def write(results: dict, plots: dict[str, str]) -> str:
     lines = [f"# Quantization study: {model['name']} on {ds['name']}", "",
              f"Run {results.get('run_id')} · {results['created']} · {ds['n_train']} training and {ds['n_test']} test "
              f"images · host: {results['host'].get('cpu_model', '?')}, load average {results['host'].get('load_average')}", "",
-             f"Test accuracy measured in this run: fp32 {pct(acc['fp32'])}, PTQ int8 {pct(acc['ptq'])}, "
-             f"QAT int8 {pct(acc['qat'])} (PyTorch; the int8 graphs simulate the runtimes' arithmetic with "
-             "quantize/dequantize ops).", "",
+             f"Scheme: `{results['scheme']['tag']}` ({results['scheme']['summary']}). Test accuracy measured in this "
+             f"run: fp32 {pct(acc['fp32'])}, PTQ {pct(acc['ptq'])}, OUT's quantized model ({acc['chosen'].upper()}, "
+             f"what `export` ships) {pct(acc['quantized'])} (PyTorch; the int8 graphs simulate the runtimes' "
+             "arithmetic with quantize/dequantize ops).", "",
              "Every figure is a test accuracy, a ratio measured in this run, or a size. Each row says how it ran:",
              "**runtime** (the exported file ran in its own runtime on the test set), **read back** (a Core ML "
              "file's weights, read back into the PyTorch network: Core ML itself runs only on macOS), "
@@ -46,7 +41,7 @@ def write(results: dict, plots: dict[str, str]) -> str:
     sections = results["sections"]
     lines += table(["section", "status", "seconds"],
                    [[TITLES[s], sections[s]["status"] + (f": {sections[s]['error']}" if sections[s]["error"] else ""),
-                     num(sections[s]["seconds"], "{:.0f}")] for s in SECTIONS])
+                     num(sections[s]["seconds"], ".0f")] for s in SECTIONS])
     writers = {"error": _error, "sensitivity": _sensitivity, "mixed": _mixed, "sweep": _sweep, "pruning": _pruning,
                "wa": _wa}
     for i, s in enumerate(SECTIONS, 1):
@@ -61,15 +56,8 @@ def write(results: dict, plots: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _files(files: list[dict]) -> list[str]:
-    return table(["file", "accuracy", "agreement with its reference", "verified", "how", "size kB", "zip kB"],
-                 [[f"`{f['file']}`", pct(f["accuracy"]), pct(f["verification"].get("agreement")),
-                   "✓" if f["verification"]["passed"] else "✗ " + "; ".join(f["verification"]["failures"]),
-                   HOW[f["how"]], kb(f["bytes"]), kb(f["zip_bytes"])] for f in files])
-
-
 def _error(r: dict, results: dict) -> list[str]:
-    lines = [f"The exported QAT model ({r['model']}), simulated in PyTorch. Δ is each quantizer's step (per output "
+    lines = [f"The exported quantized model ({r['model']}), simulated in PyTorch. Δ is each quantizer's step (per output "
              "channel for weights, per tensor for activations); rounding to a grid of step Δ adds uniform noise of "
              "variance Δ²/12 when nothing is clipped and values are not already on the grid. *Clipped*: the rounded "
              "integer fell outside the int8 range. Activations: the output of each layer (after its activation "
@@ -77,15 +65,16 @@ def _error(r: dict, results: dict) -> list[str]:
              "float network (the same graph with every quantizer bypassed), so it includes the error of every "
              "layer before.", "", "**Weights**", ""]
     lines += table(["layer", "elements", "SQNR dB", "measured MSE", "Δ²/12", "ratio", "clipped"],
-                   [[w["layer"], f"{w['elements']:,}", num(w["sqnr_db"], "{:.1f}"), f"{w['measured_mse']:.3g}",
-                     f"{w['predicted_mse']:.3g}", num(w["measured_mse"] / w["predicted_mse"] if w["predicted_mse"] else None),
+                   [[w["layer"], f"{w['elements']:,}", num(w["sqnr_db"], ".1f"), f"{w['measured_mse']:.3g}",
+                     f"{w['predicted_mse']:.3g}",
+                     num(w["measured_mse"] / w["predicted_mse"] if w["predicted_mse"] else None, ".2f"),
                      f"{100 * w['clipped_fraction']:.3f}%"] for w in r["weights"]])
     lines += ["**Output activations**", ""]
     lines += table(["layer", "SQNR dB (own quantizer)", "SQNR dB vs float", "measured MSE", "Δ²/12", "ratio", "clipped",
                     "exact zeros"],
-                   [[a["layer"], num(a["sqnr_db"], "{:.1f}"), num(a["sqnr_vs_float_db"], "{:.1f}"),
+                   [[a["layer"], num(a["sqnr_db"], ".1f"), num(a["sqnr_vs_float_db"], ".1f"),
                      f"{a['measured_mse']:.3g}", f"{a['predicted_mse']:.3g}",
-                     num(a["measured_mse"] / a["predicted_mse"] if a["predicted_mse"] else None),
+                     num(a["measured_mse"] / a["predicted_mse"] if a["predicted_mse"] else None, ".2f"),
                      f"{100 * a['clipped_fraction']:.3f}%", f"{100 * a['zero_fraction']:.1f}%"] for a in r["activations"]])
     lines += ["Reading the ratio: about 1 where the noise model holds; below 1 where many values are exactly on the "
               "grid (ReLU zeros; the input's pixel levels); far above 1 where clipping dominates.", ""]
@@ -118,14 +107,16 @@ def _mixed(r: dict, results: dict) -> list[str]:
                    [[", ".join(t["kept"]) or "none", pct(t["ptq_accuracy"]), pp(t["drop_pp"])] for t in c["trace"]])
     if r.get("note"):
         return lines + [f"Result: {r['note']}.", ""]
-    lines += [f"Kept float: **{', '.join(c['chosen'])}**. QAT with those layers float ({r.get('qat_steps')} steps, the "
-              f"`qat` stage's schedule): {pct(r.get('qat_accuracy'))} (simulated). Exported and verified:", ""]
+    how = (f"QAT with those layers float ({r.get('qat_steps')} steps, the `qat` stage's schedule)"
+           if r.get("mode") == "qat" else "PTQ with those layers float (as OUT's model: the `qat` stage kept PTQ)")
+    lines += [f"Kept float: **{', '.join(c['chosen'])}**. {how}: {pct(r.get('quantized_accuracy'))} (simulated). "
+              "Exported and verified:", ""]
     lines += table(["file", "accuracy", "full int8 file", "full int8 accuracy", "verified", "how",
                     "latency / full int8"],
                    [[f"`{f['file']}`", pct(f["accuracy"]), f"`{f['full_int8_file']}`" if f.get("full_int8_file") else "—",
                      pct(f.get("full_int8_accuracy")),
                      "✓" if f["verification"]["passed"] else "✗ " + "; ".join(f["verification"]["failures"]),
-                     HOW[f["how"]], num(r["latency"].get(f["backend"], {}).get("ratio_to_full_int8"), "{:.2f}×")]
+                     HOW[f["how"]], num(r["latency"].get(f["backend"], {}).get("ratio_to_full_int8"), ".2f", "×")]
                     for f in r["files"]])
     for backend, lat in r["latency"].items():
         if lat.get("ratio_fp32_to_full_int8"):
@@ -150,7 +141,8 @@ def _sweep(r: dict, results: dict) -> list[str]:
     if not r["rows"]:
         return [f"Core ML export failed: {r['failures']}", ""]
     s = r["settings"]
-    lines = [f"Core ML packages of the QAT-trained float weights (PyTorch float accuracy {pct(r.get('reference_accuracy'))}). "
+    weights = "QAT-trained float weights" if r.get("weights_from") == "qat" else "fp32 weights"
+    lines = [f"Core ML packages of the scheme's {weights} (PyTorch float accuracy {pct(r.get('reference_accuracy'))}). "
              f"Palettization: k-means, {s['granularity']}" + (f" (groups of {s['group_size']})" if s['granularity'] ==
                                                                  "per_grouped_channel" else "")
              + f"; linear: {s['linear']}. Weights under {s['weight_threshold']} elements stay fp16 in every file: "
@@ -187,8 +179,10 @@ def _pruning(r: dict, results: dict) -> list[str]:
                          f"{pct(x['float_accuracy'])}, QAT int8 {pct(x['qat_accuracy'])} (simulated).")
         for backend, reason in x.get("failures", {}).items():
             lines.append(f"  - {backend}: export failed: {reason}")
-    lines += ["", "ExecuTorch and TFLite quantize with QAT (int8); Core ML quantizes after training (palettization), so "
-              "its files hold each variant's float network, the same one as the fp32 .pte and .tflite.",
+    lines += ["", "Each pruned variant is quantized with QAT of the scheme: the .pte, the .tflite and Core ML's W8A8 "
+              "package hold that int8 graph (Core ML's on Linux: checked to hold its numbers, the graph then run in "
+              "PyTorch, so simulated). Core ML's palettization is post-training, so its palettized files hold each "
+              "variant's float network, the same one as the fp32 .pte and .tflite.",
               "", "Every file below ran on the whole test set (Core ML: read back). Sizes relative to the baseline's "
               "float file of the same runtime; latency relative to the baseline's file of the same runtime and "
               "precision, batch 1, all files of a runtime timed interleaved in this run (Core ML: macOS only). "
@@ -197,8 +191,8 @@ def _pruning(r: dict, results: dict) -> list[str]:
     lines += table(["variant", "what", "runtime", "precision", "accuracy", "size kB", "zip kB", "size ratio", "zip ratio",
                     "latency ratio", "verified", "how"],
                    [[x["variant"], x["what"], x["backend"], x["quant"], pct(x["accuracy"]), kb(x["bytes"]),
-                     kb(x["zip_bytes"]), num(x["size_ratio"], "{:.3f}"), num(x["zip_ratio"], "{:.3f}"),
-                     num(x["latency_ratio"], "{:.2f}×"), "✓" if x["passed"] else "✗", HOW[x["how"]]]
+                     kb(x["zip_bytes"]), num(x["size_ratio"], ".3f"), num(x["zip_ratio"], ".3f"),
+                     num(x["latency_ratio"], ".2f", "×"), "✓" if x["passed"] else "✗", HOW[x["how"]]]
                     for x in r["table"]])
     lines += ["**Quantization alone, pruning alone, both** (accuracy · zip-compressed size relative to the baseline's "
               "float file · latency relative to the baseline's float file):", ""]
@@ -220,7 +214,7 @@ def summary(r: dict) -> list[list]:
         if base_float:
             a, b = lat.get(row["backend"], {}).get(row["file"]), lat.get(row["backend"], {}).get(base_float["file"])
             speed = a["p50_ms"] / b["p50_ms"] if a and b else None
-        return f"{pct(row['accuracy'])} · {num(row['zip_ratio'], '{:.3f}')} · {num(speed, '{:.2f}×')}"
+        return f"{pct(row['accuracy'])} · {num(row['zip_ratio'], '.3f')} · {num(speed, '.2f', '×')}"
 
     for backend in ("executorch", "tflite", "coreml"):
         base_q = next((x for x in table_rows if x["variant"] == "baseline" and x["backend"] == backend
@@ -242,10 +236,12 @@ def summary(r: dict) -> list[list]:
 
 
 def _wa(r: dict, results: dict) -> list[str]:
-    lines = [f"PTQ model: OUT's fp32 network calibrated once ({r['calibration_batches']} batches); the QAT model "
-             "(trained with both quantized) for comparison. Simulated rows bypass the other kind of quantizer in the "
-             "same graph. No runtime here exports float weights with int8 activations, so activation-only exists only "
-             "simulated.", ""]
+    lines = [f"PTQ model: OUT's fp32 network calibrated once ({r['calibration_batches']} batches); OUT's QAT model "
+             "(trained with both quantized) for comparison where the `qat` stage kept it. Simulated rows bypass the "
+             "other kind of quantizer in the same graph. Weights only also ran for real: the weight-only scheme "
+             f"({', '.join(t for t, x in r.get('schemes', {}).items() if x['activations'] == 'none')}) in LiteRT "
+             "(Core ML's weight-only files are section 4's linear rows). No runtime here exports float weights with "
+             "int8 activations, so activation-only exists only simulated.", ""]
     lines += table(["model", "weights", "activations", "accuracy", "how", "what"],
                    [[x["model"], x["weights"], x["activations"], pct(x["accuracy"]), HOW[x["how"]], x["what"]]
                     for x in r["rows"]])

@@ -23,7 +23,7 @@ from .context import SECTIONS, TITLES, Study
 RUNNERS = {"error": layer_error.run, "sensitivity": sensitivity.run, "mixed": mixed.run, "sweep": sweep.run,
            "pruning": tradeoffs.run, "wa": weights_activations.run}
 STUDY_DIR = "study"
-STUDY_SETTINGS = ("study_sections", "study_batches", "keep_float", "sparsity", "channel_ratio", "prune_epochs",
+STUDY_SETTINGS = ("study_sections", "study_batches", "sweep_bits", "keep_float", "sparsity", "channel_ratio", "prune_epochs",
                   "prune_steps", "prune_lr", "backends", "nbits", "granularity", "group_size", "weight_threshold",
                   "min_agreement", "max_acc_drop", "max_quant_drop", "bench_warmup", "bench_iterations",
                   "calib_batches", "qat_epochs", "qat_max_steps", "seed")
@@ -78,7 +78,9 @@ def run_sections(ctx: Study) -> dict:
             "dataset": {"name": ctx.data.name, "n_train": len(ctx.data.train_labels), "n_test": len(ctx.labels),
                         "source": ctx.data.source},
             "settings": {k: getattr(ctx.cfg, k) for k in STUDY_SETTINGS},
-            "accuracy": {"fp32": ctx.fp32_accuracy, "ptq": ctx.ptq_accuracy(()), "qat": ctx.accuracy(ctx.source().qat_folded)},
+            "scheme": ctx.scheme.describe(),
+            "accuracy": {"fp32": ctx.fp32_accuracy, "ptq": ctx.ptq_accuracy(()),
+                         "quantized": ctx.accuracy(ctx.source().program), "chosen": ctx.chosen},
             "host": host(), "sections": sections, "passed": passed, "versions": mf.tool_versions()}
 
 

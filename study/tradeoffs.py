@@ -1,19 +1,19 @@
 """Section 5: pruning against quantization, each alone and both, measured in every runtime.
 
 Variants: OUT's own model (baseline), and each pruning method applied to OUT's fp32 model with
-its gradual schedule and fine-tuning (pruning.py). Each pruned network then goes through QAT with
-the `qat` stage's schedule (unstructured: holding the pruned weights at zero). Each variant is
-exported with every converter into OUT/study/<variant>/ and verified, so that every cell of the
-table ran:
+its gradual schedule and fine-tuning (pruning.py). Each pruned network then goes through QAT of
+OUT's scheme with the `qat` stage's schedule (core.quantize; unstructured: holding the pruned
+weights at zero). Each variant is exported with every converter (baseline and scheme) into
+OUT/study/<variant>/ and verified, so that every cell of the table ran:
 
 | | fp32 / fp16 file | int8 / palettized file |
 |---|---|---|
 | baseline | neither | quantization alone |
 | pruned | pruning alone | both |
 
-Core ML's quantization is post-training (palettization), so its files hold each variant's float
+Core ML's palettization is post-training, so its palettized files hold each variant's float
 network: the fp32 checkpoint, or the pruned and fine-tuned one (the same network as the fp32 .pte
-and .tflite of that variant). For the unstructured variant Core ML also stores the zeros sparse,
+and .tflite of that variant); its W8A8 file is the variant's int8 graph, as in the other runtimes. For the unstructured variant Core ML also stores the zeros sparse,
 alone and jointly with the LUTs; for the baseline, Core ML's own post-training magnitude pruning
 (no fine-tuning) is shown for comparison.
 Latencies are batch-1, interleaved per runtime, as ratios to the baseline's files of that runtime.
@@ -23,19 +23,29 @@ from __future__ import annotations
 
 from core import train
 
-from . import artifacts, pruning, schemes
+from . import artifacts, compress, pruning, quant
 from .context import Study
 
 
 def run(study: Study) -> dict:
     cfg = study.cfg
-    base = [r for r in artifacts.baseline(study) if r["backend"] != "coreml"]
-    fp32_source = artifacts.variant_source(study.source(), qat_float_model=study.fp32_model())
-    coreml, failures = artifacts.export_variant(study, "baseline_coreml", fp32_source, backends=["coreml"])
-    ok = artifacts.verify_rows(study, coreml, fp32_source, {"fp32": study.fp32_accuracy}) and not failures
-    base += coreml
+    fp32_source = artifacts.variant_source(study.source(), float_model=study.fp32_model())
+    # OUT's palettized package compresses the scheme's float weights (QAT-trained, where QAT was kept); the
+    # baseline's, like every variant's, palettizes its fp32 network: made here from OUT's fp16 package.
+    base = [r for r in artifacts.baseline(study) if not (r["backend"] == "coreml" and r["quant"].startswith("pal"))]
+    fp16 = next((r for r in base if r["backend"] == "coreml" and r["quant"] == "fp16"), None)
+    failures, ok = {}, True
+    if fp16:
+        out_dir = study.root / "baseline_coreml"
+        stem = fp16["path"].name.removesuffix("_fp16.mlpackage")
+        path = compress.palettize(fp16["path"], out_dir / f"{stem}_pal{cfg.nbits}.mlpackage", cfg, cfg.nbits)
+        pal = artifacts.derived_row(study, path, {**fp16, "reference": "float"}, f"pal{cfg.nbits}",
+                                    {"weight_ops": compress.weight_ops(path)})
+        ok = artifacts.verify_rows(study, [pal], fp32_source, {"fp32": study.fp32_accuracy})
+        base.append(pal)
+    entry = study.ws.manifest["accuracy"][study.scheme.tag]
     variants = {"baseline": {"rows": base, "float_accuracy": study.fp32_accuracy, "failures": failures,
-                             "qat_accuracy": study.ws.manifest.get("accuracy", {}).get("qat"),
+                             "quantized_accuracy": entry["quantized"], "mode": entry["chosen"],
                              "parameters": sum(p.numel() for p in study.fp32_model().parameters())}}
     sources = {"baseline": fp32_source}
     for method in pruning.METHODS:
@@ -45,11 +55,10 @@ def run(study: Study) -> dict:
         float_acc = study.accuracy(pruned.model)
         train.seed_everything(cfg.seed)
         hold = pruning.hold_masks(pruned.masks) if pruned.masks else None
-        prepared, stats = schemes.run_qat(pruned.model, study.data, study.shape, cfg, each_step=hold)
-        programs = schemes.save_programs(prepared, pruned.model, study.shape, study.root / method)
-        after_qat = pruning.sparsity(programs["float"], pruned.masks or None) if pruned.masks else None
-        source = artifacts.variant_source(study.source(), fp32_model=pruned.model, qat_folded=programs["folded"],
-                                          qat_unfolded=programs["unfolded"], qat_float_model=pruned.model)
+        made = quant.quantized(pruned.model, study.data, study.shape, cfg, study.scheme, "qat", each_step=hold)
+        after_qat = pruning.sparsity(made.float_model, pruned.masks) if pruned.masks else None
+        source = quant.variant(study.source(), made, study.root / method / "quantized", fp32_model=pruned.model,
+                               float_model=pruned.model)
         rows, failures = artifacts.export_variant(study, method, source)
         fp16 = next((r for r in rows if r["backend"] == "coreml" and r["quant"] == "fp16"), None)
         if fp16 and method == "unstructured":
@@ -59,7 +68,7 @@ def run(study: Study) -> dict:
         sources[method] = source
         variants[method] = {
             "rows": rows, "failures": failures, "float_accuracy": float_acc,
-            "qat_accuracy": study.accuracy(programs["folded"]), "qat_steps": stats["steps"],
+            "qat_accuracy": study.accuracy(source.program), "qat_steps": made.stats["steps"],
             "target": pruned.target, "parameters": sum(p.numel() for p in pruned.model.parameters()),
             "stats": {k: v for k, v in pruned.stats.items() if k != "history"},
             "sparsity_after_qat": after_qat}
@@ -81,12 +90,12 @@ def coreml_sparse(study: Study, fp16: dict, folder: str, target: float | None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = fp16["path"].name.removesuffix("_fp16.mlpackage")
     tag = "sparse" if target is None else f"ptprune{round(100 * target)}"
-    sparse = schemes.sparsify(fp16["path"], out_dir / f"{stem}_{tag}.mlpackage", study.cfg, target)
-    joint = schemes.sparse_palettize(sparse, out_dir / f"{stem}_{tag}_pal{study.cfg.nbits}.mlpackage", study.cfg,
+    sparse = compress.sparsify(fp16["path"], out_dir / f"{stem}_{tag}.mlpackage", study.cfg, target)
+    joint = compress.sparse_palettize(sparse, out_dir / f"{stem}_{tag}_pal{study.cfg.nbits}.mlpackage", study.cfg,
                                      study.cfg.nbits)
     rows = []
     for path, quant in ((sparse, f"{tag}_fp16"), (joint, f"{tag}_pal{study.cfg.nbits}")):
-        rows.append(artifacts.derived_row(study, path, fp16, quant, {"weight_ops": schemes.coreml_weight_ops(path),
+        rows.append(artifacts.derived_row(study, path, fp16, quant, {"weight_ops": compress.weight_ops(path),
                                                                       "target_sparsity": target}))
         print(f"[✓] study: Core ML {study.rel(path)}")
     return rows

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from core import io as atomic
-from core import qat
+from core import qat, quantize
 from core.workspace import CHECKPOINT
 from pipeline import cli
 from pipeline.stages import Pipeline
@@ -75,13 +75,13 @@ def test_a_chance_level_int8_model_fails_verification_and_is_not_bundled(copy_of
     pipeline = copy_of(backends="tflite")
     model = pipeline.fp32_model()
     schedule = qat.QATSchedule(0, 0, 1e-4, 32, 0, 0.6, 0.8)
-    prepared, _ = qat.qat(model, pipeline.data, pipeline.shape, schedule)
-    paths = qat.save(prepared, model, pipeline.shape, pipeline.out)
-    stage = pipeline.manifest["stages"]["qat"]
+    broken_result = quantize.quant_aware(model, pipeline.scheme(), pipeline.data, pipeline.shape, schedule)
+    paths = quantize.save(broken_result, pipeline.shape, quantize.folder(pipeline.out, "int8"))
+    stage = pipeline.manifest["stages"]["quantize"]["int8"]
     stage["sha256"] = {name: atomic.sha256(p) for name, p in paths.items()}
-    broken = pipeline._evaluate(qat.convert(prepared))
-    pipeline.manifest["accuracy"]["qat"] = broken
-    pipeline.manifest["backends"].pop("tflite")
+    broken = pipeline._evaluate(broken_result.program)
+    pipeline.manifest["accuracy"]["int8"].update(quantized=broken, qat=broken, chosen="qat")
+    pipeline.manifest["backends"].pop("tflite:int8")
     assert broken < 0.3 < pipeline.manifest["accuracy"]["fp32"]
     assert pipeline.export() is False
     v = pipeline.manifest["artifacts"]["convnet_tflite_int8.tflite"]["verification"]
@@ -230,7 +230,7 @@ def test_core_ml_options_are_refused_before_any_data_is_read(tmp_path, capsys, m
 def test_retraining_moves_the_old_models_files_aside_and_rewrites_the_report(copy_of):
     pipeline = copy_of(seed=1)
     old_run = pipeline.manifest["run_id"]
-    old_files = sorted(pipeline.manifest["artifacts"]) + [qat.QAT_FOLDED, qat.QAT_UNFOLDED, qat.QAT_FLOAT]
+    old_files = sorted(pipeline.manifest["artifacts"]) + ["quantized"]
     old_ckpt = (pipeline.out / CHECKPOINT).read_bytes()
     pipeline.train()
     stale = pipeline.out / "stale" / old_run

@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
-# Small settings: few pruning steps and latency calls, one batch of activations, and fc2 kept float
-# by name (the automatic choice is tested on its own, with known accuracies). With 300 test images one
+# Small settings: few pruning steps and latency calls, one batch of activations, three palettization
+# widths, and fc2 kept float by name (the automatic choice is tested on its own, with known accuracies). With 300 test images one
 # image is 0.33 pp: 4-bit LUTs on a network pruned with 6 fine-tuning steps flip 2, so the accuracy
 # allowance against each file's own reference is 1 pp here, not the default 0.5.
-STUDY = dict(keep_float="fc2", prune_steps=6, study_batches=1, bench_warmup=2, bench_iterations=10, sparsity=0.75,
-             channel_ratio=0.5, max_acc_drop=1.0)
+STUDY = dict(keep_float="fc2", prune_steps=6, study_batches=1, sweep_bits="4,2,1", bench_warmup=2, bench_iterations=10,
+             sparsity=0.75, channel_ratio=0.5, max_acc_drop=1.0)
 
 
 @pytest.fixture(scope="session")

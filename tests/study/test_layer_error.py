@@ -1,4 +1,4 @@
-"""Section 1: per-layer SQNR, MSE against Δ²/12 and clipping, from the exported QAT program."""
+"""Section 1: per-layer SQNR, MSE against Δ²/12 and clipping, from OUT's exported quantized program."""
 
 import copy
 
@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from core.config import RunConfig
+from core import qat
 from core.data import DataBundle
-from study import numerics, schemes
+from study import numerics
 
 
 def test_layer_error_of_the_qat_model(section):
@@ -37,9 +37,8 @@ def test_simulator_bypasses_exactly_the_chosen_quantizers():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
     data = _tiny_data()
-    cfg = RunConfig(calib_batches=2, batch_size=16)
-    prepared = schemes.calibrated(model, data, (1, 8, 8), cfg)
-    graph = schemes.convert(prepared, fold=False)
+    prepared = qat.calibrate(model, data, (1, 8, 8), calib_batches=2, batch_size=16)
+    graph = qat.convert(prepared, fold=False)
     x = data.normalize(data.test_images[:16])
     with torch.no_grad():
         assert torch.equal(numerics.Simulator(graph)(x), graph(x))  # nothing bypassed: the int8 graph itself

@@ -31,17 +31,20 @@ def test_auto_keeps_the_fewest_most_sensitive_layers():
 def test_mixed_precision_in_every_runtime(section):
     r = section("mixed")
     assert r["choice"]["chosen"] == ["fc2"] and r["choice"]["mode"] == "explicit"
-    files = {f["backend"]: f for f in r["files"]}
-    assert set(files) == {"executorch", "tflite", "coreml"}
-    assert all(f["verification"]["passed"] and f["quant"].endswith("_mixed") for f in files.values())
-    pte = files["executorch"]["checks"]
+    files = {(f["backend"], f["quant"]): f for f in r["files"]}
+    assert set(files) == {("executorch", "int8_mixed"), ("tflite", "int8_mixed"), ("coreml", "int8_mixed"),
+                          ("coreml", "pal4_mixed")}
+    assert all(f["verification"]["passed"] for f in files.values()), {k: f["verification"] for k, f in files.items()}
+    pte = files[("executorch", "int8_mixed")]["checks"]
     assert (pte["compute_ops"], pte["int8_compute_ops"]) == (4, 3)  # fc2 runs as an fp32 XNNPACK op
     assert pte["float_layers"] == ["fc2"]
     assert r["tflite_float_layers"] == {"fc2": True}
-    assert len(files["tflite"]["checks"]["float_compute_ops"]) == 1 and not files["tflite"]["checks"]["fully_int8"]
-    assert "p_net_fc2_weight_to_fp16" in files["coreml"]["checks"]["dense"]
+    tfl = files[("tflite", "int8_mixed")]["checks"]
+    assert len(tfl["float_compute_ops"]) == 1 and not tfl["fully_int8"]
+    assert "p_net_fc2_weight_to_fp16" in files[("coreml", "pal4_mixed")]["checks"]["dense"]
     assert r["coreml_dense_anyway"] == ["fc2"]  # 1280 weights: under --weight-threshold, dense in pal4 too
+    assert all(f["full_int8_file"] for f in files.values())  # each compared with OUT's fully quantized file
     for backend in ("executorch", "tflite"):
         assert r["latency"][backend]["ratio_to_full_int8"] > 0
         assert set(r["latency"][backend]["p50_ms"]) == {"mixed", "full", "fp32"}
-    assert 0.5 < r["qat_accuracy"] <= 1
+    assert 0.5 < r["quantized_accuracy"] <= 1 and r["mode"] in ("ptq", "qat")

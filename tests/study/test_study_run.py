@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
+from core.schemes import Scheme
 from pipeline.cli import main
 from study import StudyError
-from study.context import parse_keep_float, parse_sections
+from study.context import check_scheme, parse_bits, parse_keep_float, parse_sections
 from study.results import SCHEMA, clean, problems
 
 
@@ -53,6 +54,12 @@ def test_bad_settings_are_named():
         parse_sections("error,speed")
     with pytest.raises(StudyError, match="auto:PP"):
         parse_keep_float("auto:lots")
+    with pytest.raises(StudyError, match="--sweep-bits '8,5'"):
+        parse_bits("8,5")
+    assert parse_bits("1,8,4") == (8, 4, 1)
+    with pytest.raises(StudyError, match="static int8 schemes"):  # nothing to leave float, no pairs to read
+        check_scheme(Scheme(activations="dynamic"))
+    check_scheme(Scheme(granularity="per_tensor"))
     assert parse_keep_float("auto:0.25").auto_pp == 0.25
     assert parse_keep_float("conv1, fc2").names == ("conv1", "fc2")
     assert parse_keep_float("none").names == () and parse_keep_float("none").auto_pp is None
@@ -75,3 +82,11 @@ def test_unknown_layer_is_exit_2_and_keeps_the_previous_study(exported, tmp_path
     assert (out / "study" / "report.md").read_text() == "an earlier study"
     assert main(["study", "--out", str(out), "--sparsity", "1.5"]) == 2
     assert "--sparsity is a fraction in [0, 1)" in capsys.readouterr().err
+
+
+def test_changed_quantized_program_is_exit_2(exported, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(exported.out, out, ignore=shutil.ignore_patterns("*.mlpackage", "*.pte", "*.tflite"))
+    (out / "quantized" / "int8" / "unfolded.pt2").write_bytes(b"not a program")
+    assert main(["study", "--out", str(out)]) == 2
+    assert "unfolded.pt2 in" in capsys.readouterr().err and not (out / "study").exists()
