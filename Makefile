@@ -38,11 +38,11 @@ export: qat
 
 export-android: qat
 	$(CLI) export --backends executorch,tflite $(SETTINGS)
-	$(CLI) bundle android $(SETTINGS)
+	$(CLI) bundle android $(SETTINGS) $(BUNDLE_ARGS)
 
 export-ios: qat
 	$(CLI) export --backends coreml,executorch $(SETTINGS)
-	$(CLI) bundle ios $(SETTINGS)
+	$(CLI) bundle ios $(SETTINGS) $(BUNDLE_ARGS)
 
 bench: $(VENV_STAMP)
 	$(CLI) bench $(SETTINGS)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .data import DataBundle
+from .console import say
 from .export_check import export_training_graph
 from .rewrites import graph_rewrites
 from .schemes import Scheme
@@ -227,7 +228,7 @@ def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QA
                           desc=f"QAT epoch {epoch + 1}", max_steps=total - done, on_step=on_step)
         done += math.ceil(stats["images"] / schedule.batch_size)
         history.append({"epoch": epoch + 1, **stats})
-        print(f"QAT epoch {epoch + 1}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
+        say(f"QAT epoch {epoch + 1}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
               f"{stats['images_per_s']:.0f} img/s")
         epoch += 1
     prepared.eval()

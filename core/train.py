@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from . import io as atomic
 from .data import DataBundle
+from .console import say, terminal
 
 
 class CheckpointError(RuntimeError):
@@ -66,7 +67,7 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DataBund
     seen = correct = 0
     loss_sum = 0.0
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0, disable=None)
+    bar = tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0, disable=None, file=terminal())
     for step, (images, labels) in enumerate(data.batches("train", batch_size, shuffle_seed=seed)):
         if max_steps and step >= max_steps:
             break
@@ -109,7 +110,7 @@ def train_fp32(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: i
         stats = run_epoch(model, optimizer, data, batch_size, seed=seed * 1000 + epoch, desc=f"fp32 epoch {epoch + 1}/{epochs}")
         scheduler.step()
         history.append({"epoch": epoch + 1, **stats})
-        print(f"fp32 epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
+        say(f"fp32 epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
               f"{stats['images_per_s']:.0f} img/s")
         save_checkpoint(checkpoint, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -15,6 +15,7 @@ from . import data as datasets
 from . import manifest as mf
 from . import models, qat, quantize, rewrites, train
 from .config import RunConfig
+from .console import say
 from .schemes import Scheme
 
 CHECKPOINT = Path("checkpoints") / "fp32.pt"
@@ -51,8 +52,16 @@ class Workspace:
     def data(self) -> datasets.DataBundle:
         if self._data is None:
             c, size, _ = self.shape
-            self._data = datasets.load(self.cfg.dataset, self.cfg.data_dir, c, size,
-                                       self.cfg.limit_train, self.cfg.limit_test)
+            name, recorded = self.cfg.dataset, self.manifest.get("dataset") or {}
+            if name == "mnist" and datasets.mnist_fallback_recorded(recorded.get("note")):
+                # Decided once per OUT: the model in OUT was trained on mnist-5k, so every later stage
+                # evaluates on mnist-5k too (no download retried, no mixing of datasets).
+                say(f"data: mnist-5k, as when {self.out} was trained (MNIST was unavailable then; "
+                    "a new --out retries full MNIST)")
+                name = "mnist-5k"
+            self._data = datasets.load(name, self.cfg.data_dir, c, size, self.cfg.limit_train, self.cfg.limit_test)
+            if name != self.cfg.dataset:
+                self._data.note = recorded["note"]
         return self._data
 
     def build_model(self, num_classes: int, weights: str | None = None, pretrained: bool = False) -> nn.Module:

@@ -6,8 +6,11 @@ import argparse
 import logging
 import os
 import sys
+import time
 import warnings
+from pathlib import Path
 
+from core import console
 from core.config import FIELDS, ConfigError, RunConfig, field_kind, load_config_file, resolve
 
 COMMANDS = {
@@ -30,6 +33,8 @@ EPILOG = """examples:
   mobile-pipeline bundle android
   mobile-pipeline train --config my_run.yaml --epochs 5 --resume
 
+Output: one line per step; everything else (library output, warnings, tables) goes to
+OUT/logs/<time>-<command>.log, and --verbose shows it live as well.
 Settings resolve as: defaults < --config FILE (YAML or JSON) < flags. Every run records the
 resolved config in OUT/manifest.json. Exit status: 0 ok, 1 a backend or a check failed,
 2 bad input."""
@@ -58,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings = settings_parser()
     for name, help_text in COMMANDS.items():
         cmd = sub.add_parser(name, parents=[settings], help=help_text, description=help_text)
+        cmd.add_argument("--verbose", action="store_true",
+                         help="show third-party output live as well (it always goes to OUT/logs/)")
         if name == "bundle":
             cmd.add_argument("platform", choices=("android", "ios"), help="which demo app")
             cmd.add_argument("--dest", help="folder to fill (default: the app's assets/resources folder)")
@@ -67,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 def quiet_libraries() -> None:
     """Keep the console for the pipeline's own messages; library chatter goes to warnings only."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import torch  # noqa: F401  (importing torch sets its loggers' levels: set ours after it)
+
     for noisy in ("coremltools", "torch", "torchao", "executorch", "absl", "jax", "litert_torch", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|torchao|coremltools|executorch|litert_torch)")
@@ -145,7 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         with OutLock(cfg.out, f"mobile-pipeline {args.command}"):
             for action in recover(cfg.out):
                 print(f"recover: {action}")
-            ok = run_command(args.command, cfg, args)
+            log = Path(cfg.out) / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.command}.log"
+            try:
+                with console.capture(log, verbose=args.verbose):
+                    ok = run_command(args.command, cfg, args)
+            except Exception as exc:
+                if not isinstance(exc, bad_input + (ConversionError, OSError)):  # unexpected: the log has the rest
+                    print(f"(full output of {args.command}: {log})", file=sys.stderr)
+                raise
     except bad_input + (ConversionError,) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
