@@ -15,7 +15,7 @@ OUT      ?= artifacts
 ARGS     ?=
 SETTINGS  = --dataset $(DATASET) --data-dir $(DATA_DIR) --model $(MODEL) --epochs $(EPOCHS) --out $(OUT) $(ARGS)
 
-.PHONY: setup train qat export export-android export-ios bench report test clean distclean
+.PHONY: setup train qat export export-android export-ios bench report bench-models fashion-mnist-data test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 
 setup: $(VENV_STAMP)
 
-train: $(VENV_STAMP)
+train: $(VENV_STAMP) $(if $(filter fashion-mnist,$(DATASET)),fashion-mnist-data)
 	$(CLI) train $(SETTINGS)
 
 qat: train
@@ -49,6 +49,20 @@ bench: $(VENV_STAMP)
 
 report: $(VENV_STAMP)
 	$(CLI) report $(SETTINGS)
+
+# Models x schemes x runtimes, one run each, one table (OUT/models/models.md and .json).
+MODELS  ?= convnet
+SCHEMES ?= int8
+bench-models: $(VENV_STAMP) fashion-mnist-data
+	$(PY) -m benchmarks.models --models $(MODELS) --dataset $(DATASET) --schemes "$(SCHEMES)" \
+		--args "--data-dir $(DATA_DIR) --epochs $(EPOCHS) $(ARGS)" --root $(OUT)/models --bench
+
+# Full Fashion-MNIST, offline: Debian's dataset-fashion-mnist (read from /usr/share/datasets/fashion-mnist).
+fashion-mnist-data:
+	@if [ -d /usr/share/datasets/fashion-mnist ] || [ -d $(DATA_DIR)/FashionMNIST/raw ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	else echo "fashion-mnist-data: no apt-get: put the four Fashion-MNIST IDX files in $(DATA_DIR)"; fi
 
 include android_demo/android.mk
 include ios_demo/ios.mk
