@@ -4,9 +4,13 @@ every run has validated; a failed session leaves the previous files as they were
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from benchmarks.staged_results import swap_in  # noqa: E402
 
 SESSION_FILES = ("benchmark_results*.json", "benchmark_results*.json.invalid",
                  "benchmark_results*.json.unparseable", "report.md")
@@ -60,24 +64,7 @@ def write_file(folder: Path, name: str, text: str) -> Path:
 
 def commit_session(staging: Path, out_dir: Path) -> list[Path]:
     """Swap the staged session in for the previous one; on an error, put everything back."""
-    backup = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{PREVIOUS_PREFIX}{os.getpid()}-"))
-    moved_old: list[str] = []
-    moved_new: list[str] = []
-    try:
-        for old in session_files(out_dir):
-            os.replace(old, backup / old.name)
-            moved_old.append(old.name)
-        for new in sorted(staging.iterdir()):
-            os.replace(new, out_dir / new.name)
-            moved_new.append(new.name)
-    except OSError:
-        for name in moved_new:
-            os.replace(out_dir / name, staging / name)
-        for name in moved_old:
-            os.replace(backup / name, out_dir / name)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-    return [out_dir / n for n in moved_new]
+    return swap_in(staging, out_dir, [p.name for p in session_files(out_dir)], PREVIOUS_PREFIX)
 
 
 def keep_rejected(out_dir: Path, name: str, text: str) -> Path:

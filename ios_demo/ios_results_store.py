@@ -5,9 +5,13 @@ session; a failed run's files go to OUT/device/ios/last-failed-run/ and the sess
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from benchmarks.staged_results import swap_in  # noqa: E402
 
 SESSION = ("benchmark_results.json", "report.md", "xcodebuild.log", "ConvNetBench.xcresult",
            "xctest_metrics.json")
@@ -55,25 +59,7 @@ def new_staging(out_dir: Path) -> Path:
 
 def commit_session(staging: Path, out_dir: Path) -> list[Path]:
     """Swap the staged session in for the previous one; on an error, put everything back."""
-    backup = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{PREVIOUS_PREFIX}{os.getpid()}-"))
-    moved_old: list[str] = []
-    moved_new: list[str] = []
-    try:
-        for name in SESSION:
-            if (out_dir / name).exists():
-                os.replace(out_dir / name, backup / name)
-                moved_old.append(name)
-        for entry in sorted(staging.iterdir()):
-            os.replace(entry, out_dir / entry.name)
-            moved_new.append(entry.name)
-    except OSError:
-        for name in moved_new:
-            os.replace(out_dir / name, staging / name)
-        for name in moved_old:
-            os.replace(backup / name, out_dir / name)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-    return [out_dir / n for n in moved_new]
+    return swap_in(staging, out_dir, [n for n in SESSION if (out_dir / n).exists()], PREVIOUS_PREFIX)
 
 
 def keep_failed(staging: Path, out_dir: Path) -> Path:
