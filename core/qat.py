@@ -18,6 +18,7 @@ from torch.export import Dim
 
 from . import io as atomic
 from .data import DataBundle
+from .snapping import snap_to_grid
 from .train import run_epoch
 
 QAT_FOLDED = "qat_int8.pt2"  # convert_pt2e(fold_quantize=True): what ExecuTorch lowers
@@ -160,9 +161,12 @@ def weight_quantization_error(prepared: torch.fx.GraphModule) -> list[dict]:
 
 
 def convert(prepared: torch.fx.GraphModule, fold: bool = True) -> torch.fx.GraphModule:
+    """convert_pt2e, with every conv/linear weight and bias snapped to the int8/int32 grid (core/snapping.py),
+    so that ExecuTorch (folded) and litert-torch (unfolded) start from the same integers."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     converted = convert_pt2e(copy.deepcopy(prepared), fold_quantize=fold)
+    converted.meta["grid_snap"] = snap_to_grid(converted)
     # Folding adds int8 copies of the weights; drop the float originals nothing reads any more.
     used = {n.target for n in converted.graph.nodes if n.op == "get_attr"}
     for name, _ in list(converted.named_parameters()):
@@ -188,8 +192,12 @@ def save(prepared: torch.fx.GraphModule, model: nn.Module, shape: tuple[int, ...
     batch = Dim("batch", min=1, max=MAX_BATCH)
     paths = {}
     for name, fold in ((QAT_FOLDED, True), (QAT_UNFOLDED, False)):
-        program = torch.export.export(convert(prepared, fold), (example,), dynamic_shapes=({0: batch},))
+        converted = convert(prepared, fold)
+        program = torch.export.export(converted, (example,), dynamic_shapes=({0: batch},))
         paths[name] = atomic.atomic_write(out_dir / name, lambda tmp, p=program: torch.export.save(p, str(tmp)))
+    snap = converted.meta["grid_snap"]  # the unfolded graph, where the float weights live
+    print(f"qat: {snap['layers']} layers snapped to the int8/int32 grids ({snap['weights_moved']} float weights, "
+          f"{snap['biases_moved']} biases moved; largest bias move {snap['largest_bias_move_steps']:.2f} int32 steps)")
     state = float_weights(prepared, model)
     paths[QAT_FLOAT] = atomic.atomic_write(out_dir / QAT_FLOAT, lambda tmp: torch.save(state, tmp))
     return paths
