@@ -55,6 +55,10 @@ class RunConfig:
     min_agreement: float = _opt(0.995, "minimum top-1 agreement of each artifact with its PyTorch reference", "verify")
     max_acc_drop: float = _opt(0.5, "maximum accuracy drop (percentage points) against the reference", "verify")
     sample_size: int = _opt(100, "test images bundled into the demo apps", "verify")
+    parity_check: bool = _opt(True, "verify: hold the int8 .pte and .tflite to each other layer by layer", "verify")
+    parity_images: int = _opt(100, "test images run layer by layer by `parity` and the check in verify (0 = all)", "verify")
+    max_parity_steps: int = _opt(0, "most output steps the int8 .pte and .tflite may differ by at any layer", "verify")
+    max_parity_steps_float: int = _opt(1, "the same, at a layer that a runtime computes in float", "verify")
     # host benchmark
     bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement", "bench")
     bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count (batch 32: a tenth, at least 3)", "bench")
@@ -79,6 +83,9 @@ class RunConfig:
             problems.append(f"unknown backend(s) {unknown} in --backends; choose from {', '.join(BACKENDS)}")
         if not 0.0 <= self.min_agreement <= 1.0:
             problems.append(f"--min-agreement is a fraction in [0, 1], got {self.min_agreement}")
+        for name in ("parity_images", "max_parity_steps", "max_parity_steps_float"):
+            if getattr(self, name) < 0:
+                problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if problems:
             raise ConfigError("; ".join(problems))
         return self

@@ -18,7 +18,7 @@ from core import io as atomic
 from core import manifest as mf
 from core import models, qat, train
 
-from . import report
+from . import parity, report
 from core.config import RunConfig
 from core.evaluate import accuracy, predict
 from core.workspace import CHECKPOINT, Workspace
@@ -223,6 +223,11 @@ class Pipeline(Workspace):
                               **cross_agreement(logits_by_file, self.manifest["artifacts"])},
         }
         self.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed") for a in self.manifest["artifacts"].values())
+        parity_ok = parity.verify_layers(self, source, logits_by_file)  # None: no int8 .pte and .tflite verified here
+        if parity_ok is not None:
+            self.manifest["verification"]["parity_passed"] = parity_ok
+            self.manifest["verification"]["passed"] &= parity_ok
+            ok &= parity_ok
         self._save()
         report.write_export_report(self.out, self.manifest)
         return ok

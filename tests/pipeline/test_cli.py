@@ -22,6 +22,7 @@ def run_cli(*args):
     (["--dataset", "imagefolder:/no/such/data"], "needs /no/such/data/train"),
     (["--epochs", "-1"], "--epochs must be >= 0"),
     (["--backends", "executorch,onnx"], "unknown backend(s) ['onnx']"),
+    (["--max-parity-steps", "-1"], "--max-parity-steps must be >= 0"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
     result = run_cli("train", *TINY, "--out", str(tmp_path), *args)
@@ -35,6 +36,11 @@ def test_bad_input_destroys_no_checkpoint(exported):
     for args in (["--epochs", "-1"], ["--dataset", "svhn"], ["--model", "resnet9"]):
         assert run_cli("train", *TINY, "--out", str(exported.out), *args).returncode == 2
     assert ckpt.read_bytes() == before
+
+
+def test_parity_without_artifacts_says_to_export_first(tmp_path):
+    result = run_cli("parity", *TINY, "--out", str(tmp_path))
+    assert result.returncode == 2 and "run `export` first" in result.stderr
 
 
 def test_unwritable_output_dir(tmp_path):
