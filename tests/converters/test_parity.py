@@ -123,3 +123,48 @@ def test_stats_count_steps_equal_values_and_sqnr():
     assert s["max_steps"] == 3 and s["mean_steps"] == 1.0 and s["equal_share"] == 0.5
     signal = (0.5 ** 2) * (128 ** 2 + 25 + 100)
     assert s["sqnr_db"] == pytest.approx(10 * np.log10(signal / (0.25 * (1 + 9))))
+
+
+class _Block(torch.nn.Module):
+    """conv -> BatchNorm -> ReLU6 modules, as torchvision writes them, then a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU6())
+        self.conv = torch.nn.Conv2d(8, 8, 1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.conv(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_module_activations_map_to_fused_tflite_tensors(tmp_path):
+    """litert-torch fuses ReLU6 into the conv before it: the conv's own output has no tensor, the ReLU6's has."""
+    import litert_torch
+
+    from converters.parity_capture import match_tflite
+    from converters.tflite import _int8_config
+    from ai_edge_litert.interpreter import Interpreter
+
+    torch.manual_seed(0)
+    prepared = qat.prepare(_Block(), (3, 8, 8))
+    with torch.no_grad():
+        for _ in range(3):
+            prepared(torch.randn(4, 3, 8, 8))
+    prepared.eval()
+    folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
+    unfolded.training = False
+    litert_torch.convert(unfolded, (torch.zeros(1, 3, 8, 8),), quant_config=_int8_config()).export(str(tmp_path / "b.tflite"))
+    layers = quantized_layers(folded)
+    names = [l.name for l in layers]
+    assert names[:4] == ["input", "stem.0", "stem.2", "conv"] and "stem" not in names  # `stem.0`: conv, `stem.2`: ReLU6
+    assert layers[1].activation == "stem.2" and layers[2].op == "hardtanh"
+    sizes = {l.name: int(np.prod(v.shape[1:])) for l, v in zip(layers, capture_pytorch(folded, layers, torch.zeros(2, 3, 8, 8)).values())}
+    interpreter = Interpreter(model_path=str(tmp_path / "b.tflite"), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    matches, missing = match_tflite(interpreter, layers, sizes)
+    assert "stem.0" not in matches and "fused `stem.2`" in missing["stem.0"]
+    assert matches["stem.2"].method == "tensor name" and matches["stem.2"].producer == "CONV_2D"
+    assert matches["conv"].method == "tensor name" and matches[names[-1]].method == "model output"
