@@ -1,11 +1,11 @@
-"""Layer-by-layer parity: the converted QAT graph in PyTorch, the int8 .pte and the int8 .tflite.
+"""Layer-by-layer parity: the converted PT2E graph (QAT or PTQ) in PyTorch, its .pte and its .tflite.
 
 `run` captures every quantized layer's output (converters/layers.py, converters/parity_capture.py)
 for a fixed set of test images and compares three pairs, layer by layer: the largest and mean
 absolute difference in the layer's output quantization steps, the share of exactly equal
 values, and the SQNR of the second against the first. `check` turns the .pte/.tflite pair into
 a pass or a failure that names the first layer over the allowed difference. `coreml_weights`
-holds a Core ML file's weights to the QAT float weights (its kernels run only on macOS).
+holds a Core ML file's weights to the float weights it was made from (its kernels run only on macOS).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .layers import Layer, capture_pytorch, quantized_layers
 from .parity_capture import TFLiteLayers, kernel_op, layer_program, xnnpack_float_kernels
 
 PAIRS = {"pytorch_vs_pte": ("pytorch", "pte"), "pytorch_vs_tflite": ("pytorch", "tflite"), "pte_vs_tflite": ("pte", "tflite")}
-RUNTIME_NAMES = {"pytorch": "PyTorch (converted QAT graph)", "pte": ".pte (ExecuTorch, XNNPACK)",
+RUNTIME_NAMES = {"pytorch": "PyTorch (converted PT2E graph)", "pte": ".pte (ExecuTorch, XNNPACK)",
                  "tflite": ".tflite (LiteRT)"}
 # XNNPACK kernel names (ETDump) -> the PyTorch ops they compute
 KERNEL_OPS = {"hardswish": {"hardswish"}, "sigmoid": {"sigmoid"}, "multiply": {"mul"}, "add": {"add"},
@@ -116,7 +116,7 @@ def run(folded: torch.fx.GraphModule, images: torch.Tensor, input_shape, pte: Pa
         probe = capture_pytorch(folded, layers, images[:2])
     sizes = {name: int(np.prod(v.shape[1:])) for name, v in probe.items()}
     shapes = {name: tuple(v.shape[1:]) for name, v in probe.items()}
-    notes, runtimes = {}, {"pytorch": {"method": "torch.fx Interpreter over the converted (folded) QAT graph"}}
+    notes, runtimes = {}, {"pytorch": {"method": "torch.fx Interpreter over the converted (folded) PT2E graph"}}
     program = tfl = None
     if pte is not None:
         program = layer_program(folded, layers, input_shape, Path(work_dir) / f"{Path(pte).stem}_layers.pte", key)
@@ -223,7 +223,7 @@ def check(result: dict, max_steps: float, max_steps_float: float, pair: str = "p
 
 
 def coreml_weights(mlpackage: Path, float_model: torch.nn.Module) -> list[dict]:
-    """Per weight: the Core ML file's values against the QAT float weights (BatchNorm folded the way the
+    """Per weight: the Core ML file's values against `float_model`'s weights (BatchNorm folded the way the
     Core ML converter folds it), in units of that tensor's symmetric int8 step per output channel."""
     from .coreml import fold_batchnorm, load_into, read_weights
 

@@ -139,13 +139,22 @@ def _pieces(name: str) -> set[str]:
     return {p for p in name.split(";") if p}
 
 
+def _named_after(layer: Layer, first: str, pieces: set[str], owners: dict[str, str]) -> bool:
+    """Does a tensor's name say it is `layer`'s output? Named first after the op whose result is quantized (the
+    fused activation, when it names only this layer or the main op is named too), or first after the layer's own
+    op with its activation among the fused ops (litert-torch writes FULLY_CONNECTED + RELU this way round)."""
+    if first == layer.out_hierarchy:
+        return layer.out_hierarchy in owners or ("/" in layer.hierarchy and layer.hierarchy in pieces)
+    return (first == layer.hierarchy != layer.out_hierarchy and "/" in layer.hierarchy
+            and layer.out_hierarchy in pieces)
+
+
 def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
                  input_layout: str = "NCHW") -> tuple[dict[str, TensorMatch], dict[str, str]]:
     """Tie each layer to the .tflite tensor that holds it.
 
-    litert-torch names a tensor after the ops that made it, ';'-separated: first the op whose output
-    it is, then ops fused into it. A layer takes the tensor named first after the op its value
-    comes from (with its main op among the rest when that name is not unique to it), when scale,
+    litert-torch names a tensor after the ops that made it, ';'-separated: usually first the op whose
+    output it is, then ops fused into it. A layer takes the tensor so named (`_named_after`) when scale,
     zero point and size agree; the model's input and output tensors by position; otherwise the only
     tensor with its scale, zero point, size and op kind; a choice among several is marked a guess.
     A layer whose lone reader is an activation the converter fused into it has no tensor.
@@ -199,8 +208,7 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
                 and owners.get(first_piece(t), layer.name) == layer.name]
         fits.sort(key=lambda t: producer.get(t, (-1,))[0])
         kinds = set().union(*(OP_KINDS.get(op.rstrip("_"), set()) for op in layer.op.split("+")))
-        named = [t for t in fits if first_piece(t) == layer.out_hierarchy and
-                 (layer.out_hierarchy in owners or ("/" in layer.hierarchy and layer.hierarchy in _pieces(details[t]["name"])))]
+        named = [t for t in fits if _named_after(layer, first_piece(t), _pieces(details[t]["name"]), owners)]
         if layer.name == INPUT and in_index in fits:
             chosen, method = in_index, "model input"
         elif layer.is_output and out_index in fits:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 import warnings
 
-from core.config import FIELDS, ConfigError, RunConfig, load_config_file, resolve
+from core.config import FIELDS, ConfigError, RunConfig, field_kind, load_config_file, resolve
 
 COMMANDS = {
     "train": "train the fp32 model (seeded; checkpoint each epoch; --resume continues)",
@@ -21,6 +20,7 @@ COMMANDS = {
     "bench": "measure load time, latency, throughput, memory and accuracy on this host",
     "report": "rebuild the reports and plots from the JSON files, without running anything",
     "run": "train, qat, export (with verify), bench and report, in order",
+    "schemes": "print which runtime honours which quantization scheme (the support matrix), and how",
 }
 GROUPS = {"data": "data and model", "train": "fp32 training", "quant": "quantization (PTQ and QAT)",
           "export": "export backends", "verify": "verification", "bench": "host benchmark", "run": "run"}
@@ -37,11 +37,6 @@ resolved config in OUT/manifest.json. Exit status: 0 ok, 1 a backend or a check 
 2 bad input."""
 
 
-def _type(f: dataclasses.Field):
-    text = str(f.type)
-    return int if "int" in text else float if "float" in text else str
-
-
 def settings_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (flags override it)")
@@ -50,10 +45,11 @@ def settings_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         group = groups[f.metadata["group"]]
         help_text = f"{f.metadata['help']} (default: {f.default})"
-        if f.type in (bool, "bool"):
+        kind, _ = field_kind(name)
+        if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            group.add_argument(flag, type=_type(f), default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
     return parser
 
 
@@ -89,6 +85,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
     from .stages import Pipeline
 
+    if command == "schemes":
+        from core import schemes
+
+        from converters import select
+
+        print(schemes.matrix_markdown())
+        problems = schemes.check(schemes.Scheme.from_config(cfg), [c.name for c in select(cfg.backends)])
+        scheme = schemes.Scheme.from_config(cfg)
+        print(f"\nThe settings given: {scheme.summary()} (tag {scheme.tag}): "
+              + ("; ".join(problems) if problems else f"exported by {cfg.backends}"))
+        return not problems
     if command in ("bench", "report"):
         from benchmarks import host
 
@@ -124,29 +131,39 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from benchmarks.host import BenchError
     from core.data import DataError
-    from core.io import OutputDirError
+    from core.io import OutLock, OutputDirError, recover
     from core.manifest import ManifestError
     from core.models import ModelError
     from core.qat import QuantError
+    from core.schemes import SchemeError
     from core.train import CheckpointError
 
     from .stages import StageError
 
     bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError,
-                 StageError, BenchError)
+                 StageError, BenchError, SchemeError)
+    from converters import ConversionError
+
     try:
         cfg = config_from_args(args)
-        ok = run_command(args.command, cfg, args)
-    except bad_input as exc:
+        if args.command == "schemes":  # reads nothing, writes nothing
+            return 0 if run_command(args.command, cfg, args) else 2
+        with OutLock(cfg.out, f"mobile-pipeline {args.command}"):
+            for action in recover(cfg.out):
+                print(f"recover: {action}")
+            ok = run_command(args.command, cfg, args)
+    except bad_input + (ConversionError,) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from converters import ConversionError
-
-        if isinstance(exc, ConversionError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except OSError as exc:  # an I/O failure outside the atomic writes: name the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check the disk and the path, or pick another --out",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.command} stopped; finished files in OUT are intact, and the next run "
+              "cleans up and continues from them", file=sys.stderr)
+        return 130
     return 0 if ok else 1
 
 

@@ -80,22 +80,24 @@ def _mapping_table(layers: list[dict]) -> list[str]:
     return lines
 
 
-def _coreml(coreml: dict) -> list[str]:
+def _coreml(coreml: dict, references: dict) -> list[str]:
     if not coreml:
         return []
-    lines = ["### Core ML weights against the QAT float weights", "",
+    lines = ["### Core ML weights against the weights they were made from", "",
              "Core ML's kernels run only on macOS; here each file's weights are read back (`decompress_weights`) "
-             "and held to the QAT float weights, BatchNorm folded as the Core ML converter folds it. Differences "
-             "are in units of each tensor's symmetric int8 step (max |w| / 127 per output channel).", "",
-             "| file | weights | worst tensor | its max Δ (int8 steps) | median SQNR (dB) | lowest SQNR (dB) |",
-             "|---|---:|---|---:|---:|---:|"]
+             "and held to the float weights it was converted from (the fp32 checkpoint for the fp16 baseline, the "
+             "scheme's float weights for the others), BatchNorm folded as the Core ML converter folds it. "
+             "Differences are in units of each tensor's symmetric int8 step (max |w| / 127 per output channel).", "",
+             "| file | compared with | weights | worst tensor | its max Δ (int8 steps) | median SQNR (dB) | lowest SQNR (dB) |",
+             "|---|---|---:|---|---:|---:|---:|"]
     for file, rows in coreml.items():
+        ref = references.get(file, "–")
         if isinstance(rows, str):
-            lines.append(f"| `{file}` | – | could not read: {rows} | | | |")
+            lines.append(f"| `{file}` | {ref} | – | could not read: {rows} | | | |")
             continue
         worst = max(rows, key=lambda r: r["max_steps"])
         sqnrs = sorted((r["sqnr_db"] for r in rows), key=lambda v: float(v))
-        lines.append(f"| `{file}` | {len(rows)} | `{worst['weight']}` | {worst['max_steps']:.3g} | "
+        lines.append(f"| `{file}` | {ref} | {len(rows)} | `{worst['weight']}` | {worst['max_steps']:.3g} | "
                      f"{_db(sqnrs[len(sqnrs) // 2])} | {_db(sqnrs[0])} |")
     for file, rows in coreml.items():
         if isinstance(rows, str):
@@ -143,8 +145,9 @@ def parity_section(manifest: dict) -> list[str]:
     stale = [f for f, sha in parity.get("files", {}).items() if artifacts.get(f, {}).get("sha256") != sha]
     if stale:
         lines += [f"**Stale:** {', '.join(stale)} changed since this comparison; run `mobile-pipeline parity` again.", ""]
-    lines += [f"{parity['images']} test images through every quantized layer ({len(parity['layers'])}) of the "
-              "converted QAT graph and the int8 artifacts. A *layer* is one int8 activation, named after the "
+    scheme = parity.get("scheme") or {}
+    lines += [f"Scheme `{scheme.get('tag', 'int8')}`: {parity['images']} test images through every quantized layer "
+              f"({len(parity['layers'])}) of the converted PT2E graph and its .pte and .tflite. A *layer* is one int8 activation, named after the "
               "module that computes it. Differences are in that layer's output quantization steps; SQNR is of "
               "the second runtime against the first.", "", "How each runtime was read:", ""]
     for name, info in runtimes.items():
@@ -170,4 +173,4 @@ def parity_section(manifest: dict) -> list[str]:
         lines += _pair_table(block["rows"]) + [""]
     lines += ["<details><summary>Layers and their .tflite tensors</summary>", ""] + _mapping_table(parity["layers"])
     lines += ["", "</details>", ""]
-    return lines + _coreml(parity.get("coreml", {}))
+    return lines + _coreml(parity.get("coreml", {}), parity.get("coreml_reference", {}))
