@@ -15,7 +15,7 @@ OUT      ?= artifacts
 ARGS     ?=
 SETTINGS  = --dataset $(DATASET) --data-dir $(DATA_DIR) --model $(MODEL) --epochs $(EPOCHS) --out $(OUT) $(ARGS)
 
-.PHONY: setup train qat export export-android export-ios bench report bench-models fashion-mnist-data test clean distclean
+.PHONY: setup train qat export export-android export-ios parity bench report bench-models fashion-mnist-data test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ export-android: qat
 export-ios: qat
 	$(CLI) export --backends coreml,executorch $(SETTINGS)
 	$(CLI) bundle ios $(SETTINGS) $(BUNDLE_ARGS)
+
+parity: $(VENV_STAMP)
+	$(CLI) parity $(SETTINGS)
 
 bench: $(VENV_STAMP)
 	$(CLI) bench $(SETTINGS)
