@@ -23,6 +23,12 @@ NBITS = (1, 2, 3, 4, 6, 8)
 GRANULARITIES = ("per_tensor", "per_grouped_channel")
 
 
+def palettized_file(model_name: str, scheme, nbits: int) -> str:
+    """`<model>_coreml_pal<n>` for the default scheme's weights, `<model>_coreml_<tag>_pal<n>` for any other
+    (a PTQ-only or other-calibration run of the default weights has other float weights: another file)."""
+    return f"{model_name}_coreml_{'' if scheme.tag == 'int8' else scheme.tag + '_'}pal{nbits}.mlpackage"
+
+
 class CoreMLConverter(Converter):
     name = "coreml"
     packages = ("coremltools",)
@@ -78,7 +84,7 @@ class CoreMLConverter(Converter):
         palettized = palettize_weights(fp16, OptimizationConfig(global_config=config))
         quant = f"pal{options.nbits}"
         scheme = source.scheme
-        file = f"{source.model_name}_coreml_{quant if scheme.is_default else f'{scheme.tag}_{quant}'}.mlpackage"
+        file = palettized_file(source.model_name, scheme, options.nbits)
         describe(palettized, source, quant, source.metadata.get("weights_from", "trained weights"))
         atomic.atomic_write(out / file, lambda tmp: palettized.save(str(tmp)))
         checks = {**lut_checks(out / file, options.nbits), "placement": op_histogram(out / file)}
