@@ -217,28 +217,42 @@ def _mnist_5k() -> DataBundle:
     )
 
 
-def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
-    from torchvision.datasets import ImageFolder
-
+def imagefolder_splits(root: Path) -> tuple[Path, Path]:
+    """(train, test) folders of an imagefolder: dataset; test/ may be called val/."""
     splits = {s: root / s for s in ("train", "test", "val") if (root / s).is_dir()}
     if "train" not in splits or not ({"test", "val"} & set(splits)):
         raise DataError(
             f"imagefolder:{root} needs {root}/train/<class>/*.png and {root}/test/<class>/*.png "
             "(or val/ instead of test/); see torchvision.datasets.ImageFolder"
         )
-    mode = "L" if channels == 1 else "RGB"
+    return splits["train"], splits.get("test") or splits["val"]
+
+
+def read_image(path: str | Path, channels: int, size: int) -> np.ndarray:
+    """One image file as uint8 HxW (1 channel) or HxWx3, resized to size x size. The in-memory and the
+    streamed imagefolder paths both decode through here, so they see the same pixels."""
+    from PIL import Image
+
+    with Image.open(path) as image:  # as torchvision's pil_loader: RGB first, then the model's mode
+        return np.asarray(image.convert("RGB").convert("L" if channels == 1 else "RGB").resize((size, size)))
+
+
+def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
+    from torchvision.datasets import ImageFolder
+
+    train_dir, test_dir = imagefolder_splits(root)
 
     def read(split: Path):
         ds = ImageFolder(str(split))
         if not ds.samples:
             raise DataError(f"{split} holds no images")
-        arrays = [np.asarray(ds.loader(p).convert(mode).resize((size, size))) for p, _ in ds.samples]
+        arrays = [read_image(p, channels, size) for p, _ in ds.samples]
         data = torch.as_tensor(np.stack(arrays))
         data = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
         return ds.classes, data, torch.as_tensor(ds.targets, dtype=torch.int64)
 
-    classes, x_train, y_train = read(splits["train"])
-    test_classes, x_test, y_test = read(splits.get("test") or splits["val"])
+    classes, x_train, y_train = read(train_dir)
+    test_classes, x_test, y_test = read(test_dir)
     if test_classes != classes:
         raise DataError(f"{root}: train classes {classes} differ from test classes {test_classes}")
     return DataBundle("imagefolder", f"imagefolder:{root}", x_train, y_train, x_test, y_test, classes)

@@ -16,8 +16,11 @@ import torch
 import torch.nn as nn
 from torch.export import Dim
 
+from . import distributed
 from . import io as atomic
 from .data import DataBundle
+from .loaders import TrainLoader
+from .recipe import Recipe
 from .train import run_epoch
 
 QAT_FOLDED = "qat_int8.pt2"  # convert_pt2e(fold_quantize=True): what ExecuTorch lowers
@@ -44,17 +47,18 @@ def _export(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
     return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
 
 
-def ptq(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int) -> torch.fx.GraphModule:
-    """Post-training quantization: calibrate observers on training batches, then convert."""
+def ptq(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int,
+        device: torch.device | str = "cpu") -> torch.fx.GraphModule:
+    """Post-training quantization: calibrate observers on training batches (on `device`), then convert on the CPU."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(_export(copy.deepcopy(model).eval(), shape), quantizer(is_qat=False))
+    prepared = prepare_pt2e(_export(copy.deepcopy(model).eval(), shape), quantizer(is_qat=False)).to(device)
     with torch.no_grad():
         for i, (images, _) in enumerate(data.batches("train", batch_size)):
             if i >= calib_batches:
                 break
-            prepared(images)
-    return convert_pt2e(prepared)
+            prepared(images.to(device))
+    return convert_pt2e(prepared.to("cpu"))
 
 
 def freeze_batchnorm(prepared: torch.fx.GraphModule) -> int:
@@ -91,18 +95,32 @@ class QATSchedule:
     freeze_bn_at: float
     freeze_observers_at: float
 
+    @property
+    def shuffle_seed(self) -> int:
+        """QAT epoch e shuffles with randperm seeded by shuffle_seed + e."""
+        return self.seed * 1000 + 500
+
     def total_steps(self, n_train: int) -> int:
         steps = math.ceil(self.epochs * n_train / self.batch_size)
         return min(steps, self.max_steps) if self.max_steps else steps
 
 
-def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QATSchedule) -> tuple[torch.fx.GraphModule, dict]:
-    """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode and its stats."""
+def qat(model: nn.Module, loader: TrainLoader, shape: tuple[int, ...], schedule: QATSchedule,
+        recipe: Recipe = Recipe()) -> tuple[torch.fx.GraphModule, dict]:
+    """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode, on the CPU, and its stats.
+
+    Under torchrun the prepared graph trains inside DistributedDataParallel, and observer ranges
+    and BatchNorm statistics are made identical on every rank (`distributed.sync_*`) before
+    BatchNorm freezes, before the observers freeze and at the end.
+    """
     from torchao.quantization.pt2e import disable_observer
 
-    prepared = prepare(model, shape)
-    optimizer = torch.optim.Adam(prepared.parameters(), lr=schedule.lr)
-    total = schedule.total_steps(len(data.train_labels))
+    ctx = loader.ctx
+    prepared = prepare(model, shape).to(ctx.device)
+    optimizer = recipe.make_optimizer(prepared.parameters(), schedule.lr)
+    net = distributed.wrap(prepared, ctx)
+    loss_fn = recipe.loss_fn()
+    total = schedule.total_steps(loader.samples_per_epoch)
     freeze_bn_step = int(schedule.freeze_bn_at * total)
     freeze_obs_step = int(schedule.freeze_observers_at * total)
     done, history, events = 0, [], []
@@ -110,24 +128,29 @@ def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QA
     def on_step(step_in_epoch: int) -> None:
         step = done + step_in_epoch
         if step == freeze_bn_step:
+            distributed.sync_batchnorm(prepared, ctx)
             events.append({"step": step, "event": "freeze_bn", "nodes": freeze_batchnorm(prepared)})
         if step == freeze_obs_step:
+            distributed.sync_observers(prepared, ctx)
             prepared.apply(disable_observer)
             events.append({"step": step, "event": "freeze_observers"})
 
     epoch = 0
     while done < total:
-        stats = run_epoch(prepared, optimizer, data, schedule.batch_size, seed=schedule.seed * 1000 + 500 + epoch,
-                          desc=f"QAT epoch {epoch + 1}", max_steps=total - done, on_step=on_step)
-        done += math.ceil(stats["images"] / schedule.batch_size)
+        stats = run_epoch(net, optimizer, loader, epoch, desc=f"QAT epoch {epoch + 1}", max_steps=total - done,
+                          on_step=on_step, loss_fn=loss_fn)
+        done += stats["steps"]
         history.append({"epoch": epoch + 1, **stats})
-        print(f"QAT epoch {epoch + 1}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
-              f"{stats['images_per_s']:.0f} img/s")
+        if ctx.is_main:
+            print(f"QAT epoch {epoch + 1}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
+                  f"{stats['images_per_s']:.0f} img/s")
         epoch += 1
+    synced = distributed.sync_quantization_state(prepared, ctx)
     prepared.eval()
+    prepared.to("cpu")
     images = sum(h["images"] for h in history)
     seconds = sum(h["seconds"] for h in history)
-    return prepared, {"steps": total, "history": history, "events": events,
+    return prepared, {"steps": total, "history": history, "events": events, "synced_across_ranks": synced,
                       "images_per_s": images / seconds if seconds else 0.0}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from . import data as datasets
+from . import loaders
 from . import manifest as mf
 from . import models, qat, train
 from .config import RunConfig
@@ -46,11 +47,16 @@ class Workspace:
         self._data: datasets.DataBundle | None = None
 
     @property
-    def data(self) -> datasets.DataBundle:
+    def data(self) -> datasets.DataBundle | loaders.StreamingData:
         if self._data is None:
             c, size, _ = self.shape
-            self._data = datasets.load(self.cfg.dataset, self.cfg.data_dir, c, size,
-                                       self.cfg.limit_train, self.cfg.limit_test)
+            cfg = self.cfg
+            if loaders.streams(cfg.dataset, cfg.loader):
+                self._data = loaders.open_imagefolder(Path(cfg.dataset.split(":", 1)[1]), c, size,
+                                                      limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                                                      workers=cfg.workers, stats_images=cfg.stats_images, seed=cfg.seed)
+            else:
+                self._data = datasets.load(cfg.dataset, cfg.data_dir, c, size, cfg.limit_train, cfg.limit_test)
         return self._data
 
     def fp32_model(self) -> nn.Module:

@@ -21,7 +21,9 @@ COMMANDS = {
     "report": "rebuild the reports and plots from the JSON files, without running anything",
     "run": "train, qat, export (with verify), bench and report, in order",
 }
-GROUPS = {"data": "data and model", "train": "fp32 training", "quant": "quantization (PTQ and QAT)",
+DISTRIBUTED_COMMANDS = ("train", "qat", "run")  # the commands torchrun may start on several processes
+GROUPS = {"data": "data and model", "train": "fp32 training", "compute": "device and distributed training (torchrun)",
+          "quant": "quantization (PTQ and QAT)",
           "export": "export backends", "verify": "verification", "bench": "host benchmark", "run": "run"}
 EPILOG = """examples:
   mobile-pipeline run --dataset mnist-5k --epochs 1
@@ -29,6 +31,7 @@ EPILOG = """examples:
   mobile-pipeline export --backends coreml --nbits 2 --force
   mobile-pipeline bundle android
   mobile-pipeline train --config my_run.yaml --epochs 5 --resume
+  torchrun --standalone --nproc-per-node 2 -m pipeline.cli train --dataset mnist-5k
 
 Settings resolve as: defaults < --config FILE (YAML or JSON) < flags. Every run records the
 resolved config in OUT/manifest.json. Exit status: 0 ok, 1 a backend or a check failed,
@@ -85,8 +88,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
+    from core import distributed
+
     from .stages import Pipeline
 
+    if distributed.launched_by_torchrun() and command not in DISTRIBUTED_COMMANDS:
+        raise ConfigError(f"`{command}` runs in one process; start it without torchrun "
+                          f"(torchrun is for {', '.join(DISTRIBUTED_COMMANDS)})")
     if command in ("bench", "report"):
         from benchmarks import host
 
@@ -107,6 +115,8 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
 
         pipeline.train()
         pipeline.qat()
+        if not pipeline.ctx.is_main:  # under torchrun, rank 0 alone exports and benchmarks
+            return True
         exported = pipeline.export()
         return host.bench(cfg) and exported
     return True
@@ -141,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+    finally:
+        from core.distributed import cleanup
+
+        cleanup()  # leave torchrun's process group (nothing to do in one process)
     return 0 if ok else 1
 
 

@@ -7,6 +7,7 @@ does not retrain. `--force` re-runs them.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -16,14 +17,18 @@ import torch
 
 from core import io as atomic
 from core import manifest as mf
-from core import models, qat, train
+from core import distributed, loaders, models, qat, train
 
 from . import report
 from core.config import RunConfig
+from core.device import check_amp
 from core.evaluate import accuracy, predict
+from core.recipe import Recipe
 from core.workspace import CHECKPOINT, Workspace
 
-TRAIN_SETTINGS = ("dataset", "model", "weights", "image_size", "limit_train", "limit_test", "batch_size", "lr", "seed")
+TRAIN_SETTINGS = ("dataset", "model", "weights", "image_size", "limit_train", "limit_test", "batch_size", "lr", "seed",
+                  "optimizer", "momentum", "weight_decay", "lr_schedule", "lr_gamma", "warmup_epochs", "label_smoothing",
+                  "augment", "augment_min_scale", "stats_images")
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
 APP_DIRS = {"android": Path("android_demo/app/src/main/assets"), "ios": Path("ios_demo/Resources")}
 APP_FORMATS = {"android": ("pte", "tflite"), "ios": ("mlpackage", "pte")}
@@ -31,6 +36,20 @@ APP_FORMATS = {"android": ("pte", "tflite"), "ios": ("mlpackage", "pte")}
 
 class StageError(RuntimeError):
     """A stage was asked for before the one it needs."""
+
+
+def run_by_every_rank(stage):
+    """A stage every torchrun process runs (training is collective); rank 0 alone writes OUT,
+    and the others wait for it, then read the manifest it wrote. One process: no change."""
+    @functools.wraps(stage)
+    def run(self, *args, **kwargs):
+        result = stage(self, *args, **kwargs)
+        if self.ctx.distributed:
+            distributed.barrier()
+            self.manifest = mf.load(self.out)
+        return result
+
+    return run
 
 
 class Pipeline(Workspace):
@@ -41,6 +60,22 @@ class Pipeline(Workspace):
             torch.set_num_threads(cfg.threads)
 
     # ---- shared pieces -------------------------------------------------------------
+    @functools.cached_property
+    def ctx(self) -> distributed.Context:
+        """Device, rank and world size: decided once, when a stage first needs them."""
+        ctx = distributed.setup(self.cfg.device)
+        check_amp(self.cfg.amp, ctx.device)
+        return ctx
+
+    def train_loader(self, seed: int) -> loaders.TrainLoader:
+        recipe = Recipe.from_config(self.cfg)
+        recipe.check_augmentation(self.shape[0])
+        return loaders.TrainLoader(self.data, self.cfg.batch_size, seed=seed, ctx=self.ctx, workers=self.cfg.workers,
+                                   augment=recipe.augmentation(self.shape[1]))
+
+    def compute(self, loader: loaders.TrainLoader) -> dict:
+        return {**self.ctx.describe(), **loader.describe(), "amp": self.cfg.amp, "sync_bn": self.cfg.sync_bn}
+
     def train_key(self) -> str:
         return f"{self.cfg.key(*TRAIN_SETTINGS)}-{self.data.name}-{len(self.data.train_labels)}"
 
@@ -54,10 +89,15 @@ class Pipeline(Workspace):
         self.manifest["config"] = self.cfg.to_dict()
         mf.save(self.out, self.manifest)
 
-    def _evaluate(self, fn) -> float:
-        return accuracy(predict(fn, self.data), self.data.test_labels.numpy())
+    def _evaluate(self, fn, on_device: bool = True) -> float:
+        """Test accuracy; float models run on the training device, quantized programs on the CPU."""
+        device = self.ctx.device if on_device else None
+        if device is not None and isinstance(fn, torch.nn.Module):
+            fn = fn.to(device)
+        return accuracy(predict(fn, self.data, device=device), self.data.test_labels.numpy())
 
     # ---- train ---------------------------------------------------------------------
+    @run_by_every_rank
     def train(self) -> None:
         cfg, data = self.cfg, self.data
         key, stage = self.train_key(), self._stage("train")
@@ -71,11 +111,15 @@ class Pipeline(Workspace):
         model = models.build(cfg.model, len(data.labels), cfg.weights)
         meta = {"model": cfg.model, "labels": data.labels, "mean": data.mean, "std": data.std, "input_shape": list(self.shape)}
         start = time.perf_counter()
-        result = train.train_fp32(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                                  checkpoint=ckpt, key=key, meta=meta, resume=cfg.resume)
+        loader = self.train_loader(train.shuffle_seed(cfg.seed))
+        result = train.train_fp32(model, loader, epochs=cfg.epochs, lr=cfg.lr, checkpoint=ckpt, key=key, meta=meta,
+                                  resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp, sync_bn=cfg.sync_bn)
+        if not self.ctx.is_main:
+            return
         if not ckpt.exists():  # epochs == 0: keep the initial weights as the checkpoint
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
         fp32_acc = self._evaluate(result.model.eval())
+        result.model.to("cpu")
         print(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
         self.manifest.update({
             "run_id": f"{mf.now().replace(':', '').replace('-', '')[:15]}-{key[:8]}",
@@ -88,11 +132,12 @@ class Pipeline(Workspace):
         })
         self.manifest["stages"] = {"train": {
             "key": key, "checkpoint": str(CHECKPOINT), "epochs_done": result.epochs_done,
-            "images_per_s": result.images_per_s, "history": result.history,
+            "images_per_s": result.images_per_s, "history": result.history, "compute": self.compute(loader),
             "wall_time_s": time.perf_counter() - start}}
         self._save()
 
     # ---- qat -----------------------------------------------------------------------
+    @run_by_every_rank
     def qat(self) -> None:
         cfg, data = self.cfg, self.data
         key, stage = self.qat_key(), self._stage("qat")
@@ -105,13 +150,17 @@ class Pipeline(Workspace):
             raise train.CheckpointError(f"{self.out / CHECKPOINT} was not trained with these settings; run `train` first")
         model = self.fp32_model()
         start = time.perf_counter()
-        ptq_model = qat.ptq(model, data, self.shape, cfg.calib_batches, cfg.batch_size)
-        ptq_acc = self._evaluate(ptq_model)
         train.seed_everything(cfg.seed)
         schedule = qat.QATSchedule(cfg.qat_epochs, cfg.qat_max_steps, cfg.qat_lr, cfg.batch_size, cfg.seed,
                                    cfg.freeze_bn_at, cfg.freeze_observers_at)
-        prepared, stats = qat.qat(model, data, self.shape, schedule)
-        qat_acc = self._evaluate(qat.convert(prepared))
+        loader = self.train_loader(schedule.shuffle_seed)
+        prepared, stats = qat.qat(model, loader, self.shape, schedule, Recipe.from_config(cfg))
+        if not self.ctx.is_main:
+            return
+        # The PTQ baseline calibrates on the device; quantized programs are evaluated on the CPU.
+        ptq_acc = self._evaluate(qat.ptq(model, data, self.shape, cfg.calib_batches, cfg.batch_size, self.ctx.device),
+                                 on_device=False)
+        qat_acc = self._evaluate(qat.convert(prepared), on_device=False)
         qat.save(prepared, model, self.shape, self.out)
         qat_float = models.build(cfg.model, len(data.labels))
         qat_float.load_state_dict(qat.float_weights(prepared, model))
@@ -123,6 +172,7 @@ class Pipeline(Workspace):
         self.manifest["stages"] = {"train": self._stage("train"), "qat": {
             "key": key, "files": [f.name for f in files], "steps": stats["steps"], "events": stats["events"],
             "images_per_s": stats["images_per_s"], "history": stats["history"],
+            "compute": self.compute(loader), "synced_across_ranks": stats["synced_across_ranks"],
             "wall_time_s": time.perf_counter() - start}}
         self.manifest["quantization_error"] = qat.weight_quantization_error(prepared)
         self.manifest["artifacts"], self.manifest["backends"] = {}, {}
