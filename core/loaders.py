@@ -42,7 +42,7 @@ class FolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         array = datasets.read_image(path, self.channels, self.size)
-        image = torch.from_numpy(np.ascontiguousarray(array))
+        image = torch.from_numpy(np.array(array))  # a writable copy of PIL's read-only buffer
         image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1).contiguous()
         if self.transform is not None:
             image = self.transform(image)
@@ -225,7 +225,8 @@ class TrainLoader:
                 "augment": self.augment is not None}
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255.0 - self.mean) / self.std
+        # DataBundle.normalize's arithmetic, in place on the one float copy: the same values, fewer allocations.
+        return images.float().div_(255.0).sub_(self.mean).div_(self.std)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.set_epoch(epoch)

@@ -43,8 +43,9 @@ def run_by_every_rank(stage):
     and the others wait for it, then read the manifest it wrote. One process: no change."""
     @functools.wraps(stage)
     def run(self, *args, **kwargs):
+        ctx = self.ctx  # device and process group first: a bad --device fails before any data is read
         result = stage(self, *args, **kwargs)
-        if self.ctx.distributed:
+        if ctx.distributed:
             distributed.barrier()
             self.manifest = mf.load(self.out)
         return result
