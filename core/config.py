@@ -45,7 +45,7 @@ class RunConfig:
     weight_decay: float = _opt(0.0, "weight decay (L2 for adam and sgd, decoupled for adamw)", "train")
     lr_schedule: str = _opt("step", "none | step (lr x --lr-gamma after every epoch) | cosine (to 0 at the last epoch)", "train")
     lr_gamma: float = _opt(0.7, "step schedule: factor applied after every epoch", "train")
-    warmup_epochs: int = _opt(0, "epochs of linear warm-up from 1% of --lr before the schedule", "train")
+    warmup_epochs: int = _opt(0, "epochs of linear warm-up from 0.01 x --lr to --lr before the schedule", "train")
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (fp32 training and QAT)", "train")
     augment: bool = _opt(False, "3-channel data: random resized crop and horizontal flip of the training images", "train")
     augment_min_scale: float = _opt(0.08, "--augment: smallest crop, as a fraction of the image area", "train")

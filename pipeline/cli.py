@@ -115,7 +115,8 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
 
         pipeline.train()
         pipeline.qat()
-        if not pipeline.ctx.is_main:  # under torchrun, rank 0 alone exports and benchmarks
+        distributed.cleanup()  # under torchrun, training is over: rank 0 alone exports and benchmarks
+        if not pipeline.ctx.is_main:
             return True
         exported = pipeline.export()
         return host.bench(cfg) and exported

@@ -44,6 +44,10 @@ def run_by_every_rank(stage):
     @functools.wraps(stage)
     def run(self, *args, **kwargs):
         ctx = self.ctx  # device and process group first: a bad --device fails before any data is read
+        if ctx.distributed:  # rank 0 downloads or unpacks the dataset first; the others then read it
+            if ctx.is_main:
+                self.data
+            distributed.barrier()
         result = stage(self, *args, **kwargs)
         if ctx.distributed:
             distributed.barrier()
