@@ -10,6 +10,7 @@ PyTorch evaluation use the device chosen here.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -61,6 +62,20 @@ def check_amp(amp: bool, device: torch.device) -> None:
     if amp and device.type != "cuda":
         raise DeviceError(f"--amp needs a CUDA device (float16 autocast with a GradScaler); this run is on {device.type}. "
                           "Drop --amp, or use --device cuda on a machine with a GPU")
+
+
+def for_quantization(device: torch.device, requested: str) -> torch.device:
+    """Where QAT and PTQ calibration run. PyTorch's fake-quantization kernels exist for the CPU and CUDA
+    only, so on MPS: `--device auto` quantizes on the CPU, `--device mps` is refused, unless
+    PYTORCH_ENABLE_MPS_FALLBACK=1 lets PyTorch run the missing ops on the CPU itself."""
+    if device.type != "mps" or os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK") == "1":
+        return device
+    if requested == "auto":
+        print("qat: PyTorch has no MPS kernels for fake quantization; QAT and PTQ calibration run on the CPU")
+        return torch.device("cpu")
+    raise DeviceError("--device mps: PyTorch's fake-quantization ops (aten::_fused_moving_avg_obs_fq_helper) have "
+                      "no MPS kernels, so QAT cannot run there. Use --device cpu or auto for `qat`, or set "
+                      "PYTORCH_ENABLE_MPS_FALLBACK=1 to let PyTorch run those ops on the CPU")
 
 
 def describe(device: torch.device) -> dict:

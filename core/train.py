@@ -79,6 +79,7 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainL
     total = min(loader.samples_per_epoch, steps * loader.batch_size)
     seen = done = 0
     correct = loss_sum = 0  # kept as tensors on the device: no synchronisation per step
+    sum_dtype = torch.float32 if ctx.device.type == "mps" else torch.float64  # MPS has no float64
     start = last_shown = time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0, disable=None if ctx.is_main else True)
     for step, (images, labels) in enumerate(loader.epoch(epoch)):
@@ -92,7 +93,7 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainL
         done += 1
         seen += len(labels)
         correct += (logits.argmax(1) == labels).sum()
-        loss_sum += loss.detach().double() * len(labels)
+        loss_sum += loss.detach().to(sum_dtype) * len(labels)
         bar.update(len(labels))
         if not bar.disable and time.perf_counter() - last_shown >= 1.0:
             last_shown = time.perf_counter()

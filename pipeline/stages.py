@@ -7,6 +7,7 @@ does not retrain. `--force` re-runs them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
 import time
@@ -21,7 +22,7 @@ from core import distributed, loaders, models, qat, train
 
 from . import report
 from core.config import RunConfig
-from core.device import check_amp
+from core.device import check_amp, for_quantization
 from core.evaluate import accuracy, predict
 from core.recipe import Recipe
 from core.workspace import CHECKPOINT, Workspace
@@ -72,14 +73,14 @@ class Pipeline(Workspace):
         check_amp(self.cfg.amp, ctx.device)
         return ctx
 
-    def train_loader(self, seed: int) -> loaders.TrainLoader:
+    def train_loader(self, seed: int, ctx: distributed.Context | None = None) -> loaders.TrainLoader:
         recipe = Recipe.from_config(self.cfg)
         recipe.check_augmentation(self.shape[0])
-        return loaders.TrainLoader(self.data, self.cfg.batch_size, seed=seed, ctx=self.ctx, workers=self.cfg.workers,
+        return loaders.TrainLoader(self.data, self.cfg.batch_size, seed=seed, ctx=ctx or self.ctx, workers=self.cfg.workers,
                                    augment=recipe.augmentation(self.shape[1]))
 
     def compute(self, loader: loaders.TrainLoader) -> dict:
-        return {**self.ctx.describe(), **loader.describe(), "amp": self.cfg.amp, "sync_bn": self.cfg.sync_bn}
+        return {**loader.ctx.describe(), **loader.describe(), "amp": self.cfg.amp, "sync_bn": self.cfg.sync_bn}
 
     def train_key(self) -> str:
         return f"{self.cfg.key(*TRAIN_SETTINGS)}-{self.data.name}-{len(self.data.train_labels)}"
@@ -158,12 +159,13 @@ class Pipeline(Workspace):
         train.seed_everything(cfg.seed)
         schedule = qat.QATSchedule(cfg.qat_epochs, cfg.qat_max_steps, cfg.qat_lr, cfg.batch_size, cfg.seed,
                                    cfg.freeze_bn_at, cfg.freeze_observers_at)
-        loader = self.train_loader(schedule.shuffle_seed)
+        ctx = dataclasses.replace(self.ctx, device=for_quantization(self.ctx.device, cfg.device))
+        loader = self.train_loader(schedule.shuffle_seed, ctx)
         prepared, stats = qat.qat(model, loader, self.shape, schedule, Recipe.from_config(cfg))
         if not self.ctx.is_main:
             return
         # The PTQ baseline calibrates on the device; quantized programs are evaluated on the CPU.
-        ptq_acc = self._evaluate(qat.ptq(model, data, self.shape, cfg.calib_batches, cfg.batch_size, self.ctx.device),
+        ptq_acc = self._evaluate(qat.ptq(model, data, self.shape, cfg.calib_batches, cfg.batch_size, ctx.device),
                                  on_device=False)
         qat_acc = self._evaluate(qat.convert(prepared), on_device=False)
         qat.save(prepared, model, self.shape, self.out)

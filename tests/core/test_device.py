@@ -101,3 +101,15 @@ def test_cli_device_errors_exit_2(tmp_path, args, message):
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
     assert not (tmp_path / "checkpoints").exists()  # refused before anything was trained or written
+
+
+def test_quantization_on_mps_runs_on_the_cpu_or_is_refused(monkeypatch, capsys):
+    mps = torch.device("mps")
+    monkeypatch.delenv("PYTORCH_ENABLE_MPS_FALLBACK", raising=False)
+    assert device.for_quantization(mps, "auto") == torch.device("cpu")
+    assert "no MPS kernels for fake quantization" in capsys.readouterr().out
+    with pytest.raises(device.DeviceError, match="no MPS kernels, so QAT cannot run there"):
+        device.for_quantization(mps, "mps")
+    monkeypatch.setenv("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    assert device.for_quantization(mps, "mps") == mps
+    assert device.for_quantization(torch.device("cuda", 1), "cuda") == torch.device("cuda", 1)
