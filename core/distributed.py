@@ -62,6 +62,12 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def env_rank() -> int:
+    """This process's global rank as torchrun set it (0 without torchrun), readable before `setup`:
+    e.g. for work only one process of the job may do before training starts, such as locking OUT."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device_name: str = "auto") -> Context:
     """Read torchrun's environment, pick the device and start the process group (once per process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
