@@ -139,7 +139,7 @@ def gpu_scaling(args: argparse.Namespace, work: Path) -> dict:
 
 
 def loop_overhead(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.loop_threads or os.cpu_count() or 1)
     shape = models.input_shape(args.model)
     data = datasets.load(args.dataset, args.data_dir, shape[0], shape[1], limit_train=args.limit_train, limit_test=1)
     torch.manual_seed(0)
@@ -170,8 +170,18 @@ def markdown(results: dict) -> str:
              f"{results['host']['load_average_start']} at the start and {results['host']['load_average_end']} at the end "
              f"(a load above the core count means other jobs shared the cores: absolute numbers drift with it) · "
              f"{s['dataset']} ({s['limit_train'] or 'all'} training images), {s['model']}, Adam · "
-             f"{s['steps']} timed steps after {s['warmup']} untimed, median of {s['repeats']} run(s) per row.", "",
-             "## World size 1 and 2 on the CPU (gloo)", "",
+             f"{s['steps']} timed steps after {s['warmup']} untimed, median of {s['repeats']} run(s) per row.", ""]
+    if cpu:
+        lines += cpu_lines(cpu)
+    if gpu:
+        lines += gpu_lines(gpu)
+    if loops:
+        lines += loop_lines(loops)
+    return "\n".join(lines) + "\n"
+
+
+def cpu_lines(cpu: dict) -> list[str]:
+    lines = ["## World size 1 and 2 on the CPU (gloo)", "",
              "| mode | processes | threads each | batch each | global batch | images/s | CPU ms/image | runs (images/s) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in cpu["rows"]:
@@ -183,7 +193,11 @@ def markdown(results: dict) -> str:
     for mode, v in cpu["summary"].items():
         lines.append(f"| {mode} | {num(v['world2_vs_world1'], '.2f')}x | {num(v['world2_same_global_batch_vs_world1'], '.2f')}x "
                      f"| {num(v['ddp_efficiency'], '.2f')} |")
-    lines += ["", "## Several GPUs (nccl)", ""]
+    return lines + [""]
+
+
+def gpu_lines(gpu: dict) -> list[str]:
+    lines = ["## Several GPUs (nccl)", ""]
     if "skipped" in gpu:
         lines.append(f"Not measured: {gpu['skipped']}.")
     else:
@@ -192,7 +206,11 @@ def markdown(results: dict) -> str:
         for r in gpu["rows"]:
             lines.append(f"| {r['mode']} | {r['world_size']} | {r['batch_per_process']} | {num(r['images_per_s'])} | "
                          f"{num(r['scaling_efficiency'], '.2f')} |")
-    lines += ["", "## The pipeline's loop against a bare PyTorch loop", "",
+    return lines + [""]
+
+
+def loop_lines(loops: dict) -> list[str]:
+    lines = ["## The pipeline's loop against a bare PyTorch loop", "",
               f"One process, {loops['threads']} threads, batch {loops['batch_size']}, {loops['rounds']} alternating rounds "
               f"of {loops['steps']} steps, each loop on its own copy of the model (see `benchmarks/training.py`). "
               "Target: pipeline / bare >= 0.95.", "",
@@ -204,7 +222,7 @@ def markdown(results: dict) -> str:
                      f"{num(e['pipeline_vs_bare'], '.3f')} | {num(e.get('pipeline_vs_bare_cpu_time'), '.3f')} | "
                      f"{', '.join(map(str, e.get('pipeline_rounds_images_per_s', [])))} | "
                      f"{', '.join(map(str, e.get('bare_rounds_images_per_s', [])))} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def bench(args: argparse.Namespace) -> dict:
@@ -212,13 +230,13 @@ def bench(args: argparse.Namespace) -> dict:
     atomic.ensure_writable_dir(out)
     load_start, start = load_average(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        cpu = cpu_scaling(args, Path(tmp))
-        gpu = gpu_scaling(args, Path(tmp))
-    loops = loop_overhead(args)
+        cpu = cpu_scaling(args, Path(tmp)) if "cpu" in args.sections else None
+        gpu = gpu_scaling(args, Path(tmp)) if "gpu" in args.sections else None
+    loops = loop_overhead(args) if "loops" in args.sections else None
     results = {"created": mf.now(), "versions": mf.tool_versions(),
                "host": {"cores": os.cpu_count(), "load_average_start": load_start, "load_average_end": load_average()},
                "settings": {k: getattr(args, k) for k in ("dataset", "model", "limit_train", "batch_size", "warmup",
-                                                          "steps", "repeats", "rounds", "modes")},
+                                                          "steps", "repeats", "rounds", "modes", "sections")},
                "cpu": cpu, "gpu": gpu, "loops": loops, "wall_time_s": time.perf_counter() - start}
     atomic.write_json(out / "results.json", results)
     atomic.write_text(out / "report.md", markdown(results))
@@ -239,6 +257,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="torchrun jobs per CPU/GPU row (median)")
     p.add_argument("--rounds", type=int, default=training.ROUNDS, help="alternating rounds of the loop comparison")
     p.add_argument("--modes", type=lambda s: s.split(","), default=["fp32", "qat"])
+    p.add_argument("--sections", type=lambda s: s.split(","), default=["cpu", "gpu", "loops"],
+                   help="cpu (world size 1 vs 2), gpu (scaling), loops (pipeline vs bare)")
+    p.add_argument("--loop-threads", type=int, default=0, help="threads of the loop comparison (0 = all cores)")
     p.add_argument("--out", default="artifacts")
     # child only
     p.add_argument("--mode", default="fp32", choices=("fp32", "qat"))

@@ -32,7 +32,7 @@ from core.loaders import TrainLoader
 from core.train import run_epoch
 
 WARMUP_STEPS = 3
-ROUNDS = 3
+ROUNDS = 6  # even: each loop goes first equally often
 
 
 def training_batches(data: DataBundle, batch_size: int, count: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
