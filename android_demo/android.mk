@@ -2,10 +2,13 @@
 # Uses PY, VENV_STAMP and OUT from it. Everything downloaded is cached in the
 # git-ignored android_demo/build/toolchain/.
 #
-#   make android-toolchain   apt tools (aapt2 aapt zipalign apksigner adb, JDK) if missing,
+#   make android-toolchain   with $ANDROID_HOME set: that SDK's build-tools and newest android.jar;
+#                            else apt tools (aapt2 aapt zipalign apksigner adb, JDK) if missing,
 #                            android-23.jar + dx.jar from ../shared/android-sdk/*.deb (or
-#                            apt-get download from Debian bullseye), ExecuTorch classes.jar
-#                            from npm react-native-executorch@0.9.3. Idempotent.
+#                            apt-get download from Debian bullseye). Both: ExecuTorch classes.jar
+#                            from npm react-native-executorch@0.9.3. Idempotent. Without apt-get
+#                            and without an SDK (macOS) it says the Android checks will be
+#                            SKIPPED, and why, and succeeds; the tests then skip with that reason.
 #   make android-check       compile + package + sign + verify the app (no Gradle, no phone).
 #   make bench-android       benchmark on a phone over adb; results in $(OUT)/device/android/.
 #                            ADB=/path/to/adb SERIAL=<serial> ANDROID_ITERATIONS=200 ...

@@ -8,13 +8,20 @@ the file of this run appears, then validate it against
 benchmarks/schemas/device_results.schema.json, save it with the thermal state and CPU
 frequencies from before and after, and print a table.
 
-Output, in OUT/device/android/ (OUT defaults to artifacts; old results there are
-removed first, so the folder always holds one session):
+Output, in OUT/device/android/ (OUT defaults to artifacts). The folder always holds one
+complete session: the new files are staged in a hidden folder beside them and replace the
+previous session's only once every run has validated. Any failure leaves the previous
+results as they were.
   benchmark_results.json              one run
   benchmark_results_run1.json ...     with --repeat N, one file per run
   report.md                           the tables
+  benchmark_results*.json.invalid     a rejected run (fails the schema), kept for reading
+  benchmark_results*.json.unparseable a results file that is not JSON, as the phone had it
 
-Exit status: 0 done, 1 failure, 2 no usable device, 3 the app died, 4 timed out.
+--timeout bounds the wait for each run's results and every single adb call.
+
+Exit status: 0 done, 1 failure (also: results rejected), 2 no usable device (also: the
+device went offline), 3 the app died, 4 timed out (also: an adb call hung).
 
 Needs Python 3.9+ and jsonschema (the project venv has it).
 """
@@ -33,6 +40,9 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from android_results_store import (commit_session, keep_rejected, new_staging, recover_interrupted,  # noqa: E402
+                           write_file)
 REPO = HERE.parent
 PACKAGE = "com.example.mobilebench"
 ACTIVITY = ".BenchmarkActivity"
@@ -63,34 +73,67 @@ class BenchTimeout(BenchError):
     exit_code = 4
 
 
+class ResultsUnparseable(BenchError):
+    exit_code = 1
+
+    def __init__(self, message: str, text: str = ""):
+        super().__init__(message)
+        self.text = text  # the file as read from the phone
+
+
 # --- adb -----------------------------------------------------------------------------
 
 class Adb:
-    """Runs `adb [-s SERIAL] ...`; every call goes through here (tests swap the binary)."""
+    """Runs `adb [-s SERIAL] ...`; every call goes through here (tests swap the binary).
 
-    def __init__(self, binary: str, serial: str | None = None):
+    Every call is bounded by `timeout` (the --timeout flag); a call may ask for less, never more.
+    """
+
+    def __init__(self, binary: str, serial: str | None = None, timeout: float = 900.0):
         self.binary = binary
         self.serial = serial
+        self.timeout = timeout
 
-    def call(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def call(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+        limit = self.timeout if timeout is None else min(timeout, self.timeout)
         cmd = [self.binary] + (["-s", self.serial] if self.serial else []) + [str(a) for a in args]
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired as e:
-            raise BenchError(f"`{shlex.join(cmd)}` did not return within {timeout:.0f} s") from e
+            raise BenchTimeout(f"`{shlex.join(cmd)}` did not return within {limit:g} s (--timeout); "
+                               "the phone or adb is stuck: check `adb devices`, unlock the phone, "
+                               "or raise --timeout") from e
 
-    def run(self, *args: str, timeout: float = 300) -> str:
+    def run(self, *args: str, timeout: float | None = None) -> str:
         r = self.call(*args, timeout=timeout)
         if r.returncode != 0:
             raise BenchError(f"`adb {' '.join(args)}` failed ({r.returncode}): {(r.stderr or r.stdout).strip()}")
         return r.stdout
 
-    def shell(self, command: str, timeout: float = 300) -> str:
+    def shell(self, command: str, timeout: float | None = None) -> str:
         return self.run("shell", command, timeout=timeout)
 
-    def shell_quiet(self, command: str, timeout: float = 60) -> tuple[int, str, str]:
+    def shell_quiet(self, command: str, timeout: float | None = 60) -> tuple[int, str, str]:
         r = self.call("shell", command, timeout=timeout)
         return r.returncode, r.stdout, r.stderr
+
+    def state(self) -> str | None:
+        """`adb get-state`: 'device' when usable; otherwise what adb said (offline, not found, ...);
+        None when adb itself does not answer (then nothing can be said about the device)."""
+        try:
+            r = self.call("get-state", timeout=10)
+        except BenchTimeout:
+            return None
+        return r.stdout.strip() if r.returncode == 0 else (r.stderr or r.stdout).strip() or "unknown"
+
+
+def went_offline(adb: Adb, during: str) -> DeviceError | None:
+    """A DeviceError when `adb get-state` no longer says 'device', else None."""
+    state = adb.state()
+    if state is None or state == "device":
+        return None
+    return DeviceError(f"device {adb.serial} went offline {during} (adb get-state: {state}). Reconnect it "
+                       "(cable, USB debugging prompt; `adb devices` must say `device`) and run again")
 
 
 def find_adb(flag: str | None) -> str:
@@ -144,7 +187,7 @@ def select_device(devices: list[tuple[str, str]], serial: str | None) -> str:
 def install(adb: Adb, apk: Path) -> None:
     if not apk.is_file():
         raise BenchError(f"APK not found: {apk}\nbuild it first: cd android_demo && ./gradlew assembleDebug")
-    out = adb.run("install", "-r", "-t", str(apk), timeout=600)
+    out = adb.run("install", "-r", "-t", str(apk))
     if "Success" not in out:
         hint = ""
         if "INSTALL_FAILED_UPDATE_INCOMPATIBLE" in out:
@@ -170,7 +213,7 @@ def files_to_push(models_dir: Path) -> list[Path]:
 def push_models(adb: Adb, files: list[Path]) -> None:
     adb.shell(f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR}")
     for f in files:
-        adb.run("push", str(f), REMOTE_DIR, timeout=600)
+        adb.run("push", str(f), REMOTE_DIR)
     adb.shell(f"chmod -R a+rX {REMOTE_DIR}")
 
 
@@ -230,29 +273,61 @@ def start_app(adb: Adb, run_id: str, args: argparse.Namespace, models: list[str]
         raise BenchError("am start failed:\n" + out.strip())
 
 
-def read_results(adb: Adb) -> tuple[dict | None, str]:
+class Unparseable:
+    """A results file that exists but is not JSON: the text as read, and the parser's complaint."""
+
+    def __init__(self, text: str, error: json.JSONDecodeError):
+        self.text = text
+        self.error = error
+
+    def describe(self) -> str:
+        head = self.text.strip()[:120].replace("\n", " ")
+        return f"{self.error.msg} at line {self.error.lineno} column {self.error.colno}; it begins {head!r}"
+
+
+def read_results(adb: Adb) -> tuple[dict | Unparseable | None, str]:
+    """(document, "") when the file is JSON; (Unparseable, "") when it is not; (None, adb's words) when absent."""
     rc, out, err = adb.shell_quiet(f"run-as {PACKAGE} cat {RESULTS_PATH}")
     if rc == 0 and out.strip():
         try:
-            return json.loads(out), ""
-        except json.JSONDecodeError:
-            return None, "unparseable results file"
+            doc = json.loads(out)
+        except json.JSONDecodeError as e:
+            return Unparseable(out, e), ""
+        if not isinstance(doc, dict):
+            return Unparseable(out, json.JSONDecodeError("not a JSON object", out, 0)), ""
+        return doc, ""
     return None, (err or out).strip()
 
 
 def wait_for_results(adb: Adb, run_id: str, timeout: float, poll: float) -> dict:
+    """This run's results document. The app deletes the old file when it starts and writes the new
+    one atomically, so a file that is not JSON twice in a row, or after the app exited, is final."""
     deadline = time.monotonic() + timeout
+    unparseable_before = False
     while True:
         doc, problem = read_results(adb)
-        if doc is not None and doc.get("run_id") == run_id:
+        if isinstance(doc, dict) and doc.get("run_id") == run_id:
             return doc
         if "not debuggable" in problem or "is unknown" in problem:
             raise BenchError(f"run-as cannot read the results: {problem}\n(install the debug APK)")
+        if isinstance(doc, Unparseable):
+            if unparseable_before:
+                raise ResultsUnparseable(f"results file unparseable: {RESULTS_PATH} on the phone: {doc.describe()}",
+                                         doc.text)
+            unparseable_before = True
+        else:
+            unparseable_before = False
         rc, pid, _ = adb.shell_quiet(f"pidof {PACKAGE}")
         if not pid.strip():
+            offline = went_offline(adb, "while the app was running")
+            if offline:
+                raise offline
             doc, _ = read_results(adb)  # it may have written the file and then exited
-            if doc is not None and doc.get("run_id") == run_id:
+            if isinstance(doc, dict) and doc.get("run_id") == run_id:
                 return doc
+            if isinstance(doc, Unparseable):
+                raise ResultsUnparseable(f"results file unparseable: the app exited after writing {RESULTS_PATH}, "
+                                         f"which is not JSON: {doc.describe()}", doc.text)
             raise AppCrashed(f"the app process died before writing its results. logcat:\n{logcat_excerpt(adb)}")
         if time.monotonic() >= deadline:
             raise BenchTimeout(f"no results after {timeout:.0f} s (the app is still running; raise --timeout "
@@ -384,14 +459,6 @@ def output_names(repeat: int) -> list[str]:
     return [f"benchmark_results_run{i}.json" for i in range(1, repeat + 1)]
 
 
-def clear_old_outputs(out_dir: Path) -> None:
-    stale = sorted(out_dir.glob("benchmark_results*.json")) + sorted(out_dir.glob("benchmark_results*.invalid"))
-    for old in stale + [out_dir / "report.md"]:
-        if old.exists():
-            print(f"removing old {old}")
-            old.unlink()
-
-
 # --- main ------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -411,7 +478,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=1, help="run the whole benchmark N times, keeping every run")
     ap.add_argument("--cooldown", type=float, default=0.0, help="seconds to wait between repeats")
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for one run's results")
+    ap.add_argument("--timeout", type=float, default=900.0,
+                    help="seconds to wait for one run's results; also the limit for every adb call "
+                         "(a call that hangs longer ends the script with exit status 4)")
     ap.add_argument("--poll-interval", type=float, default=2.0)
     ap.add_argument("--no-device-state", action="store_true",
                     help="do not record thermal status, battery temperature and cpufreq")
@@ -420,66 +489,96 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         low = 0 if name == "warmup" else 1
         if getattr(args, name) < low:
             ap.error(f"--{name} must be >= {low}")
+    for name in ("timeout", "poll_interval"):
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')} must be > 0 seconds")
     return args
 
 
-def benchmark(args: argparse.Namespace) -> list[dict]:
-    adb_bin = find_adb(args.adb)
-    serial = select_device(parse_devices(Adb(adb_bin).run("devices")),
-                           args.serial or os.environ.get("ANDROID_SERIAL"))
-    adb = Adb(adb_bin, serial)
-    name = adb.shell("getprop ro.product.model").strip()
-    print(f"device {serial} ({name or 'unknown model'})")
+def run_once(adb: Adb, i: int, args: argparse.Namespace, models: list[str] | None, staging: Path,
+             out_dir: Path, name: str) -> dict:
+    """One run of the app; its validated results go to the staging folder."""
+    run_id = uuid.uuid4().hex[:12]
+    before = None if args.no_device_state else device_state(adb)
+    adb.call("logcat", "-c")
+    print(f"run {i}/{args.repeat} (run_id {run_id}): warm-up {args.warmup}, "
+          f"iterations {args.iterations}, threads {args.threads}")
+    start_app(adb, run_id, args, models)
+    try:
+        doc = wait_for_results(adb, run_id, args.timeout, args.poll_interval)
+    except ResultsUnparseable as e:
+        kept = keep_rejected(out_dir, name + ".unparseable", e.text)
+        raise ResultsUnparseable(f"{e} (the file as read: {kept})", e.text) from None
+    after = None if args.no_device_state else device_state(adb)
+    doc["run_context"] = {"serial": adb.serial, "repeat": i, "of": args.repeat,
+                          "model_dir": REMOTE_DIR if models is not None else "assets",
+                          "before": before, "after": after}
+    problems = schema_errors(doc)
+    if problems:
+        bad = keep_rejected(out_dir, name + ".invalid", json.dumps(doc, indent=2) + "\n")
+        raise BenchError(f"results of run {i} do not match {SCHEMA.name} (saved to {bad}):\n  "
+                         + "\n  ".join(problems))
+    write_file(staging, name, json.dumps(doc, indent=2) + "\n")
+    for w in device_warnings(doc):
+        print(f"warning: {w}", file=sys.stderr)
+    for e in doc.get("errors", []):
+        print(f"app reported: {e}", file=sys.stderr)
+    return doc
 
+
+def run_session(adb: Adb, args: argparse.Namespace, staging: Path, out_dir: Path) -> list[dict]:
+    name = adb.shell("getprop ro.product.model").strip()
+    print(f"device {adb.serial} ({name or 'unknown model'})")
     if args.no_install:
         require_installed(adb)
     else:
         install(adb, args.apk)
         print(f"installed {args.apk.name}")
-    push = not args.no_push
     models = None
-    if push:
+    if not args.no_push:
         files = files_to_push(args.models)
         push_models(adb, files)
         models = [f.name for f in files if f.suffix in MODEL_SUFFIXES]
         print(f"pushed {len(files)} files to {REMOTE_DIR}")
-
-    out_dir = args.out / "device" / "android"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clear_old_outputs(out_dir)
     names = output_names(args.repeat)
     runs = []
     for i in range(1, args.repeat + 1):
-        run_id = uuid.uuid4().hex[:12]
-        before = None if args.no_device_state else device_state(adb)
-        adb.call("logcat", "-c")
-        print(f"run {i}/{args.repeat} (run_id {run_id}): warm-up {args.warmup}, "
-              f"iterations {args.iterations}, threads {args.threads}")
-        start_app(adb, run_id, args, models)
-        doc = wait_for_results(adb, run_id, args.timeout, args.poll_interval)
-        after = None if args.no_device_state else device_state(adb)
-        doc["run_context"] = {"serial": serial, "repeat": i, "of": args.repeat,
-                              "model_dir": REMOTE_DIR if push else "assets",
-                              "before": before, "after": after}
-        problems = schema_errors(doc)
-        bad = out_dir / (names[i - 1] + ".invalid")
-        if problems:
-            bad.write_text(json.dumps(doc, indent=2) + "\n")
-            raise BenchError(f"results of run {i} do not match {SCHEMA.name} (saved to {bad}):\n  "
-                             + "\n  ".join(problems))
-        target = out_dir / names[i - 1]
-        target.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"wrote {target}")
-        for w in device_warnings(doc):
-            print(f"warning: {w}", file=sys.stderr)
-        for e in doc.get("errors", []):
-            print(f"app reported: {e}", file=sys.stderr)
-        runs.append(doc)
+        runs.append(run_once(adb, i, args, models, staging, out_dir, names[i - 1]))
         if i < args.repeat and args.cooldown > 0:
             time.sleep(args.cooldown)
+    return runs
 
-    report = markdown_report(runs)
-    (out_dir / "report.md").write_text(report)
+
+def benchmark(args: argparse.Namespace) -> list[dict]:
+    adb_bin = find_adb(args.adb)
+    serial = select_device(parse_devices(Adb(adb_bin, timeout=args.timeout).run("devices")),
+                           args.serial or os.environ.get("ANDROID_SERIAL"))
+    adb = Adb(adb_bin, serial, timeout=args.timeout)
+    out_dir = args.out / "device" / "android"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(out_dir)
+    previous = sorted(out_dir.glob("benchmark_results*.json"))
+    staging = new_staging(out_dir)
+    try:
+        runs = run_session(adb, args, staging, out_dir)
+        report = markdown_report(runs)
+        write_file(staging, "report.md", report)
+        try:
+            written = commit_session(staging, out_dir)
+        except OSError as e:
+            raise BenchError(f"could not move the new results into {out_dir}: {e}") from e
+    except BenchError as e:
+        if not isinstance(e, DeviceError):
+            offline = went_offline(adb, "during the benchmark")
+            if offline:
+                offline.note = e.note = _kept_note(previous, out_dir)
+                raise offline from e
+        e.note = _kept_note(previous, out_dir)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for path in written:
+        print(f"wrote {path}")
     print()
     print(report)
     failed = [r["model"] for doc in runs for r in doc["results"] if r["status"] != "ok"]
@@ -488,12 +587,20 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
     return runs
 
 
+def _kept_note(previous: list[Path], out_dir: Path) -> str:
+    if previous:
+        return f"nothing replaced: the previous results in {out_dir} are as they were"
+    return "no results written"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         benchmark(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
+        if getattr(e, "note", None):
+            print(e.note, file=sys.stderr)
         return e.exit_code
     return 0
 

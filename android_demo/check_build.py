@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""Compile-and-package check for the Android app, without Gradle or the Android SDK.
+"""Compile-and-package check for the Android app, without Gradle.
 
-What it proves: the Java sources compile against the Android API (android-23.jar),
-the real ExecuTorch Java API (classes.jar from react-native-executorch, compile-only)
-and LiteRT signature stubs (compile_stubs/, compile-only); the manifest and resources
-link with aapt2; and the result packages into a signed debug APK that
-`apksigner verify` accepts and `aapt dump badging` reads. Neither runtime is in the
-APK, so it does NOT prove that the app runs: build it with Gradle for a phone.
+What it proves: the Java sources compile against the Android API (android-23.jar from
+Debian, or the newest android.jar of $ANDROID_HOME), ExecuTorch's Java API (classes.jar
+from react-native-executorch@0.9.3, compile-only; see android_demo/README.md for which
+ExecuTorch release that is) and LiteRT signature stubs (compile_stubs/, compile-only);
+the manifest and resources link with aapt2; and the result packages into a signed debug
+APK that `apksigner verify` accepts and `aapt dump badging` reads. Neither runtime is in
+the APK, so it does NOT prove that the app runs: build it with Gradle for a phone.
 
-Steps: aapt2 compile, aapt2 link, javac (stubs), javac (app), dx (app classes only),
-zip, zipalign, keytool (throw-away debug key), apksigner sign, apksigner verify,
-aapt dump badging. Each prints [✓] or [x]; the first failure stops with its output.
+Steps: aapt2 compile, aapt2 link, javac (stubs), javac (app), dx or d8 (app classes
+only), zip, zipalign, keytool (throw-away debug key), apksigner sign, apksigner verify,
+aapt (or aapt2) dump badging. Each prints [✓] or [x]; the first failure stops with its
+output. The tools come from toolchain.py: $ANDROID_HOME's SDK when set, else Debian's.
 
     python android_demo/check_build.py [--src android_demo] [--work android_demo/build/check]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import struct
@@ -30,7 +33,7 @@ from xml.etree import ElementTree
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from toolchain import DEFAULT_DIR, Toolchain  # noqa: E402
+from toolchain import DEFAULT_DIR, SDK_HOWTO, Toolchain, detect  # noqa: E402
 
 ANDROID_NS = "{http://schemas.android.com/apk/res/android}"
 KEY_PASS = "android"  # throw-away debug keystore, generated per work folder
@@ -137,9 +140,19 @@ class Checker:
         self.tc = tc
         self.log = log
 
+    def exe(self, name: str) -> str:
+        if Path(name).is_absolute():
+            return name
+        found = self.tc.tool(name)
+        if found is None:
+            raise CheckError("toolchain", f"`{name}` not found in {self.tc.source}\nrun `make android-toolchain`")
+        return found
+
     def tool(self, step: str, cmd: list) -> str:
+        # The command's first word is a tool name, resolved in the toolchain (SDK or PATH).
         # cwd = work folder: javac drops a javac.<date>.args file into the cwd when it crashes
         # (it does so on lambdas against android-23.jar).
+        cmd = [self.exe(cmd[0])] + list(cmd[1:])
         r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=self.work)
         output = (r.stdout + r.stderr).strip()
         if r.returncode != 0:
@@ -154,7 +167,8 @@ class Checker:
         t0 = time.monotonic()
         missing = self.tc.missing()
         if missing:
-            raise CheckError("toolchain", "missing " + "; ".join(missing) + "\nrun `make android-toolchain`")
+            how = "run `make android-toolchain`" if shutil.which("apt-get", path=self.tc.path) else SDK_HOWTO
+            raise CheckError("toolchain", f"missing ({self.tc.source}) " + "; ".join(missing) + "\n" + how)
         if self.work.exists():
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True)
@@ -182,7 +196,7 @@ class Checker:
         if assets.is_dir() and any(not f.name.startswith(".") for f in assets.iterdir()):
             link += ["-A", assets]
         self.tool("aapt2 link", link + [res_zip])
-        self.ok("aapt2 link", "manifest + resources against android-23.jar")
+        self.ok("aapt2 link", f"manifest + resources against {self.jar_label}")
 
         boot = ["-source", "8", "-target", "8", "-bootclasspath", self.tc.android_jar,
                 "-Xlint:-options", "-encoding", "UTF-8", "-nowarn"]
@@ -195,7 +209,7 @@ class Checker:
         classes = w / "classes"
         cp = f"{self.tc.executorch_jar}:{stub_classes}"
         self.tool("javac app", ["javac", *boot, "-classpath", cp, "-d", classes, *sources])
-        self.ok("javac app", f"{len(sources)} sources against android-23.jar + ExecuTorch classes.jar + stubs")
+        self.ok("javac app", f"{len(sources)} sources against {self.jar_label} + ExecuTorch classes.jar + stubs")
 
         pkg_dir = self.p.namespace.replace(".", "/")
         strays = [str(c.relative_to(classes)) for c in classes.rglob("*.class")
@@ -203,15 +217,14 @@ class Checker:
         if strays:
             raise CheckError("app classes", f"classes outside {self.p.namespace}: {strays[:5]}")
 
-        dex = w / "classes.dex"
-        self.tool("dx", ["java", "-jar", self.tc.dx_jar, "--dex", f"--min-sdk-version={self.p.min_sdk}",
-                         f"--output={dex}", classes])
+        dex = self.dex(classes)
+        kind = "d8" if self.tc.dexer()[0] == "d8" else "dx"
         defined = dex_defined_classes(dex.read_bytes())
         prefix = "L" + pkg_dir + "/"
         foreign = [c for c in defined if not c.startswith(prefix)]
         if foreign:
-            raise CheckError("dx", f"classes.dex defines classes outside the app: {foreign[:5]}")
-        self.ok("dx", f"classes.dex defines {len(defined)} app classes, no runtime or stub classes")
+            raise CheckError(kind, f"classes.dex defines classes outside the app: {foreign[:5]}")
+        self.ok(kind, f"classes.dex defines {len(defined)} app classes, no runtime or stub classes")
 
         with zipfile.ZipFile(unaligned, "a", zipfile.ZIP_DEFLATED) as z:
             z.write(dex, "classes.dex")
@@ -237,12 +250,41 @@ class Checker:
         self.ok("apksigner verify", ", ".join(s.split("(")[0].replace("Verified using ", "").strip()
                                              for s in schemes))
 
-        badging = self.tool("aapt dump badging", ["aapt", "dump", "badging", apk])
+        dumper = "aapt" if self.tc.tool("aapt") else "aapt2"
+        badging = self.tool("aapt dump badging", [dumper, "dump", "badging", apk])
         self.check_badging(badging)
         lines = [ln for ln in badging.splitlines() if ln.startswith(("package:", "launchable-activity:"))]
         self.ok("aapt dump badging", lines[0] if lines else "")
         return CheckResult(apk=apk, apk_bytes=apk.stat().st_size, badging="\n".join(lines),
                            dex_classes=defined, seconds=time.monotonic() - t0)
+
+    @property
+    def jar_label(self) -> str:
+        level = self.tc.api_level
+        return f"android-{level}.jar" if level else self.tc.android_jar.name
+
+    def dex(self, classes: Path) -> Path:
+        """classes.dex of the app's classes, with dx (Debian's jar or old build-tools) or d8."""
+        found = self.tc.dexer()
+        if found is None:
+            raise CheckError("toolchain", f"no dx or d8 in {self.tc.source}\nrun `make android-toolchain`")
+        kind, path = found
+        out = self.work / "dex"
+        out.mkdir()
+        dex = out / "classes.dex"
+        if kind == "d8":
+            jar = self.work / "app-classes.jar"  # d8 takes .class files or jars, not folders
+            with zipfile.ZipFile(jar, "w") as z:
+                for c in sorted(classes.rglob("*.class")):
+                    z.write(c, c.relative_to(classes).as_posix())
+            self.tool("d8", [path, "--min-api", self.p.min_sdk, "--lib", self.tc.android_jar,
+                             "--output", out, jar])
+        else:
+            cmd = ["java", "-jar", path] if kind == "dx.jar" else [path]
+            self.tool("dx", cmd + ["--dex", f"--min-sdk-version={self.p.min_sdk}", f"--output={dex}", classes])
+        if not dex.is_file():
+            raise CheckError(kind, f"{kind} wrote no {dex}")
+        return dex
 
     def check_badging(self, badging: str) -> None:
         expect = {
@@ -258,12 +300,14 @@ class Checker:
                 raise CheckError("aapt dump badging", f"{what}: `{needle}` not found in\n{badging}")
 
 
-def run_check(src: Path = HERE, work: Path | None = None, toolchain_dir: Path = DEFAULT_DIR,
+def run_check(src: Path = HERE, work: Path | None = None, toolchain: Path | Toolchain = DEFAULT_DIR,
               log=print) -> CheckResult:
+    """toolchain: a Toolchain, or the cache folder of `make android-toolchain` (then $ANDROID_HOME decides)."""
     src = src.resolve()
     project = read_project(src)
     work = (work or src / "build" / "check").resolve()
-    return Checker(project, work, Toolchain(toolchain_dir.resolve()), log=log).run()
+    tc = detect(Path(toolchain)) if isinstance(toolchain, (str, os.PathLike)) else toolchain
+    return Checker(project, work, tc, log=log).run()
 
 
 def main(argv: list[str] | None = None) -> int:

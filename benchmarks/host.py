@@ -26,8 +26,9 @@ import torch
 
 from core import io as atomic
 from core import manifest as mf
-from core import models, qat
+from core import quantize
 from core.config import FIELDS, RunConfig
+from core.schemes import Scheme
 from core.workspace import Workspace
 
 from . import plots, report, training
@@ -39,7 +40,7 @@ RESULTS = "results.json"
 THROUGHPUT_BATCH = 32
 CHILD_TIMEOUT_S = 1800
 # RunConfig fields that belong to this bench run rather than to the run that built OUT.
-BENCH_SETTINGS = ("bench_warmup", "bench_iterations", "bench_train_steps")
+BENCH_SETTINGS = ("bench_warmup", "bench_iterations", "bench_seconds", "bench_train_steps")
 BACKEND_NAMES = {"pytorch": "PyTorch", "executorch": "ExecuTorch (XNNPACK)", "tflite": "LiteRT (TFLite, XNNPACK)",
                  "coreml": "Core ML"}
 THREAD_CONTROL = {
@@ -116,13 +117,14 @@ def bench_config(cfg, manifest: dict) -> RunConfig:
 
 
 def targets(manifest: dict) -> list[dict]:
-    """The two PyTorch baselines, then every artifact of the manifest."""
-    rows = [
-        {"name": "pytorch_fp32", "label": "PyTorch eager fp32", "kind": "baseline", "backend": "pytorch",
-         "quant": "fp32", "format": "nn.Module", "file": None, "target": "pytorch_fp32"},
-        {"name": "pytorch_qat", "label": "PyTorch QAT reference", "kind": "baseline", "backend": "pytorch",
-         "quant": "int8", "format": "pt2", "file": qat.QAT_FOLDED, "target": "pytorch_qat"},
-    ]
+    """The PyTorch baselines (fp32 eager, and each scheme's quantized graph), then every artifact of the manifest."""
+    rows = [{"name": "pytorch_fp32", "label": "PyTorch eager fp32", "kind": "baseline", "backend": "pytorch",
+             "quant": "fp32", "format": "nn.Module", "file": None, "target": "pytorch_fp32"}]
+    for tag, entry in sorted(manifest.get("stages", {}).get("quantize", {}).items()):
+        if entry.get("status") == "done":
+            rows.append({"name": f"pytorch_{tag}", "label": f"PyTorch {tag} reference", "kind": "baseline",
+                         "backend": "pytorch", "quant": tag, "format": "pt2", "scheme": tag,
+                         "file": f"{quantize.folder(Path('.'), tag) / quantize.PROGRAM}", "target": "pytorch_quantized"})
     order = list(BACKEND_NAMES)
     by_backend = sorted(manifest["artifacts"].items(),
                         key=lambda kv: (order.index(kv[1]["backend"]) if kv[1]["backend"] in order else len(order), kv[0]))
@@ -167,8 +169,8 @@ def size_of(row: dict, out: Path, fp32_bytes: int) -> tuple[int, str]:
         return fp32_bytes, "fp32 state_dict as torch.save writes it (the checkpoint file also holds optimizer state)"
     path = out / row["file"]
     what = "directory, all files" if path.is_dir() else "file"
-    if row["name"] == "pytorch_qat":
-        what = "torch.export .pt2 file of the converted QAT graph, as the pipeline saved it"
+    if row["target"] == "pytorch_quantized":
+        what = "torch.export .pt2 file of the scheme's quantized graph, as the pipeline saved it"
     return atomic.size_bytes(path), what
 
 
@@ -177,8 +179,9 @@ def accuracy_of(row: dict, manifest: dict, workspace: Workspace) -> tuple[float 
     n = manifest.get("dataset", {}).get("n_test")
     if row["name"] == "pytorch_fp32" and "fp32" in manifest["accuracy"]:
         return manifest["accuracy"]["fp32"], f"manifest: train stage, {n} test images"
-    if row["name"] == "pytorch_qat" and "qat" in manifest["accuracy"]:
-        return manifest["accuracy"]["qat"], f"manifest: qat stage, {n} test images"
+    scheme_acc = manifest["accuracy"].get(row.get("scheme") or "", {})
+    if row["target"] == "pytorch_quantized" and "quantized" in scheme_acc:
+        return scheme_acc["quantized"], f"manifest: qat stage ({scheme_acc.get('chosen')}), {n} test images"
     if row["kind"] == "artifact":
         v = manifest["artifacts"][row["file"]].get("verification", {})
         if "accuracy" in v:
@@ -188,11 +191,15 @@ def accuracy_of(row: dict, manifest: dict, workspace: Workspace) -> tuple[float 
 
     data = workspace.data
     labels = data.test_labels.numpy()
-    source = workspace.export_source()
     if row["kind"] == "baseline":
-        model = source.fp32_model if row["name"] == "pytorch_fp32" else source.qat_folded
+        model = workspace.fp32_model() if row["name"] == "pytorch_fp32" else workspace.quantized_program(row["scheme"])
         return accuracy(predict(model, data), labels), f"computed by bench, {len(labels)} test images"
-    logits, method = run_artifact(workspace.out / row["file"], manifest["artifacts"][row["file"]], source, data)
+    artifact = manifest["artifacts"][row["file"]]
+    tag = (artifact.get("scheme") or {}).get("tag")
+    entry = manifest.get("stages", {}).get("quantize", {}).get(tag, {})
+    scheme = Scheme(**{k: v for k, v in entry.get("scheme", {}).items() if k in Scheme.__dataclass_fields__}) if tag else None
+    source = workspace.export_source(scheme)
+    logits, method = run_artifact(workspace.out / row["file"], artifact, source, data)
     return accuracy(logits, labels), f"computed by bench, {len(labels)} test images, {method}"
 
 
@@ -221,7 +228,8 @@ def measure_row(row: dict, manifest: dict, cfg: RunConfig, inputs: Path, work: P
     spec = {"name": row["name"], "target": row["target"], "backend": row["backend"], "file": row["file"],
             "artifact": artifact, "out": str(Path(cfg.out).resolve()), "config": {**cfg.to_dict(), "threads": 0},
             "inputs": str(inputs), "threads": threads, "warmup": cfg.bench_warmup,
-            "iterations": cfg.bench_iterations, "throughput": supported, "batch": THROUGHPUT_BATCH,
+            "iterations": cfg.bench_iterations, "seconds": cfg.bench_seconds, "throughput": supported,
+            "batch": THROUGHPUT_BATCH,
             "batch_iterations": max(3, cfg.bench_iterations // 10),
             "source": {"model_name": cfg.model, "input_shape": manifest["model"]["input_shape"],
                        "labels": dataset["labels"], "mean": dataset["mean"], "std": dataset["std"]}}
@@ -246,14 +254,19 @@ def thread_label(threads: int | None) -> str:
 
 # ---- derived numbers ------------------------------------------------------------------------
 def add_ratios(rows: list[dict], macs: int | None) -> None:
-    """Latency as a ratio to PyTorch eager fp32 at the same thread count; implied GMAC/s."""
+    """Latency as a ratio to PyTorch eager fp32 at the same thread count, and to the same runtime's fp32
+    artifact (int8 against fp32 in one runtime); implied GMAC/s."""
     base = next((r for r in rows if r["name"] == "pytorch_fp32"), None)
     base_lat = {lat["threads"]: lat for lat in (base or {}).get("latency", [])}
     base_tp = (base or {}).get("throughput")
+    runtime_fp32 = {r["backend"]: {lat["threads"]: lat for lat in r["latency"]}
+                    for r in rows if r["kind"] == "artifact" and r["quant"] == "fp32"}
     for row in rows:
         for lat in row["latency"]:
             ref = base_lat.get(lat["threads"] or max(base_lat, default=None))  # None: the runtime picks, vs all cores
             lat["vs_fp32"] = {k: lat[f"{k}_ms"] / ref[f"{k}_ms"] for k in ("p50", "p90", "mean")} if ref else None
+            same = runtime_fp32.get(row["backend"], {}).get(lat["threads"]) if row["kind"] == "artifact" else None
+            lat["vs_runtime_fp32"] = lat["p50_ms"] / same["p50_ms"] if same and row["quant"] != "fp32" else None
             lat["gmac_per_s"] = macs / (lat["p50_ms"] * 1e-3) / 1e9 if macs else None
         tp = row["throughput"]
         if tp:
@@ -266,7 +279,7 @@ def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dic
     cfg, data = workspace.cfg, workspace.data
     stages = manifest.get("stages", {})
     torch.manual_seed(cfg.seed)
-    loops = {"fp32": training.fp32_loops(models.build(cfg.model, len(data.labels)), data, cfg.batch_size, cfg.lr,
+    loops = {"fp32": training.fp32_loops(workspace.build_model(len(data.labels)), data, cfg.batch_size, cfg.lr,
                                          steps, cfg.seed)}
     errors = {"fp32": None, "qat": None}
     try:
@@ -275,16 +288,22 @@ def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dic
     except Exception as exc:  # the QAT loops are a bonus; the table says why they are missing
         loops["qat"], errors["qat"] = (None, None), f"{type(exc).__name__}: {exc}"
 
+    quantized = [e for e in stages.get("quantize", {}).values() if e.get("images_per_s")]
+    recorded_by = {"fp32": stages.get("train", {}).get("images_per_s"),
+                   "qat": quantized[0]["images_per_s"] if quantized else None}
+
     def entry(stage: str, name: str) -> dict:
-        recorded = stages.get(stage, {}).get("images_per_s")
-        return {"pipeline_images_per_s": recorded, **training.entry(*loops[name]), "error": errors[name]}
+        return {"pipeline_images_per_s": recorded_by[name], **training.entry(*loops[name]), "error": errors[name]}
 
     return {"batch_size": cfg.batch_size, "threads": torch.get_num_threads(), "warmup_steps": training.WARMUP_STEPS,
             "rounds": training.ROUNDS, "fp32": entry("train", "fp32"), "qat": entry("qat", "qat")}
 
 
 def stage_times(manifest: dict) -> list[dict]:
-    times = [{"stage": name, "wall_time_s": s.get("wall_time_s")} for name, s in manifest.get("stages", {}).items()]
+    stages = manifest.get("stages", {})
+    times = [{"stage": "train", "wall_time_s": stages.get("train", {}).get("wall_time_s")}]
+    times += [{"stage": f"quantize: {tag}", "wall_time_s": e.get("wall_time_s")}
+              for tag, e in stages.get("quantize", {}).items()]
     times += [{"stage": f"export: {name}", "wall_time_s": b.get("wall_time_s")}
               for name, b in manifest.get("backends", {}).items() if b.get("status") == "ok"]
     return times
@@ -329,7 +348,7 @@ def bench(cfg) -> bool:
         "versions": mf.tool_versions(),
         "model": manifest.get("model", {}),
         "dataset": {k: manifest.get("dataset", {}).get(k) for k in ("name", "source", "n_train", "n_test", "note")},
-        "settings": {"warmup": cfg.bench_warmup, "iterations": cfg.bench_iterations,
+        "settings": {"warmup": cfg.bench_warmup, "iterations": cfg.bench_iterations, "seconds": cfg.bench_seconds,
                      "throughput_batch": THROUGHPUT_BATCH, "threads": threads,
                      "train_steps": cfg.bench_train_steps},
         "methods": {"thread_control": THREAD_CONTROL, "rss": RSS_METHOD,

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-PYTORCH_TARGETS = ("pytorch_fp32", "pytorch_qat")
+PYTORCH_TARGETS = ("pytorch_fp32", "pytorch_quantized")
 
 
 # ---- memory (Linux: /proc; elsewhere: getrusage) ------------------------------------------
@@ -66,20 +66,37 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def time_batch1(fn, inputs, warmup: int, iterations: int) -> dict:
-    """Warm up, then time `iterations` single-image calls one by one (cycling over the inputs)."""
+MIN_TIMED_CALLS = 10
+
+
+def time_batch1(fn, inputs, warmup: int, iterations: int, seconds: float = 0.0) -> dict:
+    """Warm up, then time single-image calls one by one (cycling over the inputs).
+
+    At most `iterations` calls, and when `seconds` is set, no more than fit in that budget (but at
+    least MIN_TIMED_CALLS): a 50 ms network gets ~100 calls in 5 s, a 0.1 ms one its full count.
+    The warm-up is capped at a quarter of the budget.
+    """
     n = len(inputs)
+    start = time.perf_counter()
+    done_warmup = 0
     for i in range(warmup):
         fn(inputs[i % n:i % n + 1])
+        done_warmup += 1
+        if seconds and time.perf_counter() - start > seconds / 4 and done_warmup >= 2:
+            break
     times = []
+    deadline = time.perf_counter() + seconds if seconds else None
     for i in range(iterations):
         x = inputs[i % n:i % n + 1]
-        start = time.perf_counter_ns()
+        t0 = time.perf_counter_ns()
         fn(x)
-        times.append((time.perf_counter_ns() - start) / 1e6)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+        if deadline and len(times) >= MIN_TIMED_CALLS and time.perf_counter() > deadline:
+            break
     times.sort()
     return {"p50_ms": percentile(times, 50), "p90_ms": percentile(times, 90), "mean_ms": sum(times) / len(times),
-            "min_ms": times[0], "max_ms": times[-1], "iterations": iterations, "warmup": warmup}
+            "min_ms": times[0], "max_ms": times[-1], "iterations": len(times), "warmup": done_warmup,
+            "budget_s": seconds or None}
 
 
 def time_throughput(fn, batch, iterations: int) -> dict:
@@ -101,8 +118,9 @@ def import_runtime(spec: dict) -> None:
 
     if spec["target"] == "pytorch_fp32":
         from core import workspace  # noqa: F401
-    elif spec["target"] == "pytorch_qat":
-        from core import qat  # noqa: F401
+    elif spec["target"] == "pytorch_quantized":
+        from core import quantize  # noqa: F401
+        import torchao.quantization  # noqa: F401
         import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
     elif spec["backend"] == "executorch":
         import executorch.runtime  # noqa: F401
@@ -145,10 +163,10 @@ def load(spec: dict, threads: int | None):
             model = Workspace(RunConfig(**spec["config"])).fp32_model()
             method = "PyTorch eager (fp32 checkpoint)"
         else:
-            from core import qat
+            from core import quantize
 
-            model = qat.load_program(Path(spec["out"]) / qat.QAT_FOLDED)
-            method = "PyTorch, converted QAT graph (torchao PT2E, quantize/dequantize ops)"
+            model = quantize.load_program(Path(spec["out"]) / spec["file"])
+            method = "PyTorch, the scheme's quantized graph (torch.export program with quantize/dequantize ops)"
 
         def run(batch):
             with torch.no_grad():
@@ -186,7 +204,7 @@ def measure(spec: dict, rss_bare: float | None) -> dict:
         if result["load_ms"] is None:  # the first load in this fresh process
             result["load_ms"], result["method"] = load_ms, method
         fn(inputs[:1])
-        timing = time_batch1(fn, inputs, spec["warmup"], spec["iterations"])
+        timing = time_batch1(fn, inputs, spec["warmup"], spec["iterations"], spec.get("seconds", 0.0))
         result["latency"].append({"threads": threads, **timing, "load_ms": load_ms})
         result["threads_reported"].append({"threads": threads, **reported})
         if spec["throughput"] and threads == max(t or 0 for t in spec["threads"]):

@@ -88,15 +88,16 @@ def empty_cells(results: dict) -> list[str]:
 
 
 def latency_table(results: dict) -> list[str]:
-    header = ["model", "threads", "p50 (ms)", "p90 (ms)", "mean (ms)", "min (ms)", "p50 ×fp32", "p90 ×fp32",
-              "mean ×fp32", "GMAC/s at p50"]
+    header = ["model", "threads", "calls", "p50 (ms)", "p90 (ms)", "mean (ms)", "min (ms)", "p50 ×fp32", "p90 ×fp32",
+              "mean ×fp32", "p50 × same runtime's fp32", "GMAC/s at p50"]
     rows = []
     for r in results["rows"]:
         for lat in r["latency"]:
             ratio = lat["vs_fp32"] or {}
-            rows.append([f"`{r['name']}`", lat["label"], num(lat["p50_ms"]), num(lat["p90_ms"]), num(lat["mean_ms"]),
-                         num(lat["min_ms"]), num(ratio.get("p50"), ".2f", "x"), num(ratio.get("p90"), ".2f", "x"),
-                         num(ratio.get("mean"), ".2f", "x"), num(lat["gmac_per_s"], ".2f")])
+            rows.append([f"`{r['name']}`", lat["label"], str(lat["iterations"]), num(lat["p50_ms"]), num(lat["p90_ms"]),
+                         num(lat["mean_ms"]), num(lat["min_ms"]), num(ratio.get("p50"), ".2f", "x"),
+                         num(ratio.get("p90"), ".2f", "x"), num(ratio.get("mean"), ".2f", "x"),
+                         num(lat.get("vs_runtime_fp32"), ".2f", "x"), num(lat["gmac_per_s"], ".2f")])
     return table(header, rows, right_from=2)
 
 

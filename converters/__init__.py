@@ -12,6 +12,8 @@ REGISTRY: dict[str, Converter] = {c.name: c for c in (ExecuTorchConverter(), TFL
 
 def select(names: str) -> list[Converter]:
     """Parse a comma-separated backend list ('all' or empty means every backend)."""
+    if names.strip() == "none":
+        return []
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names and names != "all" else list(REGISTRY)
     unknown = [n for n in wanted if n not in REGISTRY]
     if unknown:

@@ -32,6 +32,7 @@ class Artifact:
     output: dict
     checks: dict = field(default_factory=dict)  # structural checks made at export
     export_seconds: float = 0.0
+    scheme: dict | None = None  # the quantization scheme in full (core/schemes.py Scheme.describe); None for baselines
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,13 +51,31 @@ class Converter(ABC):
         if missing:
             raise MissingDependency(f"{self.name}: missing Python package(s) {', '.join(missing)}; run `make setup`")
 
+    def validate(self, options) -> list[str]:
+        """Problems with this backend's settings, found before any stage runs (empty list: none)."""
+        return []
+
     @abstractmethod
-    def export(self, source: ExportSource, out: Path, options) -> list[Artifact]:
-        """Write this backend's artifacts into `out` (atomically) and check their structure."""
+    def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        """Write this backend's float baseline (fp32 or fp16) of the fp32 model, atomically, and check it."""
+
+    @abstractmethod
+    def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        """Write this backend's artifacts of `source.scheme` (atomically) and check their structure."""
 
     @abstractmethod
     def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1) -> tuple[Runner, str]:
         """A function running the artifact in its real runtime, and a word on how it runs."""
+
+
+def require_support(scheme, runtime: str) -> str:
+    """How `runtime` exports `scheme` (core/schemes.py), or a ConversionError with the reason it cannot."""
+    from core.schemes import support
+
+    s = support(scheme, runtime)
+    if not s.ok:
+        raise ConversionError(f"{runtime} cannot export {scheme.summary()}: {s.reason}")
+    return s.how
 
 
 def float_input_spec(source: ExportSource, batch: int = 1, layout: str = "NCHW") -> dict:

@@ -1,4 +1,8 @@
-"""Core ML: an fp16 mlprogram for iOS 18, then k-means palettized weights (LUTs)."""
+"""Core ML: an fp16 baseline, the scheme (W8A8 from the PT2E graph, or linear weight-only), and k-means LUTs.
+
+Every .mlpackage is an iOS 18 mlprogram with an image input (normalization folded in) and class
+labels. Core ML runs only on macOS; on Linux the files' weights are read back and checked.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch.nn as nn
 
 from core import io as atomic
 
-from .base import Artifact, ConversionError, Converter, ExportSource, float_output_spec
+from .base import Artifact, ConversionError, Converter, ExportSource, float_output_spec, require_support
 
 NBITS = (1, 2, 3, 4, 6, 8)
 GRANULARITIES = ("per_tensor", "per_grouped_channel")
@@ -24,74 +28,97 @@ class CoreMLConverter(Converter):
     packages = ("coremltools",)
     settings = ("nbits", "granularity", "group_size", "weight_threshold")
 
-    def export(self, source: ExportSource, out: Path, options) -> list[Artifact]:
-        import coremltools as ct
+    def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        """An fp16 mlprogram of the fp32 model: the float baseline every other .mlpackage is compared with."""
+        start = time.perf_counter()
+        fp16 = convert_float(source.fp32_model, source)
+        describe(fp16, source, "fp16", "fp32 weights")
+        file = f"{source.model_name}_coreml_fp16.mlpackage"
+        atomic.atomic_write(out / file, lambda tmp: fp16.save(str(tmp)))
+        return [Artifact(file, self.name, "fp16", "mlpackage", "fp32", image_input(source), classifier_output(source),
+                         {"dense_fp16": True, "placement": op_histogram(out / file)}, time.perf_counter() - start)]
+
+    def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        """The scheme itself (W8A8 from the PT2E graph, or linear weight-only), then k-means palettized weights."""
+        problems = self.validate(options)
+        if problems:
+            raise ConversionError("; ".join(problems))
+        scheme = source.scheme
+        how = require_support(scheme, self.name)
+        start = time.perf_counter()
+        file = f"{source.model_name}_coreml_{scheme.tag}.mlpackage"
+        if scheme.activations == "static":
+            mlmodel = convert_w8a8(source)
+            checks = {"how": how, "placement": None}
+        else:
+            # Every conv/linear weight, as LiteRT's weight-only recipe and the PyTorch reference quantize them.
+            mlmodel = linear_quantize(convert_float(source.float_model, source), scheme, weight_threshold=0)
+            checks = {"how": how, "placement": None}
+        describe(mlmodel, source, scheme.tag, source.metadata.get("weights_from", "trained weights"))
+        atomic.atomic_write(out / file, lambda tmp: mlmodel.save(str(tmp)))
+        checks["placement"] = op_histogram(out / file)
+        if scheme.activations == "static":
+            checks.update(w8a8_checks(out / file, source.program))
+        elif not checks["placement"]["linear_quantized_weights"]:
+            raise ConversionError(f"{file}: no weight was linearly quantized (none fits blocks of {scheme.block_size})")
+        artifacts = [Artifact(file, self.name, scheme.tag, "mlpackage", "quantized", image_input(source),
+                              classifier_output(source), checks, time.perf_counter() - start,
+                              scheme=scheme.describe())]
+        artifacts.append(self._palettize(source, out, options))
+        return artifacts
+
+    def _palettize(self, source: ExportSource, out: Path, options) -> Artifact:
         from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
-        check_options(options)
         start = time.perf_counter()
-        net = fold_batchnorm(source.qat_float_model)
-        fp16 = ct.convert(
-            torch.export.export(ImageClassifier(net, source.mean, source.std), (torch.zeros(1, *source.input_shape),))
-            .run_decompositions({}),
-            inputs=[ct.ImageType(name="image", shape=(1, *source.input_shape), scale=1 / 255.0,
-                                 color_layout=ct.colorlayout.GRAYSCALE if source.input_shape[0] == 1 else ct.colorlayout.RGB)],
-            classifier_config=ct.ClassifierConfig(source.labels),
-            convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
-            compute_precision=ct.precision.FLOAT16)
-        describe(fp16, source, "fp16")
-        fp16_file = f"{source.model_name}_coreml_fp16.mlpackage"
-        atomic.atomic_write(out / fp16_file, lambda tmp: fp16.save(str(tmp)))
-        fp16_seconds = time.perf_counter() - start
-
-        start = time.perf_counter()
+        fp16 = convert_float(source.float_model, source)
         config = OpPalettizerConfig(mode="kmeans", nbits=options.nbits, granularity=options.granularity,
                                     group_size=options.group_size if options.granularity == "per_grouped_channel" else 0,
                                     weight_threshold=options.weight_threshold)
         palettized = palettize_weights(fp16, OptimizationConfig(global_config=config))
         quant = f"pal{options.nbits}"
-        describe(palettized, source, quant)
-        pal_file = f"{source.model_name}_coreml_{quant}.mlpackage"
-        atomic.atomic_write(out / pal_file, lambda tmp: palettized.save(str(tmp)))
-        checks = lut_checks(out / pal_file, options.nbits)
-        checks["bytes_fp16"], checks["bytes_palettized"] = atomic.size_bytes(out / fp16_file), atomic.size_bytes(out / pal_file)
+        scheme = source.scheme
+        file = f"{source.model_name}_coreml_{quant if scheme.is_default else f'{scheme.tag}_{quant}'}.mlpackage"
+        describe(palettized, source, quant, source.metadata.get("weights_from", "trained weights"))
+        atomic.atomic_write(out / file, lambda tmp: palettized.save(str(tmp)))
+        checks = {**lut_checks(out / file, options.nbits), "placement": op_histogram(out / file)}
+        checks["bytes_palettized"] = atomic.size_bytes(out / file)
+        checks["bytes_fp32_weights"] = sum(p.numel() * 4 for p in source.float_model.parameters())
+        checks["bytes_fp16_weights"] = checks["bytes_fp32_weights"] // 2
         if not checks["palettized"]:
-            raise ConversionError(f"{pal_file}: no constexpr_lut_to_dense op holds a weight; every weight is below "
+            raise ConversionError(f"{file}: no constexpr_lut_to_dense op holds a weight; every weight is below "
                                   f"--weight-threshold {options.weight_threshold}")
         if checks["wrong_nbits"]:
-            raise ConversionError(f"{pal_file}: LUTs of the wrong width: {checks['wrong_nbits']}, asked for {options.nbits} bits")
-        if checks["bytes_palettized"] >= checks["bytes_fp16"]:
-            raise ConversionError(f"{pal_file}: palettized file ({checks['bytes_palettized']} B) is not smaller than "
-                                  f"the fp16 one ({checks['bytes_fp16']} B)")
-        print(f"[coreml] {pal_file}: {len(checks['palettized'])} weights palettized to {options.nbits} bits; "
+            raise ConversionError(f"{file}: LUTs of the wrong width: {checks['wrong_nbits']}, asked for {options.nbits} bits")
+        print(f"[coreml] {file}: {len(checks['palettized'])} weights palettized to {options.nbits} bits; "
               f"stayed dense fp16 (< {options.weight_threshold} elements): {checks['dense'] or 'none'}")
-        c, h, w = source.input_shape
-        image_input = {"shape": [1, c, h, w], "layout": "image", "dtype": "uint8",
-                       "color": "grayscale" if c == 1 else "rgb", "mean": source.mean, "std": source.std,
-                       "scale": None, "zero_point": None, "normalization": "folded into the model"}
-        output = {**float_output_spec(source), "kind": "classifier (classLabel, classLabel_probs)"}
-        return [
-            Artifact(fp16_file, self.name, "fp16", "mlpackage", "qat_float", image_input, output,
-                     {"dense_fp16": True}, fp16_seconds),
-            Artifact(pal_file, self.name, quant, "mlpackage", "qat_float", image_input, output,
-                     {**checks, "nbits": options.nbits, "granularity": options.granularity,
-                      "group_size": options.group_size, "weight_threshold": options.weight_threshold},
-                     time.perf_counter() - start),
-        ]
+        return Artifact(file, self.name, quant, "mlpackage", "float", image_input(source), classifier_output(source),
+                        {**checks, "nbits": options.nbits, "granularity": options.granularity,
+                         "group_size": options.group_size, "weight_threshold": options.weight_threshold},
+                        time.perf_counter() - start,
+                        scheme={"kind": "palettization", "nbits": options.nbits, "granularity": options.granularity,
+                                "group_size": options.group_size, "weights_of": scheme.tag,
+                                "summary": f"{options.nbits}-bit k-means LUT weights ({options.granularity}), "
+                                           "fp16 activations"})
+
+    def validate(self, options) -> list[str]:
+        problems = []
+        if options.nbits not in NBITS:
+            problems.append(f"--nbits {options.nbits} is not supported by Core ML palettization; use one of {NBITS}")
+        if options.granularity not in GRANULARITIES:
+            problems.append(f"--granularity {options.granularity!r}: use one of {GRANULARITIES}")
+        if options.granularity == "per_grouped_channel" and options.group_size < 1:
+            problems.append(f"--group-size must be >= 1, got {options.group_size}")
+        return problems
 
     def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1):
         if platform.system() == "Darwin":
             return _predict_runner(path, source), "MLModel.predict (macOS; logits = log-probabilities)"
-        return _readback_runner(path, source), "decompress_weights read-back (Linux)"
-
-
-def check_options(options) -> None:
-    if options.nbits not in NBITS:
-        raise ConversionError(f"--nbits {options.nbits} is not supported by Core ML palettization; use one of {NBITS}")
-    if options.granularity not in GRANULARITIES:
-        raise ConversionError(f"--granularity {options.granularity!r}: use one of {GRANULARITIES}")
-    if options.granularity == "per_grouped_channel" and options.group_size < 1:
-        raise ConversionError(f"--group-size must be >= 1, got {options.group_size}")
+        if artifact["reference"] == "quantized" and (artifact.get("scheme") or {}).get("activations") == "static":
+            return _w8a8_runner(path, source), ("W8A8 on Linux: the file's int8 weights and activation scales are "
+                                                "checked equal to the int8 graph's, which then runs in PyTorch")
+        net = source.fp32_model if artifact["reference"] == "fp32" else source.float_model
+        return _readback_runner(path, net), "decompress_weights read-back into the PyTorch network (Linux)"
 
 
 class ImageClassifier(nn.Module):
@@ -107,9 +134,65 @@ class ImageClassifier(nn.Module):
         return torch.softmax(self.net((x - self.mean) / self.std), dim=1)
 
 
+def image_input(source: ExportSource) -> dict:
+    c, h, w = source.input_shape
+    return {"shape": [1, c, h, w], "layout": "image", "dtype": "uint8", "color": "grayscale" if c == 1 else "rgb",
+            "mean": source.mean, "std": source.std, "scale": None, "zero_point": None,
+            "normalization": "folded into the model"}
+
+
+def classifier_output(source: ExportSource) -> dict:
+    return {**float_output_spec(source), "kind": "classifier (classLabel, classLabel_probs)"}
+
+
+def _convert(module: nn.Module, source: ExportSource, **kwargs):
+    import coremltools as ct
+
+    example = (torch.zeros(1, *source.input_shape),)
+    return ct.convert(
+        torch.export.export(ImageClassifier(module, source.mean, source.std), example).run_decompositions({}),
+        inputs=[ct.ImageType(name="image", shape=(1, *source.input_shape), scale=1 / 255.0,
+                             color_layout=ct.colorlayout.GRAYSCALE if source.input_shape[0] == 1 else ct.colorlayout.RGB)],
+        classifier_config=ct.ClassifierConfig(source.labels), convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS18, **kwargs)
+
+
+def convert_float(model: nn.Module, source: ExportSource):
+    """An fp16 mlprogram of a float network (BatchNorm folded first, so the weights map back by name)."""
+    import coremltools as ct
+
+    return _convert(fold_batchnorm(model), source, compute_precision=ct.precision.FLOAT16)
+
+
+def convert_w8a8(source: ExportSource):
+    """ct.convert of the folded PT2E graph: int8 weights and quantize/dequantize activations (the same graph as the .pte)."""
+    return _convert(source.program, source)
+
+
+def linear_quantize(mlmodel, scheme, weight_threshold: int):
+    """coremltools linear weight quantization at the scheme's bits, symmetry and granularity."""
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+    config = OpLinearQuantizerConfig(
+        mode="linear_symmetric" if scheme.symmetry == "symmetric" else "linear", dtype=f"int{scheme.weight_bits}",
+        granularity=scheme.granularity, block_size=scheme.block_size if scheme.granularity == "per_block" else None,
+        weight_threshold=weight_threshold)
+    return linear_quantize_weights(mlmodel, OptimizationConfig(global_config=config))
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold each Conv2d+BatchNorm2d pair of a Sequential into one conv, so Core ML's weights map back by name."""
+    """Fold every Conv2d+BatchNorm2d pair into one conv, so Core ML's weights map back to the network by name.
+
+    torch.fx's fuse() finds the pairs wherever they are (ResNet's conv1/bn1 as well as Sequential
+    pairs); for a network torch.fx cannot trace, the pairs inside a Sequential are folded.
+    """
     model = copy.deepcopy(model).eval()
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        return fuse(model, inplace=True)
+    except Exception:  # not symbolically traceable: fall back to Sequential pairs
+        pass
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         children = list(seq)
         for i, (conv, bn) in enumerate(zip(children, children[1:])):
@@ -119,19 +202,45 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def describe(mlmodel, source: ExportSource, quant: str) -> None:
+def describe(mlmodel, source: ExportSource, quant: str, weights: str) -> None:
     meta = source.metadata
     mlmodel.short_description = (f"{source.model_name} image classifier ({meta.get('dataset', '?')}), "
-                                 f"QAT-trained weights, {quant}")
+                                 f"{weights}, {quant}")
     mlmodel.author = "mobile deployment pipeline"
     mlmodel.license = meta.get("license", "Same as the training data and your model")
     mlmodel.version = meta.get("version", "1")
     mlmodel.input_description["image"] = "Image, resized to the model's input size"
     mlmodel.user_defined_metadata.update({
-        "dataset": str(meta.get("dataset")), "test_accuracy_qat_float": str(meta.get("qat_float_accuracy")),
+        "dataset": str(meta.get("dataset")), "test_accuracy_pytorch": str(meta.get("accuracy")),
         "run_id": str(meta.get("run_id")), "quantization": quant,
         "mean": ",".join(map(str, source.mean)), "std": ",".join(map(str, source.std)),
     })
+
+
+def op_histogram(path: Path) -> dict:
+    """Core ML's op placement as far as the file tells it: ops by type, compute precision, compressed weights.
+
+    Which compute unit (CPU, GPU, Neural Engine) runs an op is decided by Core ML at load time on the
+    device; the file fixes only the ops, their precision, and how each weight is stored.
+    """
+    import coremltools as ct
+    from coremltools.proto import MIL_pb2
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    main = spec.mlProgram.functions["main"]
+    ops: dict[str, int] = {}
+    precision: dict[str, int] = {}
+    for op in main.block_specializations[main.opset].operations:
+        ops[op.type] = ops.get(op.type, 0) + 1
+        if op.type.startswith("const"):
+            continue
+        for out in op.outputs[:1]:
+            dtype = MIL_pb2.DataType.Name(out.type.tensorType.dataType) if out.type.HasField("tensorType") else "other"
+            precision[dtype] = precision.get(dtype, 0) + 1
+    return {"ops": ops, "compute_outputs_by_dtype": precision,
+            "lut_weights": ops.get("constexpr_lut_to_dense", 0),
+            "linear_quantized_weights": ops.get("constexpr_blockwise_shift_scale", 0) + ops.get("constexpr_affine_dequantize", 0),
+            "activation_quantize_ops": ops.get("quantize", 0) + ops.get("dequantize", 0)}
 
 
 def lut_checks(path: Path, nbits: int) -> dict:
@@ -157,6 +266,78 @@ def lut_checks(path: Path, nbits: int) -> dict:
     return {"palettized": palettized, "wrong_nbits": wrong, "dense": dense}
 
 
+def _const(value) -> np.ndarray:
+    """The value of a MIL `const` op's immediate tensor."""
+    from coremltools.proto import MIL_pb2
+
+    tensor = value.immediateValue.tensor
+    kind = MIL_pb2.DataType.Name(value.type.tensorType.dataType)
+    if tensor.HasField("bytes"):
+        return np.frombuffer(tensor.bytes.values, {"FLOAT16": np.float16, "INT8": np.int8, "UINT8": np.uint8}[kind])
+    for field in ("floats", "ints", "doubles"):
+        if tensor.HasField(field):
+            return np.asarray(getattr(tensor, field).values)
+    raise ValueError(f"unreadable const of type {kind}")
+
+
+def activation_scales(path: Path) -> list[float]:
+    """The scales of the `quantize` ops in a Core ML program (its activation quantization), in program order."""
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    main = spec.mlProgram.functions["main"]
+    ops = list(main.block_specializations[main.opset].operations)
+    consts = {op.outputs[0].name: op.attributes["val"] for op in ops if op.type == "const"}
+    return [float(_const(consts[op.inputs["scale"].arguments[0].name]).reshape(-1)[0])
+            for op in ops if op.type == "quantize"]
+
+
+def graph_weights_and_scales(program: nn.Module) -> tuple[list[np.ndarray], list[float]]:
+    """A PT2E graph's dequantized weights (graph order) and its activation quantize scales."""
+    weights, scales = [], []
+    for node in program.graph.nodes:
+        target = str(node.target)
+        if node.op != "call_function" or "quantized_decomposed" not in target:
+            continue
+        first = node.args[0]
+        if "dequantize" in target and isinstance(first, torch.fx.Node) and first.op == "get_attr":
+            args = [_fetch(program, a.target) if isinstance(a, torch.fx.Node) else a for a in node.args]
+            weights.append(node.target(*args).detach().numpy())
+        elif "quantize_per_tensor" in target and "dequantize" not in target:
+            scales.append(float(node.args[1]))
+    return weights, scales
+
+
+def _fetch(module: nn.Module, target: str):
+    for atom in target.split("."):
+        module = getattr(module, atom)
+    return module
+
+
+def w8a8_checks(path: Path, program: nn.Module) -> dict:
+    """Does the W8A8 .mlpackage hold the int8 graph's weights and activation scales? Raise if not."""
+    ours, our_scales = graph_weights_and_scales(program)
+    theirs = [w for name, w in sorted(read_weights(path).items(), key=lambda kv: _weight_order(kv[0]))
+              if name.startswith("dequantize_per_")]
+    if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(ours, theirs)):
+        raise ConversionError(f"{path.name}: {len(theirs)} quantized weights in the file, {len(ours)} in the int8 graph")
+    weight_diff = max((float(np.abs(a - b.astype(np.float32)).max() / max(np.abs(a).max(), 1e-12))
+                       for a, b in zip(ours, theirs)), default=0.0)
+    file_scales = sorted(activation_scales(path))
+    graph_scales = sorted(set(our_scales))
+    missing = [s for s in graph_scales if not any(abs(s - f) <= 2e-3 * s for f in file_scales)]
+    if weight_diff > 2e-3 or missing:  # fp16 keeps ~3 significant digits
+        raise ConversionError(f"{path.name}: the file does not hold the int8 graph's numbers (max relative weight "
+                              f"difference {weight_diff:.2e}; activation scales not found: {missing[:4]})")
+    return {"quantized_weights": len(theirs), "max_relative_weight_diff": weight_diff,
+            "activation_scales": len(file_scales), "graph_activation_scales": len(graph_scales)}
+
+
+def _weight_order(name: str) -> int:
+    digits = "".join(ch if ch.isdigit() else " " for ch in name.split("_cast")[0]).split()
+    return int(digits[-1]) if digits and name.split("_cast")[0][-1].isdigit() else 0
+
+
 def read_weights(path: Path) -> dict[str, np.ndarray]:
     """Every weight of an mlpackage, decompressed to dense arrays, keyed by Core ML's const name."""
     import coremltools as ct
@@ -170,7 +351,7 @@ def load_into(net: nn.Module, weights: dict[str, np.ndarray]) -> nn.Module:
     """Load Core ML weights into the PyTorch network they were converted from (names follow the state_dict)."""
     by_key = {}
     for name, value in weights.items():
-        key = name.removesuffix("_palettized").removesuffix("_to_fp16")
+        key = name.removesuffix("_palettized").removesuffix("_quantized").removesuffix("_to_fp16")
         if key.startswith("p_net_"):
             by_key[key[len("p_net_"):]] = value
     state = net.state_dict()
@@ -182,12 +363,23 @@ def load_into(net: nn.Module, weights: dict[str, np.ndarray]) -> nn.Module:
     return net
 
 
-def _readback_runner(path: Path, source: ExportSource):
-    net = load_into(fold_batchnorm(source.qat_float_model), read_weights(path)).eval()
+def _readback_runner(path: Path, model: nn.Module):
+    net = load_into(fold_batchnorm(model), read_weights(path)).eval()
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return net(torch.from_numpy(np.asarray(batch, np.float32))).numpy()
+
+    return run
+
+
+def _w8a8_runner(path: Path, source: ExportSource):
+    """W8A8 on Linux: Core ML cannot run here, so check the file against the int8 graph, then run that graph."""
+    w8a8_checks(path, source.program)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return source.program(torch.from_numpy(np.asarray(batch, np.float32))).numpy()
 
     return run
 

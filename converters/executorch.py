@@ -1,4 +1,4 @@
-"""ExecuTorch: lower the QAT graph to XNNPACK int8 kernels and write a .pte."""
+"""ExecuTorch: lower the quantized graph to XNNPACK kernels and write a .pte (and an fp32 baseline)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import torch
 from torch.export import Dim
 
 from core import io as atomic
+from core.rewrites import graph_rewrites
 
-from .base import Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_output_spec
+from .base import (Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_output_spec,
+                   require_support)
 
 # Nodes that only plumb the delegate's inputs and outputs; anything else outside XNNPACK is a fallback.
 PLUMBING = {"getitem", "executorch_call_delegate"}
@@ -24,31 +26,41 @@ class ExecuTorchConverter(Converter):
     packages = ("executorch",)
     settings = ("allow_fallback", "dynamic_batch")
 
-    def export(self, source: ExportSource, out: Path, options) -> list[Artifact]:
-        artifacts = []
-        for quant, module, reference in (("int8", source.qat_folded, "qat"), ("fp32", source.fp32_model.eval(), "fp32")):
-            start = time.perf_counter()
-            file = f"{source.model_name}_xnnpack_{quant}.pte"
-            batch = options.dynamic_batch or 1
-            program, table = lower(module, source.input_shape, options.dynamic_batch)
-            checks = delegation_checks(program, table, quant)
-            print(f"[executorch] {file}: delegation\n{format_table(table)}")
-            if checks["non_delegated_ops"] and not options.allow_fallback:
-                raise ConversionError(
-                    f"{file}: ops left outside XNNPACK would run on slow portable kernels: "
-                    f"{checks['non_delegated_ops']}; pass --allow-fallback to accept them")
-            if quant == "int8" and checks["int8_compute_ops"] < checks["compute_ops"]:
-                raise ConversionError(f"{file}: only {checks['int8_compute_ops']} of {checks['compute_ops']} "
-                                      "conv/linear ops take int8 weights and activations")
-            buffer = program.to_executorch().buffer
-            atomic.write_bytes(out / file, buffer)
-            spec_batch = batch if options.dynamic_batch else 1
-            artifacts.append(Artifact(
-                file=file, backend=self.name, quant=quant, format="pte", reference=reference,
-                input={**float_input_spec(source, spec_batch), "dynamic_batch": bool(options.dynamic_batch)},
-                output=float_output_spec(source, spec_batch), checks=checks,
-                export_seconds=time.perf_counter() - start))
-        return artifacts
+    def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        return [self._export(source.fp32_model.eval(), f"{source.model_name}_xnnpack_fp32.pte", "fp32", "fp32",
+                             None, source, out, options)]
+
+    def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        scheme = source.scheme
+        how = require_support(scheme, self.name)
+        artifact = self._export(source.program, f"{source.model_name}_xnnpack_{scheme.tag}.pte", scheme.tag,
+                                "quantized", scheme, source, out, options)
+        artifact.checks["how"] = how
+        return [artifact]
+
+    def _export(self, module, file: str, quant: str, reference: str, scheme, source: ExportSource, out: Path,
+                options) -> Artifact:
+        start = time.perf_counter()
+        program, table = lower(module, source.input_shape, options.dynamic_batch)
+        checks = delegation_checks(program, table, quant)
+        print(f"[executorch] {file}: delegation\n{format_table(table)}")
+        if checks["non_delegated_ops"] and not options.allow_fallback:
+            raise ConversionError(
+                f"{file}: ops left outside XNNPACK would run on slow portable kernels: "
+                f"{checks['non_delegated_ops']}; pass --allow-fallback to accept them")
+        if scheme is not None:
+            quantized_check(file, scheme, checks)
+        buffer = program.to_executorch().buffer
+        atomic.write_bytes(out / file, buffer)
+        if scheme is not None:
+            checks["stored_weights"] = summarize_stored(weight_quantization(out / file))
+            stored_check(file, scheme, checks["stored_weights"])
+        batch = options.dynamic_batch or 1
+        return Artifact(
+            file=file, backend=self.name, quant=quant, format="pte", reference=reference,
+            input={**float_input_spec(source, batch), "dynamic_batch": bool(options.dynamic_batch)},
+            output=float_output_spec(source, batch), checks=checks, export_seconds=time.perf_counter() - start,
+            scheme=scheme.describe() if scheme else None)
 
     def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1):
         from executorch.runtime import Runtime
@@ -73,9 +85,11 @@ def lower(module: torch.nn.Module, shape: tuple[int, int, int], dynamic_batch: i
     if dynamic_batch:
         example = torch.zeros(max(DYNAMIC_MIN_EXAMPLE, min(dynamic_batch, 32)), *shape)
         dims = ({0: Dim("batch", min=1, max=dynamic_batch)},)
-        exported = torch.export.export(module, (example,), dynamic_shapes=dims)
     else:
-        exported = torch.export.export(module, (torch.zeros(1, *shape),))
+        example, dims = torch.zeros(1, *shape), None
+    graph = torch.export.export(module, (example,), dynamic_shapes=dims).module()
+    graph_rewrites(graph)  # the same exact rewrites the quantized graph got (mean keepdim, split -> slices)
+    exported = torch.export.export(graph, (example,), dynamic_shapes=dims)
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(program.exported_program().graph_module)
     table = info.get_operator_delegation_dataframe()
@@ -86,27 +100,65 @@ def lower(module: torch.nn.Module, shape: tuple[int, int, int], dynamic_batch: i
 
 
 def delegation_checks(program, table: list[dict], quant: str) -> dict:
+    """What XNNPACK took, and how many conv/linear ops inside it read quantized weights and activations."""
     graph_module = program.exported_program().graph_module
     delegates = [m for _, m in graph_module.named_children() if hasattr(m, "backend_id")]
     fallbacks = {r["op"]: r["not_delegated"] for r in table if r["not_delegated"] and r["op"] not in PLUMBING}
-    compute = int8 = 0
+    compute = weights = activations = 0
     for delegate in delegates:
         for node in delegate.original_module.graph.nodes:
             if node.op != "call_function" or not any(c in _name(node) for c in COMPUTE):
                 continue
             compute += 1
             producers = [_name(a) if isinstance(a, torch.fx.Node) else "" for a in node.args[:2]]
-            if "dequantize_per_tensor" in producers[0] and "dequantize_per_channel" in producers[1]:
-                int8 += 1
+            weights += "dequantize" in producers[1]
+            activations += "dequantize" in producers[0]
     return {
         "delegates": sorted({d.backend_id for d in delegates}),
         "delegated_ops": sum(r["delegated"] for r in table),
         "non_delegated_ops": fallbacks,
         "compute_ops": compute,
-        "int8_compute_ops": int8,
+        "quantized_weight_ops": weights,
+        "quantized_activation_ops": activations,
+        "int8_compute_ops": min(weights, activations) if quant != "fp32" else 0,
         "fully_delegated": not fallbacks and bool(delegates),
         "quantization": quant,
+        "delegation": [r for r in table if r["op"] not in PLUMBING],
     }
+
+
+def summarize_stored(rows: list[dict]) -> dict:
+    """Stored weights of a .pte by (datatype, quantization), e.g. {"xnn_datatype_qcint8 PerChannelQuant": 4}."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r["datatype"].endswith("int32"):
+            continue  # biases follow their weights
+        key = f"{r['datatype']} {r['quantization']}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def stored_check(file: str, scheme, stored: dict) -> None:
+    """What the file stores must be the scheme's granularity and width (read back from the .pte itself)."""
+    expected = {"per_channel": "PerChannelQuant", "per_tensor": "PerTensorQuant",
+                "per_block": "PerChannelGroupQuant"}[scheme.granularity]
+    if scheme.weight_bits == 4:
+        expected = "PerChannelGroupQuant" if scheme.granularity == "per_block" else "PerChannelQuant"
+    wrong = {k: n for k, n in stored.items() if not k.endswith(expected)}
+    if not stored or wrong:
+        raise ConversionError(f"{file}: the file stores weights as {stored or 'nothing quantized'}, "
+                              f"not {expected} for {scheme.summary()}")
+
+
+def quantized_check(file: str, scheme, checks: dict) -> None:
+    """The lowered program must compute the way the scheme says, or the export fails with the count."""
+    compute, weights, acts = checks["compute_ops"], checks["quantized_weight_ops"], checks["quantized_activation_ops"]
+    if scheme.activations == "static" and min(weights, acts) < compute:
+        raise ConversionError(f"{file}: only {min(weights, acts)} of {compute} conv/linear ops inside XNNPACK take "
+                              "quantized weights and activations")
+    if weights == 0:
+        raise ConversionError(f"{file}: no conv/linear op inside XNNPACK takes quantized weights; "
+                              f"{scheme.summary()} did not reach the delegate")
 
 
 def _name(node: torch.fx.Node) -> str:
@@ -120,3 +172,49 @@ def format_table(rows: list[dict]) -> str:
         mark = "x" if r["not_delegated"] and r["op"] not in PLUMBING else "✓"
         lines.append(f"  {r['op']:<{width}}  {r['delegated']:>9}  {r['not_delegated']:>13}  [{mark}]")
     return "\n".join(lines)
+
+
+def weight_quantization(path: Path) -> list[dict]:
+    """How the .pte itself stores each constant quantized tensor of its XNNPACK delegates (read from the file).
+
+    The program is deserialized with ExecuTorch's own reader; each XNNPACK payload's flatbuffer is
+    decoded with ExecuTorch's bundled flatc and XNNPACK's schema. Returns, per constant quantized
+    tensor: its datatype, shape and quantization (PerTensorQuant, PerChannelQuant, ...) with the
+    number of scales.
+    """
+    import json
+    import re
+    import tempfile
+    from importlib import resources
+
+    from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
+    from executorch.exir._serialize._flatbuffer import _flatc_decompile
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(Path(path).read_bytes()).program
+    schema = resources.files("executorch.backends.xnnpack.serialization") / "schema.fbs"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "schema.fbs").write_bytes(schema.read_bytes())
+        for i, blob in enumerate(program.backend_delegate_data):
+            data = blob.data
+            header = XNNHeader.from_bytes(data[:XNNHeader.EXPECTED_LENGTH])
+            graph = data[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size]
+            (Path(tmp) / f"d{i}.bin").write_bytes(graph)
+            _flatc_decompile(tmp, str(Path(tmp) / "schema.fbs"), str(Path(tmp) / f"d{i}.bin"))
+            text = (Path(tmp) / f"d{i}.json").read_text()  # flatc writes bare inf/nan, which JSON spells Infinity/NaN
+            decoded = json.loads(re.sub(r"(?<=[:\[,\s])(-?)inf\b", r"\1Infinity", text).replace(": nan", ": NaN"))
+            for value in decoded.get("xvalues", []):
+                if value.get("xvalue_union_type") != "XNNQuantizedTensorValue":
+                    continue
+                q = value["xvalue_union"]
+                tensor = q["tensor_value"]
+                if not tensor.get("constant_buffer_idx"):
+                    continue  # an activation, not a stored weight
+                params = q.get("quant_params", {})
+                scale = params.get("scale")
+                scales = params.get("num_scales") or (len(scale) if isinstance(scale, list) else 1 if scale is not None else 0)
+                rows.append({"delegate": i, "datatype": tensor["datatype"], "dims": tensor.get("dims"),
+                             "quantization": q.get("quant_params_type"), "scales": scales,
+                             "zero_point": params.get("zero_point")})
+    return rows

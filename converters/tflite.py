@@ -1,4 +1,8 @@
-"""TFLite: litert-torch converts the same QAT graph to a fully int8 .tflite."""
+"""TFLite: litert-torch converts the same quantized PT2E graph to a fully int8 .tflite.
+
+Dynamic and weight-only schemes go through ai-edge-quantizer (LiteRT's own quantizer) on the
+float .tflite of the scheme's float weights. An fp32 .tflite of the fp32 model is the baseline.
+"""
 
 from __future__ import annotations
 
@@ -10,44 +14,81 @@ import torch
 
 from core import io as atomic
 
-from .base import Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_output_spec
+from .base import (Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_output_spec,
+                   require_support)
 
 FLOAT_TYPES = {"float32", "float16"}
+DYNAMIC_AGREEMENT_FLOOR = 0.90
 
 
 class TFLiteConverter(Converter):
     name = "tflite"
     packages = ("litert_torch", "ai_edge_litert")
-    settings = ("nhwc",)
+    settings = ("nhwc", "allow_fallback")
 
-    def export(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+    def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        file = f"{source.model_name}_tflite_fp32.tflite"
+        return [self._finish(file, "fp32", "fp32", None, source, out, options,
+                             lambda tmp: self._convert(source.fp32_model.eval(), source, options, tmp))]
+
+    def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+        scheme = source.scheme
+        how = require_support(scheme, self.name)
+        file = f"{source.model_name}_tflite_{scheme.tag}.tflite"
+        if scheme.activations == "static":  # the same PT2E graph, converted by litert-torch
+            def write(tmp: Path) -> None:
+                self._convert(source.unfolded, source, options, tmp, _int8_config())
+        else:  # dynamic or weight-only: ai-edge-quantizer on the float .tflite of the scheme's float weights
+            def write(tmp: Path) -> None:
+                float_file = tmp.with_name("float.tflite")
+                self._convert(source.float_model.eval(), source, options, float_file)
+                ai_edge_quantize(float_file, scheme, tmp)
+        artifact = self._finish(file, scheme.tag, "quantized", scheme, source, out, options, write)
+        artifact.checks["how"] = how
+        if scheme.activations == "dynamic":
+            # LiteRT's hybrid kernels quantize activations their own way at run time (per row, and to the
+            # weights' width for int4), not as the PyTorch reference does: top-1 agreement with it is a
+            # looser measure here, and the quantization-cost check against fp32 and PTQ carries the weight.
+            artifact.checks["agreement_floor"] = {
+                "min_agreement": DYNAMIC_AGREEMENT_FLOOR,
+                "why": "LiteRT's dynamic-range kernels quantize activations at run time differently from the "
+                       "PyTorch reference (torchao/PT2E dynamic quantization)"}
+        return [artifact]
+
+    @staticmethod
+    def _convert(module, source: ExportSource, options, path: Path, quant_config=None) -> None:
         import litert_torch
 
+        module.training = False
+        if options.nhwc:
+            module = litert_torch.to_channel_last_io(module, args=[0])
+            example = torch.zeros(1, *source.input_shape).permute(0, 2, 3, 1).contiguous()
+        else:
+            example = torch.zeros(1, *source.input_shape)
+        litert_torch.convert(module, (example,), quant_config=quant_config).export(str(path))
+
+    def _finish(self, file: str, quant: str, reference: str, scheme, source: ExportSource, out: Path, options,
+                write) -> Artifact:
+        """Write the file, read it back with the interpreter, and refuse what does not match the scheme."""
+        start = time.perf_counter()
+
+        def write_checked(tmp: Path) -> None:  # a file that fails its checks never replaces a good one
+            write(tmp)
+            problems = scheme_problems(*inspect(tmp), scheme, options)
+            if problems:
+                raise ConversionError(f"{file}: {'; '.join(problems)}")
+
+        atomic.atomic_write(out / file, write_checked)
+        checks, io_spec = inspect(out / file)
+        checks["stored_weights"] = weight_quantization(out / file)
+        if scheme is not None and not checks["fully_int8"] and scheme.activations == "static":
+            print(f"[tflite] {file}: accepted with float ops (--allow-fallback): {checks['float_ops']}")
+        print(f"[tflite] {file}: tensors by type {checks['tensor_types']}, ops {checks['ops']}")
         layout = "NHWC" if options.nhwc else "NCHW"
-        artifacts = []
-        for quant, module, reference in (("int8", source.qat_unfolded, "qat"), ("fp32", source.fp32_model.eval(), "fp32")):
-            start = time.perf_counter()
-            file = f"{source.model_name}_tflite_{quant}.tflite"
-            module.training = False
-            if options.nhwc:
-                module = litert_torch.to_channel_last_io(module, args=[0])
-                example = torch.zeros(1, *source.input_shape).permute(0, 2, 3, 1).contiguous()
-            else:
-                example = torch.zeros(1, *source.input_shape)
-            quant_config = _int8_config() if quant == "int8" else None
-            edge = litert_torch.convert(module, (example,), quant_config=quant_config)
-            atomic.atomic_write(out / file, lambda tmp: edge.export(str(tmp)))
-            checks, io_spec = inspect(out / file)
-            if quant == "int8" and not checks["fully_int8"]:
-                raise ConversionError(f"{file}: not fully int8: float tensors {checks['float_tensors'][:8]}, "
-                                      f"input {io_spec['input']['dtype']}, output {io_spec['output']['dtype']}")
-            print(f"[tflite] {file}: tensors by type {checks['tensor_types']}, ops {checks['ops']}")
-            input_spec = {**float_input_spec(source, 1, layout), **io_spec["input"]}
-            artifacts.append(Artifact(file=file, backend=self.name, quant=quant, format="tflite",
-                                      reference=reference, input=input_spec,
-                                      output={**float_output_spec(source), **io_spec["output"]},
-                                      checks=checks, export_seconds=time.perf_counter() - start))
-        return artifacts
+        input_spec = {**float_input_spec(source, 1, layout), **io_spec["input"]}
+        return Artifact(file=file, backend=self.name, quant=quant, format="tflite", reference=reference,
+                        input=input_spec, output={**float_output_spec(source), **io_spec["output"]}, checks=checks,
+                        export_seconds=time.perf_counter() - start, scheme=scheme.describe() if scheme else None)
 
     def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1):
         interpreter = _interpreter(path, threads)
@@ -73,6 +114,64 @@ class TFLiteConverter(Converter):
         return run, "ai-edge-litert Interpreter"
 
 
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def weight_quantization(path: Path) -> list[dict]:
+    """How the .tflite stores each conv/linear weight, read by the interpreter from the file: dtype and scales."""
+    interpreter = _interpreter(path, delegates=False)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    dequantized_from = {o["outputs"][0]: o["inputs"][0] for o in ops if o["op_name"] == "DEQUANTIZE"}
+    rows = []
+    for op in ops:
+        if op["op_name"] not in WEIGHTED_OPS or len(op["inputs"]) < 2:
+            continue
+        index = op["inputs"][1]
+        weight = tensors[dequantized_from.get(index, index)]  # weight-only: the stored tensor feeds a DEQUANTIZE
+        params = weight.get("quantization_parameters", {})
+        scales = params.get("scales")
+        rows.append({"op": op["op_name"], "tensor": weight["name"], "dequantized": index in dequantized_from, "dtype": np.dtype(weight["dtype"]).name,
+                     "shape": [int(d) for d in weight["shape"]], "scales": 0 if scales is None else len(scales),
+                     "zero_points": sorted({int(z) for z in params.get("zero_points", [])})})
+    return rows
+
+
+def scheme_problems(checks: dict, io_spec: dict, scheme, options) -> list[str]:
+    """Does the .tflite hold what the scheme says? Static: fully int8 (unless --allow-fallback).
+    Dynamic and weight-only: integer weights, float input and output."""
+    if scheme is None:
+        return []
+    if scheme.activations == "static":
+        if checks["fully_int8"] or options.allow_fallback:
+            return []
+        return [f"not fully int8: float ops {checks['float_ops']}, {len(checks['float_tensors'])} float tensors "
+                f"(e.g. {checks['float_tensors'][:4]}), input {io_spec['input']['dtype']}, output "
+                f"{io_spec['output']['dtype']}; pass --allow-fallback to accept float ops in the .tflite"]
+    if not checks["tensor_types"].get("int8"):
+        return [f"no integer weights: tensors by type {checks['tensor_types']}"]
+    return []
+
+
+def ai_edge_quantize(float_file: Path, scheme, target: Path) -> None:
+    """Quantize a float .tflite with ai-edge-quantizer: dynamic-range or weight-only, at the scheme's bits and grain."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+
+    granularity = {"per_channel": qtyping.QuantGranularity.CHANNELWISE,
+                   "per_tensor": qtyping.QuantGranularity.TENSORWISE}.get(scheme.granularity)
+    if granularity is None:
+        granularity = qtyping.QuantGranularity(f"BLOCKWISE_{scheme.block_size}")
+    manager = recipe_manager.RecipeManager()
+    if scheme.activations == "dynamic":  # linear layers, as XNNPACK's dynamic path quantizes them
+        manager.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED,
+                                   num_bits=scheme.weight_bits, granularity=granularity)
+    else:  # every conv/linear weight, as the PyTorch reference and Core ML's weight-only quantization
+        manager.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                       num_bits=scheme.weight_bits, granularity=granularity)
+    result = quantizer.Quantizer(str(float_file), manager.get_quantization_recipe()).quantize()
+    target.write_bytes(result.quantized_model)
+
+
 def _int8_config():
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
@@ -81,17 +180,23 @@ def _int8_config():
     return QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
 
 
-def _interpreter(path: Path, threads: int = 1):
-    from ai_edge_litert.interpreter import Interpreter
+def _interpreter(path: Path, threads: int = 1, delegates: bool = True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     return interpreter
 
 
 def inspect(path: Path) -> tuple[dict, dict]:
-    """Tensor types, ops and I/O quantization of a .tflite, read by the interpreter itself."""
-    interpreter = _interpreter(path)
+    """Tensor types, ops (float ones flagged) and I/O quantization of a .tflite, read by the interpreter itself.
+
+    The op list comes from an interpreter without delegates (the model's own ops); the default
+    interpreter then tells how many partitions LiteRT's XNNPACK delegate took over.
+    """
+    interpreter = _interpreter(path, delegates=False)
+    partitions = sum(op["op_name"] == "DELEGATE" for op in _interpreter(path)._get_ops_details())
     types: dict[str, int] = {}
     floats = []
     for t in interpreter.get_tensor_details():
@@ -99,9 +204,15 @@ def inspect(path: Path) -> tuple[dict, dict]:
         types[dtype] = types.get(dtype, 0) + 1
         if dtype in FLOAT_TYPES:
             floats.append(t["name"])
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     ops: dict[str, int] = {}
+    float_ops: dict[str, int] = {}
     for op in interpreter._get_ops_details():
         ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+        tensors = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        # A DEQUANTIZE at the edge of an int8 graph is a conversion, not float compute.
+        if op["op_name"] not in ("DEQUANTIZE", "QUANTIZE") and any(dtypes.get(i) in FLOAT_TYPES for i in tensors):
+            float_ops[op["op_name"]] = float_ops.get(op["op_name"], 0) + 1
 
     def io(detail: dict) -> dict:
         scale, zero = detail["quantization"]
@@ -110,6 +221,7 @@ def inspect(path: Path) -> tuple[dict, dict]:
                 "zero_point": int(zero) if quantized else None}
 
     io_spec = {"input": io(interpreter.get_input_details()[0]), "output": io(interpreter.get_output_details()[0])}
-    checks = {"tensor_types": types, "float_tensors": floats, "ops": ops,
+    checks = {"tensor_types": types, "float_tensors": floats, "ops": ops, "float_ops": float_ops,
+              "xnnpack_partitions": partitions,
               "fully_int8": not floats and io_spec["input"]["dtype"] == "int8" and io_spec["output"]["dtype"] == "int8"}
     return checks, io_spec

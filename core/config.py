@@ -16,6 +16,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 LOADERS = ("auto", "memory", "stream")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("none", "step", "cosine")
+MIN_IMAGE_SIZE = 8
+DYNAMIC_BATCH_MIN, DYNAMIC_BATCH_MAX = 16, 1024
 
 
 def _opt(default, help: str, group: str = "run", **kw):
@@ -27,8 +29,9 @@ class RunConfig:
     # data and model
     dataset: str = _opt("mnist", "mnist | fashion-mnist | cifar10 | mnist-5k | imagefolder:PATH", "data")
     data_dir: str = _opt("data", "where datasets are found or downloaded", "data")
-    model: str = _opt("convnet", "convnet | cifarcnn | mobilenet_v2 | mobilenet_v3_small", "data")
+    model: str = _opt("convnet", "convnet | cifarcnn | torchvision:NAME | MODULE:FACTORY | path/to/file.py:FACTORY", "data")
     weights: str | None = _opt(None, "optional state_dict (.pt) to initialise the model from", "data")
+    pretrained: bool = _opt(False, "torchvision:NAME only: start from torchvision's ImageNet weights, new head", "data")
     image_size: int | None = _opt(None, "input side in pixels (default: the model's own)", "data")
     limit_train: int = _opt(0, "use only the first N training images (0 = all)", "data")
     limit_test: int = _opt(0, "use only the first N test images (0 = all)", "data")
@@ -63,9 +66,17 @@ class RunConfig:
     qat_lr: float = _opt(1e-4, "QAT learning rate", "quant")
     freeze_bn_at: float = _opt(0.6, "fraction of QAT steps after which BatchNorm statistics freeze", "quant")
     freeze_observers_at: float = _opt(0.8, "fraction of QAT steps after which quantization ranges freeze", "quant")
-    calib_batches: int = _opt(32, "calibration batches for the PTQ baseline", "quant")
+    calib_batches: int = _opt(32, "calibration batches for PTQ", "quant")
+    quant_mode: str = _opt("auto", "auto (export the better of PTQ and QAT) | qat | ptq", "quant")
+    weight_bits: int = _opt(8, "weight bits: 8 | 4 (where a runtime has kernels for it; see `mobile-pipeline schemes`)", "quant")
+    weight_granularity: str = _opt("per_channel", "per_channel | per_tensor | per_block (with --block-size)", "quant")
+    block_size: int = _opt(32, "weights per block along the input channels, for per_block", "quant")
+    weight_symmetry: str = _opt("symmetric", "symmetric (zero point 0) | asymmetric", "quant")
+    activations: str = _opt("static", "static (calibrated int8 ranges) | dynamic (int8 ranges at run time) | none (weight-only)", "quant")
+    calibration: str = _opt("histogram", "PTQ activation ranges: histogram | minmax | moving_average | percentile", "quant")
     # export
-    backends: str = _opt("executorch,tflite,coreml", "comma-separated converter backends", "export")
+    backends: str = _opt("executorch,tflite,coreml", "comma-separated converter backends ('none': quantize and "
+                                                      "measure in PyTorch only)", "export")
     allow_fallback: bool = _opt(False, "ExecuTorch: accept ops left outside XNNPACK", "export")
     dynamic_batch: int = _opt(0, "ExecuTorch: max batch for a dynamic-batch .pte (0 = static batch 1); TFLite exports stay batch 1", "export")
     nhwc: bool = _opt(False, "TFLite: channels-last (NHWC) input", "export")
@@ -75,28 +86,45 @@ class RunConfig:
     weight_threshold: int = _opt(2048, "Core ML: weights with fewer elements stay dense fp16", "export")
     # verification
     min_agreement: float = _opt(0.995, "minimum top-1 agreement of each artifact with its PyTorch reference", "verify")
-    max_acc_drop: float = _opt(0.5, "maximum accuracy drop (percentage points) against the reference", "verify")
+    max_acc_drop: float = _opt(0.5, "maximum accuracy drop (percentage points) of each artifact against its PyTorch reference", "verify")
+    max_quant_drop: float = _opt(2.0, "maximum accuracy drop (percentage points) of each quantized artifact against fp32, "
+                                      "and against PTQ where PTQ ran: the cost of quantization", "verify")
     sample_size: int = _opt(100, "test images bundled into the demo apps", "verify")
     # host benchmark
-    bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement", "bench")
-    bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count (batch 32: a tenth, at least 3)", "bench")
+    bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement (at most --bench-seconds / 4 of them)", "bench")
+    bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count, at most (batch 32: a tenth, at least 3)", "bench")
+    bench_seconds: float = _opt(5.0, "time budget per latency measurement: fewer calls than --bench-iterations when "
+                                     "a call is slow (at least 10 are timed)", "bench")
     bench_train_steps: int = _opt(30, "timed steps of the bare and the pipeline training loops", "bench")
     # output
     out: str = _opt("artifacts", "output directory", "run")
     force: bool = _opt(False, "re-run stages even when OUT already holds their result", "run")
 
     def validate(self) -> "RunConfig":
-        problems = []
-        if self.epochs < 0:
-            problems.append(f"--epochs must be >= 0, got {self.epochs}")
-        if self.qat_epochs < 0:
-            problems.append(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
+        problems = type_problems(self)
+        if problems:  # ranges make no sense on values of the wrong type
+            raise ConfigError("; ".join(problems))
+        for name, low in (("epochs", 0), ("qat_epochs", 0), ("limit_train", 0), ("limit_test", 0), ("threads", 0),
+                          ("qat_max_steps", 0), ("seed", 0), ("max_acc_drop", 0), ("max_quant_drop", 0),
+                          ("weight_threshold", 0), ("bench_warmup", 0), ("bench_train_steps", 1),
+                          ("bench_iterations", 1), ("bench_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1)):
+            if getattr(self, name) < low:
+                problems.append(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}")
+        for name in ("lr", "qat_lr"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{_flag(name)} must be > 0, got {getattr(self, name)}")
         if self.batch_size < 2:
             problems.append(f"--batch-size must be >= 2 (QAT export needs a batch of 2), got {self.batch_size}")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            problems.append(f"--image-size must be >= {MIN_IMAGE_SIZE} pixels, got {self.image_size}")
+        if self.dynamic_batch and not DYNAMIC_BATCH_MIN <= self.dynamic_batch <= DYNAMIC_BATCH_MAX:
+            problems.append(f"--dynamic-batch must be 0 (static batch 1) or between {DYNAMIC_BATCH_MIN} and "
+                            f"{DYNAMIC_BATCH_MAX}, got {self.dynamic_batch}: XNNPACK's convolution shape guard needs "
+                            f"an example batch of at least {DYNAMIC_BATCH_MIN}")
         for name in ("freeze_bn_at", "freeze_observers_at"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"--{name.replace('_', '-')} is a fraction in [0, 1], got {getattr(self, name)}")
-        unknown = [b for b in self.backends.split(",") if b.strip() and b.strip() not in BACKENDS + ("all",)]
+                problems.append(f"{_flag(name)} is a fraction in [0, 1], got {getattr(self, name)}")
+        unknown = [b for b in self.backends.split(",") if b.strip() and b.strip() not in BACKENDS + ("all", "none")]
         if unknown:
             problems.append(f"unknown backend(s) {unknown} in --backends; choose from {', '.join(BACKENDS)}")
         if not 0.0 <= self.min_agreement <= 1.0:
@@ -140,6 +168,35 @@ class ConfigError(ValueError):
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_kind(name: str) -> tuple[type, bool]:
+    """(bool | int | float | str, whether None is allowed) for a RunConfig field."""
+    text = str(FIELDS[name].type)
+    kind = bool if text.startswith("bool") else int if text.startswith("int") else float if text.startswith("float") else str
+    return kind, "None" in text
+
+
+def type_problems(cfg: "RunConfig") -> list[str]:
+    """Settings whose value has the wrong type, e.g. `epochs: three` in a config file."""
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    problems = []
+    for name in FIELDS:
+        value = getattr(cfg, name)
+        kind, optional = field_kind(name)
+        if value is None and optional:
+            continue
+        ok = (isinstance(value, bool) if kind is bool
+              else isinstance(value, int) and not isinstance(value, bool) if kind is int
+              else isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+              else isinstance(value, str))
+        if not ok:
+            problems.append(f"setting {name} ({_flag(name)}) must be {names[kind]}, got {value!r}")
+    return problems
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -88,10 +88,15 @@ def load(name: str, data_dir: str | Path, channels: int, size: int, limit_train:
         bundle = _imagefolder(Path(name.split(":", 1)[1]), channels, size)
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if limit_train < 0 or limit_test < 0:
+        raise DataError(f"--limit-train and --limit-test must be >= 0 (0 = all), got {limit_train} and {limit_test}")
     if limit_train:
         bundle.train_images, bundle.train_labels = bundle.train_images[:limit_train], bundle.train_labels[:limit_train]
     if limit_test:
         bundle.test_images, bundle.test_labels = bundle.test_images[:limit_test], bundle.test_labels[:limit_test]
+    check_labels(bundle)
+    if not len(bundle.test_labels):
+        raise DataError(f"{bundle.source}: the test set is empty; verification needs test images")
     bundle.train_images = adapt(bundle.train_images, channels, size)
     bundle.test_images = adapt(bundle.test_images, channels, size)
     pixels = bundle.train_images.float() / 255.0
@@ -228,13 +233,34 @@ def imagefolder_splits(root: Path) -> tuple[Path, Path]:
     return splits["train"], splits.get("test") or splits["val"]
 
 
-def read_image(path: str | Path, channels: int, size: int) -> np.ndarray:
-    """One image file as uint8 HxW (1 channel) or HxWx3, resized to size x size. The in-memory and the
-    streamed imagefolder paths both decode through here, so they see the same pixels."""
-    from PIL import Image
+def read_image(path: Path, channels: int, size: int) -> np.ndarray:
+    """One image file as uint8 [H, W] or [H, W, 3] at `size`, with 16-bit images scaled to 8 bits.
 
-    with Image.open(path) as image:  # as torchvision's pil_loader: RGB first, then the model's mode
-        return np.asarray(image.convert("RGB").convert("L" if channels == 1 else "RGB").resize((size, size)))
+    PIL's own 8-bit conversion of a 16-bit image clips every value above 255, so a 16-bit PNG
+    would turn almost white; here 0..65535 maps onto 0..255 first.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                wide = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if img.mode.startswith("I;16") or wide.max() > 255 else 255.0
+                img = Image.fromarray(np.round(wide * (255.0 / peak)).clip(0, 255).astype(np.uint8), mode="L")
+            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+            return np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}. "
+                        "Fix or remove the file, then run again") from exc
+
+
+def check_labels(bundle: DataBundle) -> None:
+    """A classifier needs two classes or more in its training set; one class trains to a meaningless 100%."""
+    present = torch.unique(bundle.train_labels).numel() if len(bundle.train_labels) else 0
+    if len(bundle.labels) < 2 or present < 2:
+        raise DataError(f"{bundle.source}: the training set holds {present} class(es) "
+                        f"({len(bundle.labels)} labelled); a classifier needs at least 2. Add images of other classes")
 
 
 def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
@@ -243,11 +269,14 @@ def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
     train_dir, test_dir = imagefolder_splits(root)
 
     def read(split: Path):
-        ds = ImageFolder(str(split))
+        try:
+            ds = ImageFolder(str(split), loader=str)  # list the files only; read_image decodes them
+        except FileNotFoundError as exc:
+            raise DataError(f"{split} holds no images in its class folders ({exc}); "
+                            "put .png/.jpg files in <class>/ folders") from exc
         if not ds.samples:
             raise DataError(f"{split} holds no images")
-        arrays = [read_image(p, channels, size) for p, _ in ds.samples]
-        data = torch.as_tensor(np.stack(arrays))
+        data = torch.as_tensor(np.stack([read_image(Path(p), channels, size) for p, _ in ds.samples]))
         data = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
         return ds.classes, data, torch.as_tensor(ds.targets, dtype=torch.int64)
 

@@ -68,6 +68,16 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def env_local_rank() -> int:
+    """This process's rank on its node (its GPU) as torchrun set it (0 without torchrun), readable before `setup`."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def env_world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun), readable before `setup`."""
+    return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+
+
 def setup(device_name: str = "auto") -> Context:
     """Read torchrun's environment, pick the device and start the process group (once per process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -41,7 +41,7 @@ class FolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        array = datasets.read_image(path, self.channels, self.size)
+        array = datasets.read_image(Path(path), self.channels, self.size)
         image = torch.from_numpy(np.array(array))  # a writable copy of PIL's read-only buffer
         image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1).contiguous()
         if self.transform is not None:
@@ -130,18 +130,27 @@ def open_imagefolder(root: Path, channels: int, size: int, *, limit_train: int =
 
     root = Path(root)
     train_dir, test_dir = datasets.imagefolder_splits(root)
-    train, test = ImageFolder(str(train_dir)), ImageFolder(str(test_dir))
-    for split, ds in ((train_dir, train), (test_dir, test)):
+
+    def index(split: Path):
+        try:
+            ds = ImageFolder(str(split), loader=str)  # list the files only; workers decode them
+        except FileNotFoundError as exc:
+            raise datasets.DataError(f"{split} holds no images in its class folders ({exc}); "
+                                     "put .png/.jpg files in <class>/ folders") from exc
         if not ds.samples:
             raise datasets.DataError(f"{split} holds no images")
+        return ds
+
+    train, test = index(train_dir), index(test_dir)
     if test.classes != train.classes:
         raise datasets.DataError(f"{root}: train classes {train.classes} differ from test classes {test.classes}")
-    if len(train.classes) < 2:
-        raise datasets.DataError(f"{train_dir} holds one class ({train.classes[0]}); a classifier needs at least two")
+    if limit_train < 0 or limit_test < 0:
+        raise datasets.DataError(f"--limit-train and --limit-test must be >= 0 (0 = all), got {limit_train} and {limit_test}")
     train_samples = train.samples[:limit_train] if limit_train else train.samples
     test_samples = test.samples[:limit_test] if limit_test else test.samples
     bundle = StreamingData("imagefolder", f"imagefolder:{root}", FolderDataset(train_samples, channels, size),
                            FolderDataset(test_samples, channels, size), list(train.classes), workers=workers)
+    datasets.check_labels(bundle)  # the same refusals as the in-memory path
     bundle.mean, bundle.std, bundle.normalization = measure_normalization(bundle.train, stats_images, seed, workers)
     return bundle
 

@@ -1,4 +1,4 @@
-"""OUT/manifest.json: what a run used, produced and measured. Read-modify-write, atomically."""
+"""OUT/manifest.json: what a run used, produced and measured. Read-modify-write, atomically, under the OUT lock."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from . import io as atomic
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 TOOLS = ("torch", "torchvision", "torchao", "executorch", "coremltools", "litert-torch", "ai-edge-litert", "numpy")
+# The sections every manifest has, and the JSON type each must be.
+SECTIONS = {"stages": dict, "accuracy": dict, "artifacts": dict, "backends": dict}
 
 
 class ManifestError(RuntimeError):
-    """manifest.json is unreadable."""
+    """manifest.json is unreadable or not shaped like a manifest; the message says what to do."""
 
 
 def tool_versions() -> dict:
@@ -33,14 +35,53 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def load(out: Path) -> dict:
+def empty() -> dict:
+    return {"schema_version": SCHEMA_VERSION, **{name: {} for name in SECTIONS}}
+
+
+def shape_problems(manifest) -> list[str]:
+    """What is wrong with the shape of a parsed manifest (empty list: nothing)."""
+    if not isinstance(manifest, dict):
+        return [f"it holds a JSON {type(manifest).__name__}, not an object"]
+    problems = []
+    for name, kind in SECTIONS.items():
+        if name not in manifest:
+            problems.append(f"it has no '{name}' section")
+        elif not isinstance(manifest[name], kind):
+            problems.append(f"'{name}' is a {type(manifest[name]).__name__}, not an object")
+    for name, value in manifest.get("accuracy", {}).items() if isinstance(manifest.get("accuracy"), dict) else ():
+        if value is not None and not isinstance(value, (int, float, dict)):  # a number, or a scheme's accuracies
+            problems.append(f"accuracy '{name}' is {value!r}, not a number")
+    for file, entry in manifest.get("artifacts", {}).items() if isinstance(manifest.get("artifacts"), dict) else ():
+        if not isinstance(entry, dict) or not {"backend", "format", "quant", "reference"} <= set(entry):
+            problems.append(f"artifact '{file}' lacks backend/format/quant/reference")
+    for name, entry in manifest.get("stages", {}).items() if isinstance(manifest.get("stages"), dict) else ():
+        if not isinstance(entry, dict):
+            problems.append(f"stage '{name}' is not an object")
+    return problems
+
+
+def load(out: Path, force: bool = False) -> dict:
+    """The manifest of OUT, or an empty one. A damaged one is an error; with `force` it is set aside."""
     path = Path(out) / MANIFEST
     if not path.exists():
-        return {"schema_version": SCHEMA_VERSION, "stages": {}, "accuracy": {}, "artifacts": {}, "backends": {}}
+        return empty()
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
+        problems = shape_problems(manifest)
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path} is not valid JSON ({exc}); delete it and rerun with --force") from exc
+        problems = [f"it is not valid JSON ({exc})"]
+    except OSError as exc:
+        raise atomic.describe_os_error(path, exc, "read") from exc
+    if not problems:
+        return manifest
+    if force:
+        aside = path.with_name(f"{MANIFEST}.damaged-{now().replace(':', '')}")
+        path.replace(aside)
+        print(f"manifest: {path} was damaged ({problems[0]}); moved it to {aside.name} and started a new one")
+        return empty()
+    raise ManifestError(f"{path} is damaged: {'; '.join(problems)}. Move it away, or rerun with --force "
+                        "(which keeps it as manifest.json.damaged-*) to rebuild the stages")
 
 
 def save(out: Path, manifest: dict) -> Path:

@@ -1,7 +1,23 @@
-"""The model zoo: export-friendly ConvNets and torchvision's MobileNets."""
+"""Model sources: the built-in ConvNets, any torchvision classifier, or the user's own nn.Module.
+
+`--model` takes one of:
+
+- a built-in name: `convnet` (the classic MNIST ConvNet) or `cifarcnn` (a small 3-channel CNN);
+- `torchvision:NAME`, any classification builder of `torchvision.models` (`mobilenet_v2`,
+  `resnet18`, `efficientnet_b0`, ...), its head sized to the dataset's classes. With
+  `--pretrained`, torchvision's default ImageNet weights are loaded and only the head is new;
+- `MODULE:FACTORY` (an importable module) or `path/to/file.py:FACTORY`: a callable
+  `FACTORY(num_classes: int, in_channels: int) -> nn.Module` of the user's.
+
+Every source gives an ordinary `nn.Module` that maps a float NCHW batch to logits.
+"""
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -9,6 +25,17 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+IMAGENET_CLASSES = 1000
+# Channels and side of each dataset as it comes, for models that follow the data (user factories).
+NATIVE_INPUT = {"mnist": (1, 28), "fashion-mnist": (1, 28), "mnist-5k": (1, 28), "cifar10": (3, 32)}
+IMAGEFOLDER_INPUT = (3, 224)
+TORCHVISION_SIZE = 224  # what torchvision's classifiers are built for; --image-size picks another
+ALIASES = {"mobilenet_v2": "torchvision:mobilenet_v2", "mobilenet_v3_small": "torchvision:mobilenet_v3_small"}
+
+
+class ModelError(ValueError):
+    """Unknown model, a factory that fails, or a size or weights file the model cannot take."""
 
 
 class ConvNet(nn.Module):
@@ -49,63 +76,196 @@ class CifarCNN(nn.Module):
         return self.fc2(x)
 
 
-def _mobilenet(builder_name: str) -> Callable[[int, int], nn.Module]:
-    def build(num_classes: int, in_channels: int) -> nn.Module:
-        import torchvision
-
-        if in_channels != 3:
-            raise ValueError(f"{builder_name} takes 3-channel input")
-        return getattr(torchvision.models, builder_name)(weights=None, num_classes=num_classes)
-
-    return build
-
-
 @dataclass(frozen=True)
-class ModelSpec:
-    build: Callable[[int, int], nn.Module]
-    channels: int
-    size: int
-    resizable: bool  # accepts another --image-size
+class ModelSource:
+    """Where a model comes from and what input it takes."""
+
+    name: str  # as the user wrote it
+    kind: str  # builtin | torchvision | module | file
+    factory: Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> module
+    channels: int | None  # None: follows the data
+    size: int | None  # default side; None: the dataset's own
+    min_size: int = 1
+    resizable: bool = True
 
 
-MODELS: dict[str, ModelSpec] = {
-    "convnet": ModelSpec(ConvNet, 1, 28, False),
-    "cifarcnn": ModelSpec(CifarCNN, 3, 32, False),
-    "mobilenet_v2": ModelSpec(_mobilenet("mobilenet_v2"), 3, 32, True),
-    "mobilenet_v3_small": ModelSpec(_mobilenet("mobilenet_v3_small"), 3, 32, True),
+BUILTINS: dict[str, ModelSource] = {
+    "convnet": ModelSource("convnet", "builtin", ConvNet, 1, 28, 28, False),
+    "cifarcnn": ModelSource("cifarcnn", "builtin", CifarCNN, 3, 32, 32, False),
 }
 
 
-class ModelError(ValueError):
-    """Unknown model, or a size or weights file the model cannot take."""
+def source(name: str) -> ModelSource:
+    """Resolve `--model` to a ModelSource, or a ModelError that says what is accepted."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelError(f"--model must name a model, got {name!r}")
+    name = ALIASES.get(name, name)
+    if name in BUILTINS:
+        return BUILTINS[name]
+    if name.startswith("torchvision:"):
+        return _torchvision(name, name.split(":", 1)[1])
+    if ":" in name:
+        where, _, factory = name.rpartition(":")
+        if where.endswith(".py") or "/" in where or "\\" in where:
+            return ModelSource(name, "file", _factory_from_file(name, Path(where), factory), None, None)
+        return ModelSource(name, "module", _factory_from_module(name, where, factory), None, None)
+    raise ModelError(f"unknown model {name!r}; use a built-in ({', '.join(BUILTINS)}), torchvision:NAME "
+                     "(e.g. torchvision:mobilenet_v2), MODULE:FACTORY or path/to/file.py:FACTORY")
 
 
-def spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name]
+def _torchvision(full: str, arch: str) -> ModelSource:
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=3)
+        hint = f"; did you mean {', '.join('torchvision:' + c for c in close)}?" if close else ""
+        raise ModelError(f"{full}: torchvision has no classification model {arch!r}{hint} "
+                         f"(see torchvision.models.list_models())")
+    min_side = tvm.get_model_weights(arch).DEFAULT.meta.get("min_size", (1, 1))[0]
+    extra = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
+
+    def build(num_classes: int, in_channels: int) -> nn.Module:
+        return tvm.get_model(arch, weights=None, num_classes=num_classes, **extra)
+
+    return ModelSource(full, "torchvision", build, 3, TORCHVISION_SIZE, min_side, True)
 
 
-def input_shape(name: str, image_size: int | None = None) -> tuple[int, int, int]:
-    s = spec(name)
-    if image_size and image_size != s.size and not s.resizable:
-        raise ModelError(f"{name} takes {s.size}x{s.size} input; drop --image-size or pick a MobileNet")
-    return s.channels, image_size or s.size, image_size or s.size
+def _check_factory(full: str, obj, what: str) -> Callable:
+    if not callable(obj):
+        raise ModelError(f"{full}: {what} is a {type(obj).__name__}, not a callable; the factory must be "
+                         "FACTORY(num_classes, in_channels) -> nn.Module")
+    return obj
 
 
-def build(name: str, num_classes: int, weights: str | Path | None = None) -> nn.Module:
-    s = spec(name)
-    model = s.build(num_classes, s.channels)
-    if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise ModelError(f"weights file {path} not found")
+def _factory_from_module(full: str, module_name: str, attr: str) -> Callable:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ModelError(f"{full}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
+                         "check the name and that it is on PYTHONPATH") from exc
+    if not hasattr(module, attr):
+        raise ModelError(f"{full}: module {module_name!r} has no {attr!r}")
+    return _check_factory(full, getattr(module, attr), f"{module_name}.{attr}")
+
+
+def _factory_from_file(full: str, path: Path, attr: str) -> Callable:
+    if not path.is_file():
+        raise ModelError(f"{full}: file {path} not found")
+    module_name = f"_user_model_{abs(hash(str(path.resolve())))}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+            spec.loader.exec_module(module)
         except Exception as exc:
-            raise ModelError(f"cannot load weights {path} into {name}: {exc}") from exc
+            raise ModelError(f"{full}: running {path} failed ({type(exc).__name__}: {exc})") from exc
+        sys.modules[module_name] = module
+    module = sys.modules[module_name]
+    if not hasattr(module, attr):
+        raise ModelError(f"{full}: {path} defines no {attr!r}")
+    return _check_factory(full, getattr(module, attr), f"{path}:{attr}")
+
+
+def input_shape(name: str, image_size: int | None = None, dataset: str = "mnist") -> tuple[int, int, int]:
+    """(channels, height, width) the model takes: its own, or the dataset's for models that follow the data."""
+    src = source(name)
+    native_c, native_size = NATIVE_INPUT.get(dataset, IMAGEFOLDER_INPUT)
+    channels = src.channels or native_c
+    default = src.size or native_size
+    if image_size and image_size != default and not src.resizable:
+        raise ModelError(f"{name} takes {default}x{default} input; drop --image-size or pick a resizable model "
+                         "(a torchvision:NAME model or your own)")
+    size = image_size or default
+    if size < src.min_size:
+        raise ModelError(f"{name} needs an input of at least {src.min_size}x{src.min_size} pixels; "
+                         f"--image-size {size} is too small")
+    return channels, size, size
+
+
+def build(name: str, num_classes: int, weights: str | Path | None = None, *, in_channels: int | None = None,
+          pretrained: bool = False) -> nn.Module:
+    """A fresh model from its source; `weights` (a state_dict file) or `pretrained` then initialise it."""
+    src = source(name)
+    channels = src.channels or in_channels or 3
+    if pretrained:
+        model = _pretrained(src, num_classes)
+    else:
+        try:
+            model = src.factory(num_classes, channels)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{name}: the model factory raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"{name}: the model factory returned a {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        load_weights(model, name, Path(weights))
     return model
+
+
+def load_weights(model: nn.Module, name: str, path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"weights file {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    except Exception as exc:
+        raise ModelError(f"cannot load weights {path} into {name}: {exc}") from exc
+
+
+def _pretrained(src: ModelSource, num_classes: int) -> nn.Module:
+    """torchvision's default ImageNet weights, with only the classifier head replaced."""
+    if src.kind != "torchvision":
+        raise ModelError(f"--pretrained loads torchvision's ImageNet weights, so it needs a torchvision:NAME "
+                         f"model, not {src.name}; for your own weights use --weights FILE")
+    import torchvision.models as tvm
+
+    arch = src.name.split(":", 1)[1]
+    weights = tvm.get_model_weights(arch).DEFAULT
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        model = tvm.get_model(arch, weights=weights)
+    except Exception as exc:
+        raise ModelError(
+            f"{src.name}: could not load its ImageNet weights ({type(exc).__name__}: {exc}). They download from "
+            f"{weights.url}; offline, fetch that file on another machine and put it at {target} "
+            "(TORCH_HOME moves that folder), then run again") from exc
+    replace_head(model, num_classes, IMAGENET_CLASSES)
+    return model
+
+
+def replace_head(model: nn.Module, num_classes: int, old_classes: int = IMAGENET_CLASSES) -> str:
+    """Swap the last layer that outputs `old_classes` (a Linear, or SqueezeNet's 1x1 conv) for a fresh one."""
+    head = None
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Linear) and module.out_features == old_classes) or (
+                isinstance(module, nn.Conv2d) and module.out_channels == old_classes):
+            head = (name, module)
+    if head is None:
+        raise ModelError(f"found no classifier layer with {old_classes} outputs to resize")
+    name, old = head
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding, bias=old.bias is not None)
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return name
+
+
+def check_forward(model: nn.Module, name: str, shape: tuple[int, int, int], num_classes: int) -> None:
+    """The model must map a [2, C, H, W] batch to [2, num_classes] logits."""
+    x = torch.zeros(2, *shape)
+    try:
+        with torch.no_grad():
+            y = model.eval()(x)
+    except Exception as exc:
+        raise ModelError(f"{name} cannot take a {list(x.shape)} input ({type(exc).__name__}: {exc}); "
+                         "check --image-size and the channels your model expects") from exc
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, num_classes):
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ModelError(f"{name} must return logits of shape (batch, {num_classes}); it returned {got}")
 
 
 def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:

@@ -1,64 +1,154 @@
 """Int8 quantization with PT2E (torchao) and ExecuTorch's XNNPACKQuantizer.
 
-Weights: int8, symmetric, per output channel. Activations: int8, per tensor, static
-ranges. QAT fine-tunes with fake quantization; PTQ calibrates the same quantizer as a
-baseline. The QAT result is saved as exported programs, so converters never retrain.
+By default: weights int8, symmetric, per output channel; activations int8, per tensor, static
+ranges. A `Scheme` (core/schemes.py) changes the weight granularity and symmetry, makes the
+activations dynamic, and picks the PTQ calibration observer. QAT fine-tunes with fake
+quantization; PTQ calibrates the same quantizer. The result is saved as exported programs,
+so converters never retrain.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.export import Dim
 
 from . import distributed
-from . import io as atomic
 from .data import DataBundle
+from .export_check import export_training_graph
 from .loaders import TrainLoader
 from .recipe import Recipe
+from .rewrites import graph_rewrites
+from .schemes import Scheme
+
+from torchao.quantization.pt2e.observer import MinMaxObserver  # noqa: E402  (PercentileObserver's base)
 from .train import run_epoch
 
-QAT_FOLDED = "qat_int8.pt2"  # convert_pt2e(fold_quantize=True): what ExecuTorch lowers
-QAT_UNFOLDED = "qat_int8_unfolded.pt2"  # fold_quantize=False: what litert-torch converts
-QAT_FLOAT = "qat_float.pt"  # the QAT-trained float weights, for Core ML palettization
-MAX_BATCH = 1024
 
 
 class QuantError(RuntimeError):
     """The QAT result is missing or unreadable."""
 
 
-def quantizer(is_qat: bool):
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config)
+class PercentileObserver(MinMaxObserver):
+    """Activation ranges from the 0.01% and 99.99% percentiles of each batch, averaged over batches.
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
+    Min/max calibration lets one outlier set the step for a whole tensor; clipping the extreme
+    tails trades a little clipping error for a finer step everywhere else.
+    """
+
+    def __init__(self, *args, tail: float = 1e-4, max_samples: int = 1 << 20, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tail, self.max_samples = tail, max_samples
+        self.register_buffer("batches", torch.tensor(0))
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach().float().flatten()
+        if x.numel() > self.max_samples:  # a seeded subsample keeps the cost bounded on large tensors
+            idx = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))[: self.max_samples]
+            x = x[idx]
+        low, high = torch.quantile(x, torch.tensor([self.tail, 1 - self.tail]))
+        n = int(self.batches)
+        if n == 0:
+            self.min_val.resize_(low.shape).copy_(low)
+            self.max_val.resize_(high.shape).copy_(high)
+        else:
+            self.min_val.copy_((self.min_val * n + low) / (n + 1))
+            self.max_val.copy_((self.max_val * n + high) / (n + 1))
+        self.batches += 1
+        return x_orig
+
+
+def quantization_config(scheme: Scheme | None, is_qat: bool):
+    """XNNPACKQuantizer's config for a PT2E scheme: its weight spec, and the activation observer it asks for."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+    from torchao.quantization.pt2e import observer as obs
+
+    scheme = scheme or Scheme()
+    config = get_symmetric_quantization_config(is_per_channel=scheme.granularity == "per_channel", is_qat=is_qat,
+                                               is_dynamic=scheme.activations == "dynamic")
+    if scheme.weight_bits == 4:  # simulated in PyTorch: int4 levels stored in int8
+        config = dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=-7, quant_max=7))
+    if scheme.symmetry == "asymmetric":  # simulated: no int8 runtime here takes zero points in weights
+        per_channel = scheme.granularity == "per_channel"
+        observer = (obs.PerChannelMinMaxObserver if per_channel else obs.MinMaxObserver)
+        if is_qat:
+            from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
+
+            moving = obs.MovingAveragePerChannelMinMaxObserver if per_channel else obs.MovingAverageMinMaxObserver
+            observer = FusedMovingAvgObsFakeQuantize.with_args(observer=moving)
+        low, high = (-8, 7) if scheme.weight_bits == 4 else (-128, 127)
+        config = dataclasses.replace(config, weight=dataclasses.replace(
+            config.weight, quant_min=low, quant_max=high, observer_or_fake_quant_ctr=observer,
+            qscheme=torch.per_channel_affine if per_channel else torch.per_tensor_affine))
+    if not is_qat and scheme.activations == "static":
+        observer = {"histogram": obs.HistogramObserver, "minmax": obs.MinMaxObserver,
+                    "moving_average": obs.MovingAverageMinMaxObserver, "percentile": PercentileObserver}[scheme.calibration]
+        act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    return config
+
+
+def quantizer(is_qat: bool, keep_float: tuple[str, ...] = (), scheme: Scheme | None = None):
+    """XNNPACK's int8 quantizer for `scheme`; the modules named in `keep_float` (and everything inside) stay float."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    q = XNNPACKQuantizer().set_global(quantization_config(scheme, is_qat))
+    if keep_float:
+        q.set_filter_function(float_filter(keep_float))
+    return q
+
+
+def float_filter(keep_float: tuple[str, ...]):
+    """A quantizer filter that leaves every node of the named modules unannotated, so they stay float."""
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    inside = [get_module_name_filter(name) for name in keep_float]
+    return lambda node: not any(f(node) for f in inside)
 
 
 def _export(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
-    # A dynamic batch needs an example batch of at least 2.
-    example = torch.zeros(2, *shape)
-    batch = Dim("batch", min=1, max=MAX_BATCH)
-    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+    """The graph PT2E quantizes: exported with a dynamic batch, with the exact graph rewrites applied."""
+    gm = export_training_graph(model, shape)
+    graph_rewrites(gm)
+    return gm
 
 
-def ptq(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int,
-        device: torch.device | str = "cpu") -> torch.fx.GraphModule:
-    """Post-training quantization: calibrate observers on training batches (on `device`), then convert on the CPU."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+def calibrate(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int,
+              keep_float: tuple[str, ...] = (), scheme: Scheme | None = None,
+              device: torch.device | str = "cpu") -> torch.fx.GraphModule:
+    """The prepared PTQ graph after its observers saw `calib_batches` training batches.
 
-    prepared = prepare_pt2e(_export(copy.deepcopy(model).eval(), shape), quantizer(is_qat=False)).to(device)
+    The batches run on `device` (the training device); the graph comes back on the CPU, where
+    convert_pt2e and the exporters work. Under torchrun only rank 0 calibrates, on the same
+    first `calib_batches` batches a single process uses, so there is no per-rank state to sync.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    prepared = prepare_pt2e(_export(copy.deepcopy(model).eval(), shape),
+                            quantizer(is_qat=False, keep_float=keep_float, scheme=scheme)).to(device)
     with torch.no_grad():
         for i, (images, _) in enumerate(data.batches("train", batch_size)):
             if i >= calib_batches:
                 break
             prepared(images.to(device))
-    return convert_pt2e(prepared.to("cpu"))
+    return prepared.to("cpu")
+
+
+def ptq(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int,
+        keep_float: tuple[str, ...] = (), scheme: Scheme | None = None,
+        device: torch.device | str = "cpu") -> torch.fx.GraphModule:
+    """Post-training quantization: calibrate observers on training batches (on `device`), then convert on the CPU."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    return convert_pt2e(calibrate(model, data, shape, calib_batches, batch_size, keep_float, scheme, device))
 
 
 def freeze_batchnorm(prepared: torch.fx.GraphModule) -> int:
@@ -75,12 +165,14 @@ def freeze_batchnorm(prepared: torch.fx.GraphModule) -> int:
     return frozen
 
 
-def prepare(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
+def prepare(model: nn.Module, shape: tuple[int, ...], keep_float: tuple[str, ...] = (),
+            scheme: Scheme | None = None) -> torch.fx.GraphModule:
     """The fp32 model exported in train mode with fake quantization inserted (observers on)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    prepared = prepare_qat_pt2e(_export(copy.deepcopy(model).train(), shape), quantizer(is_qat=True))
+    prepared = prepare_qat_pt2e(_export(copy.deepcopy(model).train(), shape),
+                                quantizer(is_qat=True, keep_float=keep_float, scheme=scheme))
     allow_exported_model_train_eval(prepared)  # .train()/.eval() now switch dropout and BatchNorm correctly
     return prepared
 
@@ -104,19 +196,43 @@ class QATSchedule:
         steps = math.ceil(self.epochs * n_train / self.batch_size)
         return min(steps, self.max_steps) if self.max_steps else steps
 
+    def problems(self, n_train: int) -> list[str]:
+        """Settings under which the quantization ranges would never see a batch (empty list: none).
 
-def qat(model: nn.Module, loader: TrainLoader, shape: tuple[int, ...], schedule: QATSchedule,
+        Observers record ranges only on the steps before they freeze. With no such step the
+        ranges stay at their initial ±inf, and the converted model is at chance level.
+        `n_train` is the images one process sees per epoch (its shard under torchrun).
+        """
+        total = self.total_steps(n_train)
+        if total < 1:
+            return [f"QAT would run 0 steps (--qat-epochs {self.epochs} on {n_train} training images"
+                    f"{f', --qat-max-steps {self.max_steps}' if self.max_steps else ''}), so the int8 ranges would "
+                    "never see data; give --qat-epochs > 0"]
+        observed = int(self.freeze_observers_at * total)
+        if observed < 1:
+            return [f"--freeze-observers-at {self.freeze_observers_at} freezes the int8 ranges at step {observed} of "
+                    f"{total} (--qat-epochs {self.epochs}, batch {self.batch_size}, {n_train} training images"
+                    f"{f', --qat-max-steps {self.max_steps}' if self.max_steps else ''}), before they see any batch; "
+                    f"raise --freeze-observers-at, --qat-epochs or --qat-max-steps so that at least one step observes"]
+        return []
+
+
+def qat(model: nn.Module, data: DataBundle | TrainLoader, shape: tuple[int, ...], schedule: QATSchedule,
+        keep_float: tuple[str, ...] = (), scheme: Scheme | None = None,
         recipe: Recipe = Recipe()) -> tuple[torch.fx.GraphModule, dict]:
     """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode, on the CPU, and its stats.
 
-    Under torchrun the prepared graph trains inside DistributedDataParallel, and observer ranges
-    and BatchNorm statistics are made identical on every rank (`distributed.sync_*`) before
-    BatchNorm freezes, before the observers freeze and at the end.
+    `data` is a dataset (one process on the CPU, shuffled with `schedule.shuffle_seed`) or a
+    `TrainLoader`, which also says the device and this process's rank. Under torchrun the
+    prepared graph trains inside DistributedDataParallel, and observer ranges and BatchNorm
+    statistics are made identical on every rank (`distributed.sync_*`) before BatchNorm
+    freezes, before the observers freeze and at the end.
     """
     from torchao.quantization.pt2e import disable_observer
 
+    loader = data if isinstance(data, TrainLoader) else TrainLoader(data, schedule.batch_size, seed=schedule.shuffle_seed)
     ctx = loader.ctx
-    prepared = prepare(model, shape).to(ctx.device)
+    prepared = prepare(model, shape, keep_float, scheme).to(ctx.device)
     optimizer = recipe.make_optimizer(prepared.parameters(), schedule.lr)
     net = distributed.wrap(prepared, ctx)
     loss_fn = recipe.loss_fn()
@@ -167,25 +283,34 @@ def weight_quantization_error(prepared: torch.fx.GraphModule) -> list[dict]:
             continue
         fake_quant = prepared.get_submodule(node.target)
         weight = prepared.get_parameter(source.target).detach()
-        scale, _ = fake_quant.calculate_qparams()  # the scale convert_pt2e will bake in
-        step = scale.detach().reshape(-1, *([1] * (weight.dim() - 1)))
-        quantized = torch.clamp(torch.round(weight / step), fake_quant.quant_min, fake_quant.quant_max) * step
+        scale, zero = fake_quant.calculate_qparams()  # what convert_pt2e will bake in
+        shape = (-1, *([1] * (weight.dim() - 1))) if scale.numel() > 1 else (1,) * weight.dim()
+        step, zero = scale.detach().reshape(shape), zero.detach().reshape(shape).float()
+        levels = torch.clamp(torch.round(weight / step) + zero, fake_quant.quant_min, fake_quant.quant_max)
+        quantized = (levels - zero) * step
         error = (quantized - weight).flatten(1)
+        low, high = (fake_quant.quant_min - zero) * step, (fake_quant.quant_max - zero) * step
         rows.append({
             "layer": source.target.removesuffix(".weight"),
             "channels": weight.shape[0],
             "mean_step": float(step.mean()),
             "measured_mse": float(error.pow(2).mean()),
             "predicted_mse": float((step.flatten() ** 2 / 12).mean()),
-            "clipped_fraction": float((weight.abs() > step * fake_quant.quant_max).float().mean()),
+            "clipped_fraction": float(((weight < low - step / 2) | (weight > high + step / 2)).float().mean()),
         })
     return rows
 
 
-def convert(prepared: torch.fx.GraphModule, fold: bool = True) -> torch.fx.GraphModule:
+def convert(prepared: torch.fx.GraphModule, fold: bool = True, in_place: bool = False) -> torch.fx.GraphModule:
+    """convert_pt2e of a copy of `prepared` (or of `prepared` itself, consumed, with `in_place`).
+
+    Dynamic-activation graphs must be converted in place: a deep copy keeps node references inside
+    the quantization annotations pointing at the old graph, and convert_pt2e's metadata pass then
+    finds no choose_qparams node ("No chose qparams node found for linear").
+    """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    converted = convert_pt2e(copy.deepcopy(prepared), fold_quantize=fold)
+    converted = convert_pt2e(prepared if in_place else copy.deepcopy(prepared), fold_quantize=fold)
     # Folding adds int8 copies of the weights; drop the float originals nothing reads any more.
     used = {n.target for n in converted.graph.nodes if n.op == "get_attr"}
     for name, _ in list(converted.named_parameters()):
@@ -203,19 +328,6 @@ def float_weights(prepared: torch.fx.GraphModule, model: nn.Module) -> dict:
     if missing:
         raise QuantError(f"QAT graph lost the weights {sorted(missing)}")
     return state
-
-
-def save(prepared: torch.fx.GraphModule, model: nn.Module, shape: tuple[int, ...], out_dir: Path) -> dict[str, Path]:
-    """Write the converted QAT programs (folded and unfolded) and the float weights, each atomically."""
-    example = torch.zeros(2, *shape)
-    batch = Dim("batch", min=1, max=MAX_BATCH)
-    paths = {}
-    for name, fold in ((QAT_FOLDED, True), (QAT_UNFOLDED, False)):
-        program = torch.export.export(convert(prepared, fold), (example,), dynamic_shapes=({0: batch},))
-        paths[name] = atomic.atomic_write(out_dir / name, lambda tmp, p=program: torch.export.save(p, str(tmp)))
-    state = float_weights(prepared, model)
-    paths[QAT_FLOAT] = atomic.atomic_write(out_dir / QAT_FLOAT, lambda tmp: torch.save(state, tmp))
-    return paths
 
 
 def load_program(path: Path) -> torch.fx.GraphModule:

@@ -14,26 +14,28 @@ import torch.nn as nn
 from . import data as datasets
 from . import loaders
 from . import manifest as mf
-from . import models, qat, train
+from . import models, qat, quantize, rewrites, train
 from .config import RunConfig
+from .schemes import Scheme
 
 CHECKPOINT = Path("checkpoints") / "fp32.pt"
 
 
 @dataclass
 class ExportSource:
-    """Everything a converter may start from: the one quantized model, in the forms each runtime needs."""
+    """Everything a converter may start from: the fp32 model, and one scheme's quantized reference."""
 
     model_name: str
     input_shape: tuple[int, int, int]  # C, H, W
     labels: list[str]
     mean: list[float]
     std: list[float]
-    qat_folded: nn.Module  # convert_pt2e(fold_quantize=True), for ExecuTorch
-    qat_unfolded: nn.Module  # convert_pt2e(fold_quantize=False), for litert-torch
     fp32_model: nn.Module  # the fp32 checkpoint, for the float baselines
-    qat_float_model: nn.Module  # the quantization-trained float weights, for Core ML
-    metadata: dict = field(default_factory=dict)  # dataset, accuracies, run id
+    scheme: Scheme | None = None
+    program: nn.Module | None = None  # the scheme's quantized reference (PT2E folded, torchao, or rounded weights)
+    unfolded: nn.Module | None = None  # the PT2E graph with fold_quantize=False, for litert-torch (static schemes)
+    float_model: nn.Module | None = None  # the float weights the scheme was made from (QAT-trained, or fp32)
+    metadata: dict = field(default_factory=dict)  # dataset, accuracy, run id
 
 
 class Workspace:
@@ -42,8 +44,8 @@ class Workspace:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.manifest = mf.load(self.out)
-        self.shape = models.input_shape(cfg.model, cfg.image_size)
+        self.manifest = mf.load(self.out, force=cfg.force)
+        self.shape = models.input_shape(cfg.model, cfg.image_size, cfg.dataset)
         self._data: datasets.DataBundle | None = None
 
     @property
@@ -59,23 +61,52 @@ class Workspace:
                 self._data = datasets.load(cfg.dataset, cfg.data_dir, c, size, cfg.limit_train, cfg.limit_test)
         return self._data
 
+    def build_model(self, num_classes: int, weights: str | None = None, pretrained: bool = False) -> nn.Module:
+        """A fresh network of this run's model source, for this run's input channels."""
+        return models.build(self.cfg.model, num_classes, weights, in_channels=self.shape[0], pretrained=pretrained)
+
+    def export_ready(self, model: nn.Module) -> nn.Module:
+        """The same network with the exact export rewrites applied (core/rewrites.py), in eval mode."""
+        return rewrites.apply(model, self.shape)[0].eval()
+
     def fp32_model(self) -> nn.Module:
         state = train.load_checkpoint(self.out / CHECKPOINT)
-        model = models.build(self.cfg.model, len(state["meta"]["labels"]))
+        model = self.build_model(len(state["meta"]["labels"]))
         model.load_state_dict(state["model"])
-        return model.eval()
+        return self.export_ready(model)
 
-    def qat_folded(self) -> nn.Module:
-        return qat.load_program(self.out / qat.QAT_FOLDED)
+    def quantized_folder(self, tag: str) -> Path:
+        return quantize.folder(self.out, tag)
 
-    def export_source(self) -> ExportSource:
-        data, acc = self.data, self.manifest.get("accuracy", {})
-        qat_float = models.build(self.cfg.model, len(data.labels))
-        qat_float.load_state_dict(qat.load_float_weights(self.out / qat.QAT_FLOAT))
-        return ExportSource(
-            model_name=self.cfg.model, input_shape=self.shape, labels=data.labels, mean=data.mean, std=data.std,
-            qat_folded=self.qat_folded(),
-            qat_unfolded=qat.load_program(self.out / qat.QAT_UNFOLDED),
-            fp32_model=self.fp32_model(), qat_float_model=qat_float.eval(),
-            metadata={"dataset": data.name, "qat_float_accuracy": acc.get("qat_float"),
-                      "run_id": self.manifest.get("run_id")})
+    def quantized_program(self, tag: str) -> nn.Module:
+        return quantize.load_program(self.quantized_folder(tag) / quantize.PROGRAM)
+
+    def export_source(self, scheme: Scheme | None = None) -> ExportSource:
+        """The converters' input: the fp32 model, plus `scheme`'s quantized reference when one is given."""
+        data = self.data
+        source = ExportSource(model_name=self.model_file_name(), input_shape=self.shape, labels=data.labels,
+                              mean=data.mean, std=data.std, fp32_model=self.fp32_model(),
+                              metadata={"dataset": data.name, "run_id": self.manifest.get("run_id"),
+                                        "accuracy": self.manifest.get("accuracy", {}).get("fp32"),
+                                        "weights_from": "fp32 weights"})
+        if scheme is None:
+            return source
+        folder = self.quantized_folder(scheme.tag)
+        float_model = self.build_model(len(data.labels))
+        float_model.load_state_dict(qat.load_float_weights(folder / quantize.FLOAT))
+        unfolded = folder / quantize.UNFOLDED
+        entry = self.manifest.get("accuracy", {}).get(scheme.tag, {})
+        source.scheme, source.program = scheme, self.quantized_program(scheme.tag)
+        source.unfolded = quantize.load_program(unfolded) if unfolded.exists() else None
+        source.float_model = self.export_ready(float_model)
+        source.metadata.update({"accuracy": entry.get("quantized"),
+                                "weights_from": "QAT-trained weights" if entry.get("chosen") == "qat" else "fp32 weights"})
+        return source
+
+    def model_file_name(self) -> str:
+        """The model's name as it goes into file names: `convnet`, `mobilenet_v2`, `tiny-build` for nets/tiny.py:build."""
+        name = self.cfg.model.split(":", 1)[1] if self.cfg.model.startswith("torchvision:") else self.cfg.model
+        if ":" in name:
+            where, _, factory = name.rpartition(":")
+            name = f"{Path(where).stem}-{factory}"
+        return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)

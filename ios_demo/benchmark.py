@@ -12,8 +12,13 @@ results label as such). Steps:
    XCTest's own metrics (XCTClockMetric, XCTMemoryMetric) are parsed from the
    "measured [...]" lines, and everything is checked against
    benchmarks/schemas/device_results.schema.json;
-4. OUT/device/ios/benchmark_results.json, report.md and xcodebuild.log are written
-   and a table is printed.
+4. OUT/device/ios/benchmark_results.json, report.md, xcodebuild.log and the .xcresult are
+   written and a table is printed.
+
+A run writes into a hidden staging folder first. Only results that validate replace the
+previous session in OUT/device/ios/; when a run fails (no results, schema errors, xcodebuild
+missing), the previous files stay as they were and this run's log, report and rejected JSON
+go to OUT/device/ios/last-failed-run/.
 
 On Linux only `--help` and `--from-log FILE` (re-parse a saved xcodebuild log) work.
 """
@@ -32,6 +37,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from ios_results_store import FAILED_DIR, commit_session, keep_failed, new_staging, recover_interrupted  # noqa: E402
 SCHEMA = REPO / "benchmarks" / "schemas" / "device_results.schema.json"
 SCHEME = "ConvNetBench"
 
@@ -330,9 +337,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = args.out / "device" / "ios"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(out_dir)
+    staging = new_staging(out_dir)
+    try:
+        return run(args, out_dir, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, out_dir: Path, staging: Path) -> int:
+    """One benchmark; everything it writes goes to `staging` until the results validate."""
+    kept = ("the previous results in " + str(out_dir) + " are as they were"
+            if (out_dir / "benchmark_results.json").exists() else "no results written")
     try:
         if args.from_log is not None:
             log_text = args.from_log.read_text(encoding="utf-8", errors="replace")
+            write_atomic(staging / "xcodebuild.log", log_text)
             doc, metrics, summary = collect(log_text, args.destination, None)
         else:
             require_tool("xcodebuild", "running the iOS benchmark needs macOS with Xcode 16+; "
@@ -340,36 +361,42 @@ def main(argv: list[str] | None = None) -> int:
             if not args.project.exists():
                 require_tool("xcodegen", "install it with `brew install xcodegen` to generate the Xcode project")
                 subprocess.run(["xcodegen", "generate", "--spec", str(HERE / "project.yml")], cwd=HERE, check=True)
-            result_bundle = out_dir / "ConvNetBench.xcresult"
-            shutil.rmtree(result_bundle, ignore_errors=True)
+            result_bundle = staging / "ConvNetBench.xcresult"
             cmd = xcodebuild_command(args.project, args.destination, result_bundle, args.team)
-            code, log_text = run_and_tee(cmd, test_environment(args), out_dir / "xcodebuild.log", HERE)
+            code, log_text = run_and_tee(cmd, test_environment(args), staging / "xcodebuild.log", HERE)
             doc, metrics, summary = collect(log_text, args.destination, result_bundle)
             if code != 0:
                 print(f"xcodebuild exited with {code}; collecting what the log holds", file=sys.stderr)
-    except BenchmarkError as exc:
+    except (BenchmarkError, OSError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if any(staging.iterdir()):
+            kept += f"; this run's log: {keep_failed(staging, out_dir)}"
+        print(kept, file=sys.stderr)
         return 2
 
     if doc is not None and metrics:
         doc["xctest_metrics"] = metrics
     problems = (schema_errors(doc, args.schema) + ios_errors(doc, args.destination)) if doc is not None else []
     report = render_report(None if problems else doc, metrics, summary, args.destination)
-    write_atomic(out_dir / "report.md", report)
-    if doc is None:
-        write_atomic(out_dir / "xctest_metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_atomic(staging / "report.md", report)
+    if doc is None or problems:
+        if doc is None:
+            write_atomic(staging / "xctest_metrics.json", json.dumps(metrics, indent=2) + "\n")
+        else:
+            write_atomic(staging / "benchmark_results.json.invalid", json.dumps(doc, indent=2) + "\n")
+        failed = keep_failed(staging, out_dir)
         print(report)
-        print(f"error: no results JSON in the log or the result bundle; XCTest metrics only, in {out_dir}",
-              file=sys.stderr)
-        return 1
-    if problems:
-        write_atomic(out_dir / "benchmark_results.invalid.json", json.dumps(doc, indent=2) + "\n")
         for problem in problems:
             print(f"[x] {problem}", file=sys.stderr)
-        print(f"error: results do not match {args.schema.name} or are not an iOS run; "
-              "kept as benchmark_results.invalid.json", file=sys.stderr)
+        if doc is None:
+            print("error: no results JSON in the log or the result bundle; XCTest metrics only", file=sys.stderr)
+        else:
+            print(f"error: results do not match {args.schema.name} or are not an iOS run; "
+                  f"kept as {FAILED_DIR}/benchmark_results.json.invalid", file=sys.stderr)
+        print(f"{kept}; this run's log and report: {failed}", file=sys.stderr)
         return 1
-    write_atomic(out_dir / "benchmark_results.json", json.dumps(doc, indent=2) + "\n")
+    write_atomic(staging / "benchmark_results.json", json.dumps(doc, indent=2) + "\n")
+    commit_session(staging, out_dir)
     print(report)
     print(f"[✓] wrote {out_dir / 'benchmark_results.json'} and report.md")
     return 0

@@ -3,9 +3,14 @@
 
 1. Every .swift file under ios_demo parses with tree-sitter-swift (syntax only: API
    misuse and type errors are NOT caught; only a real Xcode build does that).
-2. project.yml is YAML with the keys XcodeGen needs, and its references hold together.
+2. project.yml is YAML with the keys XcodeGen needs, and its references hold together;
+   the ExecuTorch Swift package pins a branch that was seen to exist, of the same
+   major.minor as the Python executorch (executorch_pin.py); the app's real Info.plist
+   (XcodeGen `info:`) turns on file sharing, so results show up in the Files app.
 3. With --require-resources: the generated files that project.yml's Resources folder
    must hold (after `make export-ios`) are there and consistent.
+4. With --verify-remote (needs internet): `git ls-remote` confirms the pinned branch
+   exists on github.com/pytorch/executorch now.
 
 Exit status 0 when every check passes, 1 otherwise.
 """
@@ -13,12 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from executorch_pin import (EXECUTORCH_URL, branch_for, executorch_package, pin_problems,  # noqa: E402
+                            pinned_ref, remote_branch_commit)
+
 RESOURCE_DIR = "Resources"
+# Info.plist keys that must be real booleans in the app's Info.plist (XcodeGen `info: properties:`).
+# As INFOPLIST_KEY_* build settings they are reported to be dropped when Xcode generates the plist.
+FILE_SHARING_KEYS = ("UIFileSharingEnabled", "LSSupportsOpeningDocumentsInPlace")
 SKIP_DIRS = {".build", "build", "DerivedData"}
 PRODUCT_TYPES = {
     "application", "framework", "library.static", "library.dynamic", "bundle",
@@ -161,20 +174,74 @@ def validate_project(spec: dict, base: Path) -> list[str]:
     return errors
 
 
-def executorch_pin_problems(spec: dict, lock: Path) -> list[str]:
-    """The Swift package branch must match the Python executorch in requirements.lock."""
+def locked_executorch(lock: Path) -> str | None:
     if not lock.exists():
-        return []
+        return None
     pins = [line.split("==", 1)[1].strip() for line in lock.read_text().splitlines()
             if line.lower().startswith("executorch==")]
-    if not pins:
-        return []
-    branches = [p.get("branch") for p in (spec.get("packages") or {}).values()
-                if isinstance(p, dict) and "pytorch/executorch" in str(p.get("url", p.get("github", "")))]
-    wanted = f"swiftpm-{pins[0]}"
-    if wanted not in branches:
-        return [f"packages: ExecuTorch branch {branches} does not match executorch=={pins[0]} ({wanted})"]
+    return pins[0] if pins else None
+
+
+def executorch_pin_problems(spec: dict, lock: Path) -> list[str]:
+    """The Swift package pin must exist and match the Python executorch in requirements.lock."""
+    return pin_problems(spec, locked_executorch(lock))
+
+
+def remote_pin_problems(spec: dict, url: str | None = None) -> list[str]:
+    """Ask the remote (git ls-remote) whether the pinned branch exists now."""
+    found = executorch_package(spec)
+    ref = pinned_ref(found[1]) if found else None
+    branch = branch_for(ref) if ref else None
+    if branch is None:
+        return ["cannot verify: no known branch pinned"]
+    url = url or str(found[1].get("url") or EXECUTORCH_URL)
+    try:
+        sha = remote_branch_commit(url, branch)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        return [f"cannot verify {branch}: {exc}"]
+    if sha is None:
+        return [f"{url} has no branch {branch}: Xcode would fail to resolve the package"]
+    if ref[0] == "revision" and sha != ref[1].lower():
+        return [f"{branch} is at {sha} on {url}, the project pins revision {ref[1]}"]
     return []
+
+
+def file_sharing_problems(project_yml: Path) -> list[str]:
+    """The app target's XcodeGen `info:` must set the file-sharing keys to YAML `true`."""
+    import yaml
+
+    root = yaml.compose(project_yml.read_text(encoding="utf-8"))
+
+    def child(node, key):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == key:
+                    return v
+        return None
+
+    errors = []
+    targets = child(root, "targets")
+    apps = [(k.value, v) for k, v in (targets.value if isinstance(targets, yaml.MappingNode) else [])
+            if getattr(child(v, "type"), "value", None) == "application"]
+    for name, target in apps:
+        info = child(target, "info")
+        path = child(info, "path")
+        props = child(info, "properties")
+        if info is None or path is None or props is None:
+            errors.append(f"targets.{name}.info: needs `path:` and `properties:` (XcodeGen writes that "
+                          "Info.plist and sets INFOPLIST_FILE)")
+            continue
+        for key in FILE_SHARING_KEYS:
+            value = child(props, key)
+            # Yams (XcodeGen) reads only true/false as booleans: YES would become the string "YES"
+            if value is None or value.value != "true":
+                errors.append(f"targets.{name}.info.properties.{key}: must be `true` "
+                              f"(is {value.value if value is not None else 'missing'})")
+        settings = child(child(child(target, "settings"), "base"), "INFOPLIST_KEY_UIFileSharingEnabled")
+        if settings is not None:
+            errors.append(f"targets.{name}.settings: drop INFOPLIST_KEY_UIFileSharingEnabled; "
+                          "the key belongs in info.properties")
+    return errors
 
 
 # ---------------------------------------------------------------- resources
@@ -227,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="pinned Python packages, to compare the ExecuTorch version with")
     parser.add_argument("--require-resources", action="store_true",
                         help="also check the files make export-ios puts in Resources/")
+    parser.add_argument("--verify-remote", action="store_true",
+                        help="also ask github.com/pytorch/executorch (git ls-remote) that the pinned branch exists")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     failed = False
@@ -243,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         spec = load_project(root / "project.yml")
-        spec_errors = validate_project(spec, root) + executorch_pin_problems(spec, args.lock)
+        spec_errors = (validate_project(spec, root) + executorch_pin_problems(spec, args.lock)
+                       + file_sharing_problems(root / "project.yml"))
     except ValueError as exc:
         spec_errors = [str(exc)]
     for error in spec_errors:
@@ -251,6 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     if not spec_errors:
         print("[✓] project.yml has what XcodeGen needs")
     failed |= bool(spec_errors)
+
+    if args.verify_remote and not spec_errors:
+        remote_errors = remote_pin_problems(spec)
+        for error in remote_errors:
+            print(f"[x] ExecuTorch package: {error}")
+        if not remote_errors:
+            print(f"[✓] {EXECUTORCH_URL} has the pinned branch {branch_for(pinned_ref(executorch_package(spec)[1]))}")
+        failed |= bool(remote_errors)
 
     if args.require_resources:
         res_errors = resource_problems(root)

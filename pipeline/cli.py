@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import logging
 import os
 import sys
 import warnings
 
-from core.config import FIELDS, ConfigError, RunConfig, load_config_file, resolve
+from core.config import FIELDS, ConfigError, RunConfig, field_kind, load_config_file, resolve
 
 COMMANDS = {
     "train": "train the fp32 model (seeded; checkpoint each epoch; --resume continues)",
@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "measure load time, latency, throughput, memory and accuracy on this host",
     "report": "rebuild the reports and plots from the JSON files, without running anything",
     "run": "train, qat, export (with verify), bench and report, in order",
+    "schemes": "print which runtime honours which quantization scheme (the support matrix), and how",
 }
 DISTRIBUTED_COMMANDS = ("train", "qat", "run")  # the commands torchrun may start on several processes
 GROUPS = {"data": "data and model", "train": "fp32 training", "compute": "device and distributed training (torchrun)",
@@ -38,11 +39,6 @@ resolved config in OUT/manifest.json. Exit status: 0 ok, 1 a backend or a check 
 2 bad input."""
 
 
-def _type(f: dataclasses.Field):
-    text = str(f.type)
-    return int if "int" in text else float if "float" in text else str
-
-
 def settings_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (flags override it)")
@@ -51,10 +47,11 @@ def settings_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         group = groups[f.metadata["group"]]
         help_text = f"{f.metadata['help']} (default: {f.default})"
-        if f.type in (bool, "bool"):
+        kind, _ = field_kind(name)
+        if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            group.add_argument(flag, type=_type(f), default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
     return parser
 
 
@@ -95,6 +92,21 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
     if distributed.launched_by_torchrun() and command not in DISTRIBUTED_COMMANDS:
         raise ConfigError(f"`{command}` runs in one process; start it without torchrun "
                           f"(torchrun is for {', '.join(DISTRIBUTED_COMMANDS)})")
+    if command in DISTRIBUTED_COMMANDS:  # a device this machine lacks is refused before any data is read
+        from core import device
+
+        device.check_amp(cfg.amp, device.resolve(cfg.device, distributed.env_local_rank()))
+    if command == "schemes":
+        from core import schemes
+
+        from converters import select
+
+        print(schemes.matrix_markdown())
+        problems = schemes.check(schemes.Scheme.from_config(cfg), [c.name for c in select(cfg.backends)])
+        scheme = schemes.Scheme.from_config(cfg)
+        print(f"\nThe settings given: {scheme.summary()} (tag {scheme.tag}): "
+              + ("; ".join(problems) if problems else f"exported by {cfg.backends}"))
+        return not problems
     if command in ("bench", "report"):
         from benchmarks import host
 
@@ -123,6 +135,32 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def locked_out(cfg: RunConfig, command: str):
+    """Hold OUT's lock for the command, after cleaning what a killed run left there.
+
+    Under torchrun rank 0 alone locks and cleans OUT (a second job on the same OUT is still
+    refused); the other ranks start the process group and wait until it has done so, so that
+    every rank then reads the same manifest.
+    """
+    from core import distributed
+    from core.io import OutLock, recover
+
+    torchrun = distributed.launched_by_torchrun() and command in DISTRIBUTED_COMMANDS
+    if torchrun:
+        distributed.setup(cfg.device)
+    if distributed.env_rank() != 0:
+        distributed.barrier()
+        yield
+        return
+    with OutLock(cfg.out, f"mobile-pipeline {command}"):
+        for action in recover(cfg.out):
+            print(f"recover: {action}")
+        if torchrun:
+            distributed.barrier()
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -133,25 +171,33 @@ def main(argv: list[str] | None = None) -> int:
     from core.manifest import ManifestError
     from core.models import ModelError
     from core.qat import QuantError
+    from core.schemes import SchemeError
     from core.train import CheckpointError
 
     from .stages import StageError
 
     bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError,
-                 StageError, BenchError)
+                 StageError, BenchError, SchemeError)
+    from converters import ConversionError
+
     try:
         cfg = config_from_args(args)
-        ok = run_command(args.command, cfg, args)
-    except bad_input as exc:
+        if args.command == "schemes":  # reads nothing, writes nothing
+            return 0 if run_command(args.command, cfg, args) else 2
+        with locked_out(cfg, args.command):
+            ok = run_command(args.command, cfg, args)
+    except bad_input + (ConversionError,) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from converters import ConversionError
-
-        if isinstance(exc, ConversionError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except OSError as exc:  # an I/O failure outside the atomic writes: name the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check the disk and the path, or pick another --out",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.command} stopped; finished files in OUT are intact, and the next run "
+              "cleans up and continues from them", file=sys.stderr)
+        return 130
     finally:
         from core.distributed import cleanup
 

@@ -1,14 +1,18 @@
 """The pipeline's stages over one output directory: train, qat, export (+ verify), bundle.
 
-Each stage records a key of the settings it depends on in OUT/manifest.json and reuses
-its result when the key still matches, so `make export-ios` after `make export-android`
-does not retrain. `--force` re-runs them.
+Each stage records in OUT/manifest.json a key of the settings it depends on and the sha256 of
+every file it wrote. It reuses its result only when the key matches AND every file is intact,
+so `make export-ios` after `make export-android` does not retrain, while a damaged or
+overwritten file is never trusted. A stage marks itself "running" before it rewrites anything,
+and files of an older model are moved to OUT/stale/ rather than left under their final names.
+`--force` re-runs the stages.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import shutil
 import time
 from pathlib import Path
@@ -18,25 +22,37 @@ import torch
 
 from core import io as atomic
 from core import manifest as mf
-from core import distributed, loaders, models, qat, train
-
-from . import report
+from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
 from core.device import check_amp, for_quantization
 from core.evaluate import accuracy, predict
+from core.export_check import check_exportable
 from core.recipe import Recipe
+from core import schemes
+from core.schemes import Scheme
 from core.workspace import CHECKPOINT, Workspace
 
-TRAIN_SETTINGS = ("dataset", "model", "weights", "image_size", "limit_train", "limit_test", "batch_size", "lr", "seed",
-                  "optimizer", "momentum", "weight_decay", "lr_schedule", "lr_gamma", "warmup_epochs", "label_smoothing",
-                  "augment", "augment_min_scale", "stats_images")
+from . import report
+
+TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "limit_train", "limit_test", "batch_size", "lr",
+                  "seed", "optimizer", "momentum", "weight_decay", "lr_schedule", "lr_gamma", "warmup_epochs",
+                  "label_smoothing", "augment", "augment_min_scale", "stats_images")
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
+SCHEME_SETTINGS = ("quant_mode", "weight_bits", "weight_granularity", "block_size", "weight_symmetry", "activations",
+                   "calibration")
+ARTIFACT_SUFFIXES = (".pte", ".tflite", ".mlpackage")
 APP_DIRS = {"android": Path("android_demo/app/src/main/assets"), "ios": Path("ios_demo/Resources")}
 APP_FORMATS = {"android": ("pte", "tflite"), "ios": ("mlpackage", "pte")}
 
 
+def _scheme_tag(artifact: dict) -> str | None:
+    """The scheme an artifact belongs to (its tag, or the tag whose weights it palettizes); None for baselines."""
+    scheme = artifact.get("scheme") or {}
+    return scheme.get("tag") or scheme.get("weights_of")
+
+
 class StageError(RuntimeError):
-    """A stage was asked for before the one it needs."""
+    """A stage was asked for before the one it needs, or its settings cannot work; the message says what to do."""
 
 
 def run_by_every_rank(stage):
@@ -44,11 +60,7 @@ def run_by_every_rank(stage):
     and the others wait for it, then read the manifest it wrote. One process: no change."""
     @functools.wraps(stage)
     def run(self, *args, **kwargs):
-        ctx = self.ctx  # device and process group first: a bad --device fails before any data is read
-        if ctx.distributed:  # rank 0 downloads or unpacks the dataset first; the others then read it
-            if ctx.is_main:
-                self.data
-            distributed.barrier()
+        ctx = self.ctx  # device and process group first
         result = stage(self, *args, **kwargs)
         if ctx.distributed:
             distributed.barrier()
@@ -64,6 +76,34 @@ class Pipeline(Workspace):
         super().__init__(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if distributed.launched_by_torchrun():  # rank 0 downloads or unpacks the dataset first; the others then read it
+            if self.ctx.is_main:
+                self.data
+            distributed.barrier()
+        self.preflight()
+
+    # ---- checks before anything runs ---------------------------------------------
+    def preflight(self) -> None:
+        """Refuse, before any stage runs, settings that cannot give a sound model or artifact."""
+        import converters
+
+        selected = converters.select(self.cfg.backends)
+        problems = [p for conv in selected for p in conv.validate(self.cfg)]
+        problems += schemes.check(self.scheme(), [c.name for c in selected])
+        if problems:  # settings alone: refused before any data is read
+            raise StageError("; ".join(problems))
+        scheme = self.scheme()
+        trains = scheme.trainable and scheme.mode in ("auto", "qat")
+        # Under torchrun each process takes its shard of every epoch (DistributedSampler); QAT counts its steps on that.
+        shard = math.ceil(len(self.data.train_labels) / distributed.env_world_size())
+        problems = self.schedule().problems(shard) if trains else []
+        if problems:
+            raise StageError("; ".join(problems))
+
+    def schedule(self) -> qat.QATSchedule:
+        cfg = self.cfg
+        return qat.QATSchedule(cfg.qat_epochs, cfg.qat_max_steps, cfg.qat_lr, cfg.batch_size, cfg.seed,
+                               cfg.freeze_bn_at, cfg.freeze_observers_at)
 
     # ---- shared pieces -------------------------------------------------------------
     @functools.cached_property
@@ -91,9 +131,17 @@ class Pipeline(Workspace):
     def _stage(self, name: str) -> dict:
         return self.manifest["stages"].get(name, {})
 
+    def _done(self, name: str, key: str) -> bool:
+        stage = self._stage(name)
+        return stage.get("status") == "done" and stage.get("key") == key
+
     def _save(self) -> None:
+        """Write the manifest, and the report that describes it, so the two never disagree (rank 0 alone, under torchrun)."""
+        if distributed.env_rank() != 0:
+            return
         self.manifest["config"] = self.cfg.to_dict()
         mf.save(self.out, self.manifest)
+        report.write_export_report(self.out, self.manifest)
 
     def _evaluate(self, fn, on_device: bool = True) -> float:
         """Test accuracy; float models run on the training device, quantized programs on the CPU."""
@@ -102,19 +150,66 @@ class Pipeline(Workspace):
             fn = fn.to(device)
         return accuracy(predict(fn, self.data, device=device), self.data.test_labels.numpy())
 
+    def _retire(self, files: list[str], why: str) -> None:
+        """Move outputs of an older model out of the way, into OUT/stale/<its run id>/; never delete them."""
+        if distributed.env_rank() != 0:
+            return  # under torchrun rank 0 alone touches OUT
+        stale = self.out / "stale" / (self.manifest.get("run_id") or "unknown-run")
+        moved = atomic.move_aside([self.out / f for f in files], stale)
+        if moved:
+            print(f"{why}: moved {len(moved)} file(s) that no longer match the settings to {stale}")
+
+    def _downstream_of(self, stage: str) -> list[str]:
+        """Files in OUT that were made from the result of `stage` (artifacts, reports, bench results)."""
+        files = list(self.manifest["artifacts"])
+        files += [p.name for p in self.out.iterdir() if p.suffix in ARTIFACT_SUFFIXES and p.name not in files]
+        files += ["report.md", "labels.txt", "bench"]
+        if stage == "train":
+            files += ["quantized"]
+        return files
+
+    def checkpoint_state(self) -> dict:
+        """The fp32 checkpoint, only if it is the one `train` recorded."""
+        ckpt, recorded = self.out / CHECKPOINT, self._stage("train").get("sha256")
+        if not atomic.intact(ckpt, recorded):
+            state = "missing" if not ckpt.exists() else "changed since `train` wrote it (its sha256 differs)"
+            raise train.CheckpointError(f"{ckpt} is {state}; it may have been overwritten by another run. "
+                                        "Rerun `train --force` to train again (or restore the file)")
+        return train.load_checkpoint(ckpt)
+
+    def fp32_model(self) -> torch.nn.Module:
+        state = self.checkpoint_state()
+        model = self.build_model(len(state["meta"]["labels"]))
+        model.load_state_dict(state["model"])
+        return self.export_ready(model)
+
+    def checked_model(self) -> torch.nn.Module:
+        """A fresh, seeded model of this run's source, checked to give logits and to export; ModelError if not."""
+        n = len(self.data.labels)
+        train.seed_everything(self.cfg.seed)
+        model = self.build_model(n, self.cfg.weights, self.cfg.pretrained)
+        rng = torch.get_rng_state()  # the checks must not change what training sees
+        models.check_forward(model, self.cfg.model, self.shape, n)
+        self.graph_rewrites = rewrites.graph_rewrites(check_exportable(self.export_ready(model), self.cfg.model, self.shape))
+        torch.set_rng_state(rng)
+        return model.train()
+
     # ---- train ---------------------------------------------------------------------
     @run_by_every_rank
     def train(self) -> None:
         cfg, data = self.cfg, self.data
         key, stage = self.train_key(), self._stage("train")
         ckpt = self.out / CHECKPOINT
-        if (not cfg.force and not cfg.resume and stage.get("key") == key
-                and stage.get("epochs_done") == cfg.epochs and ckpt.exists()):
-            train.load_checkpoint(ckpt)  # a corrupt checkpoint is an error, never silently replaced
+        if not cfg.force and not cfg.resume and self._done("train", key) and stage.get("epochs_done") == cfg.epochs:
+            self.checkpoint_state()  # an overwritten or corrupt checkpoint is an error, never silently reused
             print(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
             return
-        train.seed_everything(cfg.seed)
-        model = models.build(cfg.model, len(data.labels), cfg.weights)
+        model = self.checked_model()  # a model that cannot work stops here, before anything is rewritten
+        keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
+        self._retire(self._downstream_of("train") + keep, "train")
+        self.manifest.update({"accuracy": {}, "artifacts": {}, "backends": {}, "verification": {}})
+        self.manifest["stages"] = {"train": {"status": "running", "key": key}}
+        self._save()
         meta = {"model": cfg.model, "labels": data.labels, "mean": data.mean, "std": data.std, "input_shape": list(self.shape)}
         start = time.perf_counter()
         loader = self.train_loader(train.shuffle_seed(cfg.seed))
@@ -122,150 +217,244 @@ class Pipeline(Workspace):
                                   resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp, sync_bn=cfg.sync_bn)
         if not self.ctx.is_main:
             return
-        if not ckpt.exists():  # epochs == 0: keep the initial weights as the checkpoint
+        if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
         fp32_acc = self._evaluate(result.model.eval())
         result.model.to("cpu")
+        _, module_rewrites, float_diff = rewrites.apply(result.model, self.shape)
         print(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
         self.manifest.update({
             "run_id": f"{mf.now().replace(':', '').replace('-', '')[:15]}-{key[:8]}",
             "dataset": data.info(),
             "model": {"name": cfg.model, "input_shape": list(self.shape),
                       "parameters": sum(p.numel() for p in result.model.parameters()),
-                      "macs": models.count_macs(result.model, self.shape)},
+                      "macs": models.count_macs(result.model, self.shape),
+                      "rewrites": module_rewrites + self.graph_rewrites, "rewrite_float_diff": float_diff},
             "accuracy": {"fp32": fp32_acc},
-            "artifacts": {}, "backends": {},
         })
         self.manifest["stages"] = {"train": {
-            "key": key, "checkpoint": str(CHECKPOINT), "epochs_done": result.epochs_done,
-            "images_per_s": result.images_per_s, "history": result.history, "compute": self.compute(loader),
-            "wall_time_s": time.perf_counter() - start}}
+            "status": "done", "key": key, "checkpoint": str(CHECKPOINT), "sha256": atomic.sha256(ckpt),
+            "epochs_done": result.epochs_done, "images_per_s": result.images_per_s, "history": result.history,
+            "compute": self.compute(loader), "wall_time_s": time.perf_counter() - start}}
         self._save()
 
-    # ---- qat -----------------------------------------------------------------------
+    # ---- quantize (the `qat` command) -------------------------------------------------
+    def scheme(self) -> Scheme:
+        return Scheme.from_config(self.cfg)
+
+    def quant_key(self) -> str:
+        return f"{self.train_key()}/{self.cfg.key('epochs', *QAT_SETTINGS, *SCHEME_SETTINGS)}"
+
+    def _quant_stage(self, tag: str) -> dict:
+        return self.manifest["stages"].get("quantize", {}).get(tag, {})
+
+    def _quant_damaged(self, tag: str) -> list[str]:
+        """Files of scheme `tag` that are missing or differ from what the quantize stage recorded."""
+        folder = self.quantized_folder(tag)
+        return [f for f, digest in self._quant_stage(tag).get("sha256", {}).items()
+                if not atomic.intact(folder / f, digest)] or ([] if self._quant_stage(tag).get("sha256") else ["(none)"])
+
     @run_by_every_rank
     def qat(self) -> None:
+        """Quantize the fp32 model with the configured scheme: PTQ, QAT where the scheme trains, and keep the
+        better under --quant-mode auto. Other schemes already in OUT stay as they are."""
         cfg, data = self.cfg, self.data
-        key, stage = self.qat_key(), self._stage("qat")
-        files = [self.out / qat.QAT_FOLDED, self.out / qat.QAT_UNFOLDED, self.out / qat.QAT_FLOAT]
-        if not cfg.force and stage.get("key") == key and all(f.exists() for f in files):
-            acc = self.manifest["accuracy"]
-            print(f"qat: reusing {self.out} (fp32 {acc['fp32']:.4f}, PTQ {acc['ptq']:.4f}, QAT {acc['qat']:.4f})")
-            return
-        if self._stage("train").get("key") != self.train_key():
+        scheme, key = self.scheme(), self.quant_key()
+        tag, entry = scheme.tag, self._quant_stage(scheme.tag)
+        if not cfg.force and entry.get("status") == "done" and entry.get("key") == key:
+            damaged = self._quant_damaged(tag)
+            if not damaged:
+                acc = self.manifest["accuracy"][tag]
+                print(f"qat: reusing {tag} ({acc['chosen'].upper()} {acc['quantized']:.4f}; fp32 "
+                      f"{self.manifest['accuracy']['fp32']:.4f})")
+                return
+            print(f"qat: {tag}: {', '.join(damaged)} missing or changed since they were written; quantizing again")
+        if not self._done("train", self.train_key()):
             raise train.CheckpointError(f"{self.out / CHECKPOINT} was not trained with these settings; run `train` first")
         model = self.fp32_model()
+        replaced = [f for f, a in self.manifest["artifacts"].items() if _scheme_tag(a) == tag]
+        # Files of this scheme from other settings go aside (with the bench results that measured them);
+        # other schemes in OUT stay.
+        self._retire(replaced + (["bench"] if replaced else []), f"qat: {tag}")
+        for f in [f for f, a in self.manifest["artifacts"].items() if _scheme_tag(a) == tag]:
+            self.manifest["artifacts"].pop(f)
+        self.manifest["backends"] = {k: v for k, v in self.manifest["backends"].items() if not k.endswith(f":{tag}")}
+        self.manifest["stages"].setdefault("quantize", {})[tag] = {"status": "running", "key": key}
+        self._save()
         start = time.perf_counter()
-        train.seed_everything(cfg.seed)
-        schedule = qat.QATSchedule(cfg.qat_epochs, cfg.qat_max_steps, cfg.qat_lr, cfg.batch_size, cfg.seed,
-                                   cfg.freeze_bn_at, cfg.freeze_observers_at)
-        ctx = dataclasses.replace(self.ctx, device=for_quantization(self.ctx.device, cfg.device))
-        loader = self.train_loader(schedule.shuffle_seed, ctx)
-        prepared, stats = qat.qat(model, loader, self.shape, schedule, Recipe.from_config(cfg))
+        qdevice = for_quantization(self.ctx.device, cfg.device)  # where calibration and QAT run
+        results, accuracy, loader = {}, {}, None
+        if self.ctx.is_main:  # PTQ: rank 0 alone calibrates, on the batches one process would use
+            ptq = quantize.post_training(model, scheme, data, self.shape, cfg.calib_batches, cfg.batch_size,
+                                         device=qdevice)
+            results["ptq"], accuracy["ptq"] = ptq, self._evaluate(ptq.program, on_device=False)
+        if scheme.trainable and scheme.mode in ("auto", "qat"):
+            train.seed_everything(cfg.seed)
+            schedule = self.schedule()
+            loader = self.train_loader(schedule.shuffle_seed, dataclasses.replace(self.ctx, device=qdevice))
+            results["qat"] = quantize.quant_aware(model, scheme, loader, self.shape, schedule,
+                                                  recipe=Recipe.from_config(cfg))
+            if not self.ctx.is_main:
+                return  # rank 0 converts, evaluates and writes
+            accuracy["qat"] = self._evaluate(results["qat"].program, on_device=False)
         if not self.ctx.is_main:
             return
-        # The PTQ baseline calibrates on the device; quantized programs are evaluated on the CPU.
-        ptq_acc = self._evaluate(qat.ptq(model, data, self.shape, cfg.calib_batches, cfg.batch_size, ctx.device),
-                                 on_device=False)
-        qat_acc = self._evaluate(qat.convert(prepared), on_device=False)
-        qat.save(prepared, model, self.shape, self.out)
-        qat_float = models.build(cfg.model, len(data.labels))
-        qat_float.load_state_dict(qat.float_weights(prepared, model))
-        qat_float_acc = self._evaluate(qat_float.eval())
-        acc = self.manifest["accuracy"]
-        acc.update({"ptq": ptq_acc, "qat": qat_acc, "qat_float": qat_float_acc})
-        print(f"qat: test accuracy fp32 {acc['fp32']:.4f} | PTQ int8 {ptq_acc:.4f} | QAT int8 {qat_acc:.4f} "
-              f"| QAT weights in float {qat_float_acc:.4f}")
-        self.manifest["stages"] = {"train": self._stage("train"), "qat": {
-            "key": key, "files": [f.name for f in files], "steps": stats["steps"], "events": stats["events"],
-            "images_per_s": stats["images_per_s"], "history": stats["history"],
-            "compute": self.compute(loader), "synced_across_ranks": stats["synced_across_ranks"],
-            "wall_time_s": time.perf_counter() - start}}
-        self.manifest["quantization_error"] = qat.weight_quantization_error(prepared)
-        self.manifest["artifacts"], self.manifest["backends"] = {}, {}
+        chosen = self._choose(scheme, accuracy)
+        result = results[chosen]
+        paths = quantize.save(result, self.shape, self.quantized_folder(tag))
+        accuracy.update({"quantized": accuracy[chosen], "chosen": chosen,
+                         "float": self._evaluate(result.float_model.eval())})
+        result.float_model.to("cpu")
+        self.manifest["accuracy"][tag] = accuracy
+        qat_run = results.get("qat")
+        compute = self.compute(loader) if loader else dataclasses.replace(self.ctx, device=qdevice).describe()
+        self.manifest["stages"]["quantize"][tag] = {
+            "status": "done", "key": key, "scheme": scheme.describe(), "chosen": chosen,
+            "sha256": {name: atomic.sha256(path) for name, path in paths.items()},
+            "weight_error": result.weight_error,
+            "steps": qat_run.stats["steps"] if qat_run else 0, "events": qat_run.stats["events"] if qat_run else [],
+            "images_per_s": qat_run.stats["images_per_s"] if qat_run else None,
+            "history": qat_run.stats["history"] if qat_run else [], "compute": compute,
+            "synced_across_ranks": qat_run.stats["synced_across_ranks"] if qat_run else None,
+            "wall_time_s": time.perf_counter() - start}
         self._save()
 
+    def _choose(self, scheme: Scheme, accuracy: dict) -> str:
+        """PTQ or QAT: what --quant-mode asks for, or under auto the one with the higher test accuracy."""
+        fp32, ptq, qat_acc = self.manifest["accuracy"]["fp32"], accuracy["ptq"], accuracy.get("qat")
+        line = f"qat: {scheme.tag}: test accuracy fp32 {fp32:.4f} | PTQ {ptq:.4f}"
+        if qat_acc is None:
+            print(f"{line} (QAT not run: {'--quant-mode ptq' if scheme.mode == 'ptq' else 'post-training scheme'})")
+            return "ptq"
+        print(f"{line} | QAT {qat_acc:.4f}")
+        if qat_acc < ptq:
+            print(f"WARNING: QAT ({qat_acc:.4f}) is below PTQ ({ptq:.4f}) for {scheme.tag}: QAT fine-tuning made this "
+                  "network worse (PT2E QAT is known to fall below float on some networks, e.g. MobileNetV3). "
+                  + ("Exporting PTQ (--quant-mode auto)." if scheme.mode == "auto" else
+                     "Exporting QAT as --quant-mode qat asks; consider --quant-mode auto or ptq."))
+        if scheme.mode == "auto":
+            return "qat" if qat_acc >= ptq else "ptq"
+        return scheme.mode
+
     # ---- export and verify ---------------------------------------------------------
-    def export_source(self):
-        if self._stage("qat").get("key") != self.qat_key():
-            raise qat.QuantError(f"{self.out} holds no QAT result for these settings; run `qat` first (or `run`)")
-        return super().export_source()
+    def export_source(self, scheme: Scheme | None = None):
+        scheme = scheme or self.scheme()
+        entry = self._quant_stage(scheme.tag)
+        if entry.get("status") != "done" or entry.get("key") != self.quant_key():
+            raise qat.QuantError(f"{self.out} holds no quantized model for {scheme.tag} ({scheme.summary()}) with these "
+                                 "settings; run `qat` first (or `run`)")
+        damaged = self._quant_damaged(scheme.tag)
+        if damaged:
+            raise qat.QuantError(f"{', '.join(damaged)} in {self.quantized_folder(scheme.tag)} are missing or changed "
+                                 "since `qat` wrote them; rerun `qat` (it rebuilds them)")
+        return super().export_source(scheme)
 
     def export(self) -> bool:
-        """Export with every selected backend; a failing backend is reported and the others still run."""
-        import converters
-        from converters import ConversionError
+        """Export the fp32 baselines and the scheme with every selected backend, then verify what was exported.
 
-        source, ok = self.export_source(), True
+        A failing backend is reported, and the others still run.
+        """
+        import converters
+
+        scheme = self.scheme()
+        source, ok = self.export_source(scheme), True
         selected = converters.select(self.cfg.backends)
         for conv in selected:
-            key = f"{self.qat_key()}/{self.cfg.key(*conv.settings)}"
-            previous = self.manifest["backends"].get(conv.name, {})
-            files = [f for f, a in self.manifest["artifacts"].items() if a["backend"] == conv.name]
-            if (not self.cfg.force and previous.get("key") == key and previous.get("status") == "ok"
-                    and files and all((self.out / f).exists() for f in files)):
-                print(f"export: {conv.name}: reusing {', '.join(files)}")
-                continue
-            start = time.perf_counter()
-            try:
-                conv.check_dependencies()
-                artifacts = conv.export(source, self.out, self.cfg)
-            except Exception as exc:  # a failing backend must not stop the others
-                ok = False
-                reason = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
-                print(f"[x] export: {conv.name} FAILED: {reason}")
-                self.manifest["backends"][conv.name] = {"key": key, "status": "failed", "reason": reason}
-                self._save()
-                continue
-            for f in files:
-                self.manifest["artifacts"].pop(f, None)
-            for a in artifacts:
-                path = self.out / a.file
-                self.manifest["artifacts"][a.file] = {**a.to_dict(), "bytes": atomic.size_bytes(path),
-                                                      "sha256": atomic.sha256(path)}
-                print(f"[✓] export: {a.file} ({atomic.size_bytes(path) / 1e6:.2f} MB, {a.export_seconds:.1f} s)")
-            self.manifest["backends"][conv.name] = {"key": key, "status": "ok", "reason": None,
-                                                    "wall_time_s": time.perf_counter() - start}
-            self._save()
+            for part in ("fp32", scheme.tag):
+                ok &= self._export_part(conv, part, source)
         atomic.write_text(self.out / "labels.txt", "\n".join(self.data.labels) + "\n")
-        verified = self.verify([c.name for c in selected], source)
+        verified = self.verify([c.name for c in selected], {scheme.tag: source})
         return ok and verified
 
-    def verify(self, backends: list[str] | None = None, source=None) -> bool:
-        """Run each artifact over the whole test set; compare with its PyTorch reference."""
+    def _export_part(self, conv, part: str, source) -> bool:
+        """One backend's baseline (part "fp32") or scheme artifacts: reuse them if intact, else export them."""
+        from converters import ConversionError
+
+        base = self.train_key() if part == "fp32" else self.quant_key()
+        key, name = f"{base}/{self.cfg.key(*conv.settings)}", f"{conv.name}:{part}"
+        previous = self.manifest["backends"].get(name, {})
+        files = {f: a for f, a in self.manifest["artifacts"].items()
+                 if a["backend"] == conv.name and (_scheme_tag(a) or "fp32") == part}
+        if not self.cfg.force and previous.get("key") == key and previous.get("status") == "ok" and files:
+            damaged = [f for f, a in files.items() if not atomic.intact(self.out / f, a.get("sha256"))]
+            if not damaged:
+                print(f"export: {name}: reusing {', '.join(files)}")
+                return True
+            print(f"export: {name}: {', '.join(damaged)} missing or changed since export; exporting again")
+        for f in files:  # not done until the new files are written and recorded
+            self.manifest["artifacts"].pop(f)
+        self.manifest["backends"][name] = {"key": key, "status": "running"}
+        self._save()
+        start = time.perf_counter()
+        try:
+            conv.check_dependencies()
+            artifacts = (conv.export_baseline if part == "fp32" else conv.export_scheme)(source, self.out, self.cfg)
+        except atomic.OutputDirError:
+            raise  # a full or read-only disk stops every backend: exit 2 with the file named
+        except Exception as exc:  # a failing backend must not stop the others
+            reason = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
+            print(f"[x] export: {name} FAILED: {reason}")
+            self.manifest["backends"][name] = {"key": key, "status": "failed", "reason": reason}
+            self._retire(list(files), f"export: {name}")
+            self._save()
+            return False
+        for a in artifacts:
+            path = self.out / a.file
+            self.manifest["artifacts"][a.file] = {**a.to_dict(), "bytes": atomic.size_bytes(path),
+                                                  "sha256": atomic.sha256(path)}
+            print(f"[✓] export: {a.file} ({atomic.size_bytes(path) / 1e6:.2f} MB, {a.export_seconds:.1f} s)")
+        self._retire([f for f in files if f not in self.manifest["artifacts"]], f"export: {name}")
+        self.manifest["backends"][name] = {"key": key, "status": "ok", "reason": None,
+                                           "wall_time_s": time.perf_counter() - start}
+        self._save()
+        return True
+
+    def verify(self, backends: list[str] | None = None, sources: dict | None = None) -> bool:
+        """Run each artifact over the whole test set; compare it with its PyTorch reference, and its accuracy with
+        fp32 and with PTQ of its scheme (the cost of quantization)."""
         from converters.verify import Thresholds, cross_agreement, run_artifact, verify
 
-        source = source or self.export_source()
         data, labels = self.data, self.data.test_labels.numpy()
-        thresholds = Thresholds(self.cfg.min_agreement, self.cfg.max_acc_drop)
-        references = {"qat": source.qat_folded, "fp32": source.fp32_model, "qat_float": source.qat_float_model}
-        ref_logits: dict[str, np.ndarray] = {}
+        cfg, acc = self.cfg, self.manifest["accuracy"]
+        thresholds = Thresholds(cfg.min_agreement, cfg.max_acc_drop, cfg.max_quant_drop)
+        sources = dict(sources or {})
+        ref_logits: dict[tuple, np.ndarray] = {}
         logits_by_file, ok = {}, True
         selected = {f: a for f, a in self.manifest["artifacts"].items() if backends is None or a["backend"] in backends}
         if not selected:
             print("verify: no artifacts to verify; run `export` first")
             return False
         for file, artifact in selected.items():
-            path = self.out / file
-            if not path.exists():
-                artifact["verification"] = {"passed": False, "failures": [f"{path} is missing"]}
-                print(f"[x] verify: {file}: missing; re-run export")
+            path, tag = self.out / file, _scheme_tag(artifact)
+            failure = None
+            if not atomic.intact(path, artifact.get("sha256")):
+                state = "missing" if not path.exists() else "changed since export (its sha256 differs)"
+                failure = f"{path} is {state}; re-run `export`, which rebuilds it"
+            else:
+                try:
+                    source = sources.get(tag) or sources.setdefault(tag, self._source_for(tag))
+                except (qat.QuantError, train.CheckpointError) as exc:
+                    failure = f"its reference cannot be loaded: {exc}"
+            if failure:
+                artifact["verification"] = {"passed": False, "failures": [failure]}
+                print(f"[x] verify: {file}: {failure}")
                 ok = False
                 continue
-            for name in {artifact["reference"], "qat"}:
-                if name not in ref_logits:
-                    ref_logits[name] = predict(references[name], data)
+            reference = (artifact["reference"], tag)
+            if reference not in ref_logits:
+                model = {"fp32": source.fp32_model, "quantized": source.program, "float": source.float_model}
+                ref_logits[reference] = predict(model[artifact["reference"]], data)
             start = time.perf_counter()
             try:
                 logits, method = run_artifact(path, artifact, source, data)
             except Exception as exc:
                 artifact["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
-                print(f"[x] verify: {file}: could not run it: {exc}")
+                print(f"[x] verify: {file}: could not run it: {exc}; re-run `export --force` to rebuild it")
                 ok = False
                 continue
-            result = verify(artifact, logits, ref_logits[artifact["reference"]], labels, thresholds)
-            result.update({"method": method, "images": len(labels), "seconds": time.perf_counter() - start,
-                           "agreement_with_qat": float((logits.argmax(1) == ref_logits["qat"].argmax(1)).mean())})
+            baselines = {"fp32": acc.get("fp32"), "ptq": (acc.get(tag) or {}).get("ptq") if tag else None}
+            result = verify(artifact, logits, ref_logits[reference], labels, thresholds, baselines)
+            result.update({"method": method, "images": len(labels), "seconds": time.perf_counter() - start})
             artifact["verification"] = result
             logits_by_file[file] = logits
             mark = "✓" if result["passed"] else "x"
@@ -275,31 +464,50 @@ class Pipeline(Workspace):
                 print(f"    FAILED: {file}: {failure}")
             ok &= result["passed"]
         self.manifest["verification"] = {
-            "thresholds": {"min_agreement": thresholds.min_agreement, "max_acc_drop_pp": thresholds.max_acc_drop_pp},
+            "thresholds": {"min_agreement": thresholds.min_agreement, "max_acc_drop_pp": thresholds.max_acc_drop_pp,
+                           "max_quant_drop_pp": thresholds.max_quant_drop_pp},
             "cross_backend": {**self.manifest.get("verification", {}).get("cross_backend", {}),
                               **cross_agreement(logits_by_file, self.manifest["artifacts"])},
         }
-        self.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed") for a in self.manifest["artifacts"].values())
+        self.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed")
+                                                      for a in self.manifest["artifacts"].values())
         self._save()
-        report.write_export_report(self.out, self.manifest)
         return ok
+
+    def _source_for(self, tag: str | None):
+        """The converters' input for an artifact's scheme (by tag), or the fp32 baselines' (None)."""
+        if tag is None:
+            return Workspace.export_source(self)
+        entry = self._quant_stage(tag)
+        if entry.get("status") != "done":
+            raise qat.QuantError(f"scheme {tag} has no finished quantize stage in {self.out}; run `qat` for it")
+        damaged = self._quant_damaged(tag)
+        if damaged:
+            raise qat.QuantError(f"{', '.join(damaged)} of scheme {tag} are missing or changed; rerun `qat` for it")
+        fields = {k: v for k, v in entry["scheme"].items() if k in Scheme.__dataclass_fields__}
+        return Workspace.export_source(self, Scheme(**fields))
 
     # ---- demo apps -----------------------------------------------------------------
     def bundle(self, platform: str, dest: Path | None = None) -> Path:
-        """Copy the verified artifacts, labels, a test sample and their input specs into a demo app."""
+        """Copy the verified, intact artifacts, labels, a test sample and their input specs into a demo app."""
         dest = Path(dest or APP_DIRS[platform])
-        dest.mkdir(parents=True, exist_ok=True)
         formats = APP_FORMATS[platform]
         chosen = {f: a for f, a in self.manifest["artifacts"].items()
-                  if a["format"] in formats and a.get("verification", {}).get("passed")}
+                  if a["format"] in formats and a.get("verification", {}).get("passed")
+                  and atomic.intact(self.out / f, a.get("sha256"))}
         if not chosen:
-            raise StageError(f"no verified {'/'.join(formats)} artifacts in {self.out}; run `export` first")
-        for stale in dest.iterdir():
-            if stale.suffix.lstrip(".") in formats and stale.name not in chosen:
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            raise StageError(f"no verified, intact {'/'.join(formats)} artifacts in {self.out}; run `export` first")
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for stale in dest.iterdir():
+                if stale.suffix.lstrip(".") in formats and stale.name not in chosen:
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        except OSError as exc:
+            raise atomic.describe_os_error(dest, exc) from exc
         for file in chosen:
             src = self.out / file
-            atomic.atomic_write(dest / file, lambda tmp, s=src: shutil.copytree(s, tmp) if s.is_dir() else shutil.copyfile(s, tmp))
+            atomic.atomic_write(dest / file, lambda tmp, s=src: shutil.copytree(s, tmp) if s.is_dir() else shutil.copyfile(s, tmp),
+                                size_hint=atomic.size_bytes(src))
         data = self.data
         n = min(self.cfg.sample_size, len(data.test_labels))
         atomic.write_bytes(dest / "test_sample.u8", data.test_images[:n].contiguous().numpy().tobytes())
@@ -312,4 +520,3 @@ class Pipeline(Workspace):
             for f, a in chosen.items()]})
         print(f"bundle: {len(chosen)} models, labels and {n} test images -> {dest}")
         return dest
-

@@ -21,7 +21,7 @@ def tiny_config(out, **overrides):
     return RunConfig(**{**TINY, "out": str(out), **overrides}).validate()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_config():
     return tiny_config
 

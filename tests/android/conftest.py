@@ -1,9 +1,15 @@
 """Fixtures for the Android checks: the android_demo scripts as modules, the offline
-toolchain (fails, never skips, when it is missing), and an adb test double."""
+toolchain, and an adb test double.
+
+A missing toolchain fails the checks wherever apt-get exists (CI: `make android-toolchain`
+installs it). Only where the tools cannot be had (no apt-get, e.g. macOS, and no usable
+$ANDROID_HOME) are they skipped, with a reason that names what is missing and how to get it."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -47,12 +53,30 @@ def bench():
 
 @pytest.fixture(scope="session")
 def toolchain(toolchain_mod):
-    tc = toolchain_mod.Toolchain(toolchain_mod.DEFAULT_DIR)
+    tc = toolchain_mod.detect(Path(os.environ.get("ANDROID_TOOLCHAIN", toolchain_mod.DEFAULT_DIR)))
     missing = tc.missing()
     if missing:
-        pytest.fail("Android toolchain missing (" + "; ".join(missing) + "): run `make android-toolchain`",
-                    pytrace=False)
+        reason = toolchain_mod.skip_reason(tc)
+        if reason:
+            pytest.skip(reason)
+        pytest.fail(f"Android toolchain missing ({tc.source}: " + "; ".join(missing)
+                    + "): run `make android-toolchain`", pytrace=False)
     return tc
+
+
+@pytest.fixture(scope="session")
+def jdk(toolchain_mod):
+    """javac and java, for the checks that need only a JDK (skipped, with the reason, where none can be had)."""
+    tc = toolchain_mod.detect(toolchain_mod.DEFAULT_DIR)
+    found = {name: tc.tool(name) for name in ("javac", "java")}
+    if all(found.values()) and all(toolchain_mod.runs(path) for path in found.values()):
+        return found
+    absent = [name for name, path in found.items() if path is None or not toolchain_mod.runs(path)]
+    if shutil.which("apt-get", path=tc.path) is None:
+        pytest.skip(f"Java checks SKIPPED: no working {' or '.join(absent)} on PATH or in $JAVA_HOME, and no "
+                    "apt-get to install one. To run them: install a JDK 17 (e.g. `brew install openjdk@17`) and put "
+                    "its bin/ on PATH or set JAVA_HOME.")
+    pytest.fail(f"{' and '.join(absent)} missing: run `make android-toolchain`", pytrace=False)
 
 
 @pytest.fixture
@@ -62,11 +86,12 @@ def sample_results() -> dict:
 
 FAKE_ADB = r'''#!{python} -S
 """adb test double: answers like adb, driven by scenario.json, logs every call."""
-import json, os, re, sys
+import json, os, re, sys, time
 D = {folder!r}
 sc = json.load(open(os.path.join(D, "scenario.json")))
 st_path = os.path.join(D, "state.json")
-st = json.load(open(st_path)) if os.path.exists(st_path) else {{"cat": 0, "pidof": 0, "run_id": None}}
+st = json.load(open(st_path)) if os.path.exists(st_path) else {{"cat": 0, "pidof": 0, "run_id": None,
+                                                                  "offline": False, "starts": 0}}
 argv = sys.argv[1:]
 with open(os.path.join(D, "calls.jsonl"), "a") as f:
     f.write(json.dumps(argv) + "\n")
@@ -77,9 +102,16 @@ def out(text="", code=0, err=""):
     sys.stderr.write(err)
     sys.exit(code)
 
-if argv[:1] == ["-s"]:
+targeted = argv[:1] == ["-s"]
+if targeted:
     argv = argv[2:]
 cmd = argv[0] if argv else ""
+if cmd == "get-state":
+    if st["offline"]:
+        out("", 1, "error: device offline\n")
+    out(sc.get("state", "device") + "\n")
+if targeted and st["offline"]:
+    out("", 1, "error: device offline\n")
 if cmd == "devices":
     out(sc["devices"])
 if cmd == "install":
@@ -99,19 +131,27 @@ if cmd == "shell":
     if c.startswith("pm path"):
         out("package:/data/app/base.apk\n")
     if c.startswith("am start"):
+        if sc.get("am_start_hang"):
+            time.sleep(sc["am_start_hang"])
         m = re.search(r"--es run_id (\S+)", c)
         st["run_id"] = m.group(1) if m else None
         st["cat"] = 0
         st["pidof"] = 0
+        st["starts"] += 1
         out(sc.get("am_start", "Starting: Intent {{ cmp=com.example.mobilebench/.BenchmarkActivity }}\n"
                                "Status: ok\nLaunchState: COLD\nTotalTime: 420\nComplete\n"))
+    crashed = sc.get("crash_on_start") == st["starts"]
     if c.startswith("run-as"):
         st["cat"] += 1
+        if crashed:
+            out("", 1, "cat: files/benchmark_results.json: No such file or directory\n")
         if sc.get("run_as_error"):
             out("", 1, sc["run_as_error"])
         if sc.get("stale_first") and st["cat"] == 1:
             doc = dict(sc["results"], run_id="stale-run")
             out(json.dumps(doc))
+        if sc.get("results_raw") is not None and st["cat"] > sc.get("results_after", 1):
+            out(sc["results_raw"])
         if sc.get("results") is not None and st["cat"] > sc.get("results_after", 1):
             doc = dict(sc["results"])
             if doc.get("run_id") == "$RUN_ID":
@@ -120,6 +160,11 @@ if cmd == "shell":
         out("", 1, "cat: files/benchmark_results.json: No such file or directory\n")
     if c.startswith("pidof"):
         st["pidof"] += 1
+        if sc.get("offline_after") is not None and st["pidof"] >= sc["offline_after"]:
+            st["offline"] = True
+            out("", 1, "error: device offline\n")
+        if crashed:
+            out("", 1)
         dies = sc.get("dies_after")
         if dies is not None and st["pidof"] >= dies:
             out("", 1)

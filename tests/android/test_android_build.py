@@ -34,7 +34,7 @@ def inject(root: Path, rel: Path, old: str, new: str) -> None:
 @pytest.fixture(scope="module")
 def real_check(check_build, toolchain, tmp_path_factory):
     lines: list[str] = []
-    result = check_build.run_check(ANDROID, tmp_path_factory.mktemp("check"), toolchain.root, log=lines.append)
+    result = check_build.run_check(ANDROID, tmp_path_factory.mktemp("check"), toolchain, log=lines.append)
     return result, lines
 
 
@@ -59,22 +59,28 @@ def test_broken_api_calls_fail_the_check(check_build, toolchain, tmp_path):
     root = copy_sources(tmp_path)
     inject(root, RUNNER, "Module.load(model.getAbsolutePath(), Module.LOAD_MODE_FILE, threads)", "Module.load(42)")
     inject(root, LITERT, "options.setNumThreads(threads);", 'options.setNumThreads("four");')
+    # LiteRT's DataType has no FLOAT16 (the stubs must not invent one)
+    inject(root, LITERT, "if (inType == DataType.FLOAT32) {", "if (inType == DataType.FLOAT16) {")
     with pytest.raises(check_build.CheckError) as err:
-        check_build.run_check(root, tmp_path / "work", toolchain.root, log=lambda _: None)
+        check_build.run_check(root, tmp_path / "work", toolchain, log=lambda _: None)
     assert err.value.step == "javac app"
     message = err.value.message
     assert "ExecuTorchRunner.java" in message and "Module.load(42)" in message
     assert "incompatible types: int cannot be converted to String" in message
     assert "LiteRtRunner.java" in message and 'setNumThreads("four")' in message
+    assert "symbol:   variable FLOAT16" in message
     assert not (tmp_path / "work" / "classes.dex").exists()
 
 
 def test_lambda_is_rejected_against_android_23(check_build, toolchain, tmp_path):
+    if toolchain.api_level != 23:
+        pytest.skip(f"lambdas compile against android-{toolchain.api_level}.jar ({toolchain.source}); "
+                    "only android-23.jar lacks java.lang.invoke")
     root = copy_sources(tmp_path)
     inject(root, RUNNER, "        outputs = module.forward(input);",
            "        Runnable r = () -> { };\n        outputs = module.forward(input);")
     with pytest.raises(check_build.CheckError) as err:
-        check_build.run_check(root, tmp_path / "work", toolchain.root, log=lambda _: None)
+        check_build.run_check(root, tmp_path / "work", toolchain, log=lambda _: None)
     assert "MethodHandles" in err.value.message or "LambdaMetafactory" in err.value.message
 
 
@@ -82,7 +88,7 @@ def test_bad_manifest_fails_at_link(check_build, toolchain, tmp_path):
     root = copy_sources(tmp_path)
     inject(root, Path("app/src/main/AndroidManifest.xml"), "@string/app_name", "@string/no_such_string")
     with pytest.raises(check_build.CheckError) as err:
-        check_build.run_check(root, tmp_path / "work", toolchain.root, log=lambda _: None)
+        check_build.run_check(root, tmp_path / "work", toolchain, log=lambda _: None)
     assert err.value.step == "aapt2 link"
     assert "no_such_string" in err.value.message
 
@@ -96,7 +102,8 @@ def test_missing_toolchain_says_what_to_run(check_build, tmp_path):
 
 def test_dex_parser_reads_defined_classes_only(check_build, real_check):
     result, _ = real_check
-    dex = (result.apk.parent / "classes.dex").read_bytes()
+    with zipfile.ZipFile(result.apk) as z:
+        dex = z.read("classes.dex")
     assert b"Lorg/pytorch/executorch/Module;" in dex  # referenced...
     assert "Lorg/pytorch/executorch/Module;" not in check_build.dex_defined_classes(dex)  # ...not defined
     with pytest.raises(ValueError):

@@ -4,7 +4,6 @@ numpy. Rounding must be half-to-even, as in PyTorch and LiteRT."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -38,18 +37,16 @@ public class MathDriver {
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory):
-    if shutil.which("javac") is None or shutil.which("java") is None:
-        pytest.fail("javac/java missing: run `make android-toolchain`", pytrace=False)
+def driver(jdk, tmp_path_factory):
     work = tmp_path_factory.mktemp("javamath")
     (work / "MathDriver.java").write_text(DRIVER)
-    r = subprocess.run(["javac", "-source", "8", "-target", "8", "-Xlint:-options", "-d", str(work / "classes"),
+    r = subprocess.run([jdk["javac"], "-source", "8", "-target", "8", "-Xlint:-options", "-d", str(work / "classes"),
                         str(SRC / "Stats.java"), str(SRC / "Quant.java"), str(work / "MathDriver.java")],
                        capture_output=True, text=True, cwd=work)
     assert r.returncode == 0, r.stderr
 
     def run(samples):
-        r = subprocess.run(["java", "-cp", str(work / "classes"), "com.example.mobilebench.MathDriver",
+        r = subprocess.run([jdk["java"], "-cp", str(work / "classes"), "com.example.mobilebench.MathDriver",
                             *map(str, samples)], capture_output=True, text=True, check=True)
         return [json.loads(line) for line in r.stdout.splitlines()]
     return run

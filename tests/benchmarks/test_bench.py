@@ -49,7 +49,7 @@ def test_results_match_the_schema_and_the_manifest(benched):
     assert results["versions"]["torch"] and results["versions"]["executorch"]
     manifest = json.loads((benched / "manifest.json").read_text())
     names = [r["name"] for r in results["rows"]]
-    assert names[:2] == ["pytorch_fp32", "pytorch_qat"]
+    assert names[:2] == ["pytorch_fp32", "pytorch_int8"]
     assert set(names[2:]) == set(manifest["artifacts"])
     assert results["model"]["macs"] == manifest["model"]["macs"] > 0
 
@@ -92,7 +92,7 @@ def test_training_throughput_and_stage_times(benched):
         assert entry["pipeline_images_per_s"] > 0  # recorded by the pipeline stage
         assert entry["pipeline_vs_bare"] == pytest.approx(entry["pipeline_loop_images_per_s"] / entry["bare_images_per_s"])
     stages = {s["stage"] for s in results["stages"]}
-    assert {"train", "qat", "export: executorch", "export: tflite"} <= stages
+    assert {"train", "quantize: int8", "export: executorch:int8", "export: tflite:int8"} <= stages
 
 
 def test_report_and_plots_are_written(benched):

@@ -12,7 +12,7 @@ def test_palettized_package_has_4bit_luts_and_shrank(exported):
     assert checks["palettized"] and not checks["wrong_nbits"]
     assert all(v == {"indices": "UINT4", "lut_entries": 16} for v in checks["palettized"].values())
     assert set(checks["dense"]) == {"p_net_conv1_weight_to_fp16", "p_net_fc2_weight_to_fp16"}  # below 2048 elements
-    assert artifact["checks"]["bytes_palettized"] < 0.5 * artifact["checks"]["bytes_fp16"]
+    assert artifact["checks"]["bytes_palettized"] < 0.5 * artifact["checks"]["bytes_fp16_weights"]
     assert lut_checks(exported.out / "convnet_coreml_pal4.mlpackage", 2)["wrong_nbits"]
 
 
@@ -23,11 +23,11 @@ def test_readback_is_within_tolerance(exported):
     assert fp16["max_abs_logit_diff"] < 0.05  # fp16 rounding only
     source = exported.export_source()
     weights = read_weights(exported.out / "convnet_coreml_pal4.mlpackage")
-    net = load_into(fold_batchnorm(source.qat_float_model), weights)
+    net = load_into(fold_batchnorm(source.float_model), weights)
     w = net.fc1.weight.detach().numpy()
     # per_grouped_channel, group 16: each group of 16 output rows shares 16 values at most
     assert all(len(np.unique(w[g:g + 16].astype(np.float32))) <= 16 for g in range(0, 128, 16))
-    assert not torch.equal(net.fc1.weight, source.qat_float_model.fc1.weight)
+    assert not torch.equal(net.fc1.weight, source.float_model.fc1.weight)
 
 
 def test_metadata_and_classifier_survive(exported):
@@ -45,12 +45,12 @@ def test_metadata_and_classifier_survive(exported):
 def test_unsupported_nbits_is_refused(exported, tmp_path, monkeypatch, nbits):
     monkeypatch.setattr(exported.cfg, "nbits", nbits)
     with pytest.raises(ConversionError, match=f"--nbits {nbits} is not supported"):
-        CoreMLConverter().export(exported.export_source(), tmp_path, exported.cfg)
+        CoreMLConverter().export_scheme(exported.export_source(), tmp_path, exported.cfg)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_two_bit_palettization(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(exported.cfg, "nbits", 2)
-    artifacts = CoreMLConverter().export(exported.export_source(), tmp_path, exported.cfg)
+    artifacts = CoreMLConverter().export_scheme(exported.export_source(), tmp_path, exported.cfg)
     assert artifacts[1].file == "convnet_coreml_pal2.mlpackage"
     assert all(v["indices"] == "UINT2" for v in artifacts[1].checks["palettized"].values())

@@ -25,7 +25,7 @@ def test_pte_runs_and_agrees_with_the_qat_reference(exported):
     source = exported.export_source()
     artifact = exported.manifest["artifacts"]["convnet_xnnpack_int8.pte"]
     logits, _ = run_artifact(exported.out / "convnet_xnnpack_int8.pte", artifact, source, exported.data)
-    reference = source.qat_folded(exported.data.normalize(exported.data.test_images)).detach().numpy()
+    reference = source.program(exported.data.normalize(exported.data.test_images)).detach().numpy()
     assert np.abs(logits - reference).max() < 0.5
 
 
@@ -47,8 +47,8 @@ def test_fallback_fails_export_unless_allowed(exported, tmp_path, monkeypatch):
     source = exported.export_source()
     source.fp32_model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), CumsumHead())
     with pytest.raises(ConversionError, match="outside XNNPACK.*--allow-fallback"):
-        ExecuTorchConverter().export(source, tmp_path, exported.cfg)
+        ExecuTorchConverter().export_baseline(source, tmp_path, exported.cfg)
     assert not (tmp_path / "convnet_xnnpack_fp32.pte").exists()
     monkeypatch.setattr(exported.cfg, "allow_fallback", True)
-    artifacts = ExecuTorchConverter().export(source, tmp_path, exported.cfg)
-    assert artifacts[1].checks["non_delegated_ops"] and (tmp_path / "convnet_xnnpack_fp32.pte").exists()
+    artifacts = ExecuTorchConverter().export_baseline(source, tmp_path, exported.cfg)
+    assert artifacts[0].checks["non_delegated_ops"] and (tmp_path / "convnet_xnnpack_fp32.pte").exists()

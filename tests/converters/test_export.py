@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from converters.coreml import CoreMLConverter
-from core import qat
+from core import qat, quantize
+from core.io import sha256
 from pipeline.stages import Pipeline
 
 
@@ -25,7 +26,8 @@ def test_all_six_artifacts_verified(exported):
     artifacts = exported.manifest["artifacts"]
     assert sorted(artifacts) == sorted([
         "convnet_xnnpack_int8.pte", "convnet_xnnpack_fp32.pte", "convnet_tflite_int8.tflite",
-        "convnet_tflite_fp32.tflite", "convnet_coreml_fp16.mlpackage", "convnet_coreml_pal4.mlpackage"])
+        "convnet_tflite_fp32.tflite", "convnet_coreml_fp16.mlpackage", "convnet_coreml_int8.mlpackage",
+        "convnet_coreml_pal4.mlpackage"])
     for file, a in artifacts.items():
         assert a["verification"]["passed"], file
         assert len(a["sha256"]) == 64 and a["bytes"] > 0
@@ -42,7 +44,8 @@ def test_second_export_reuses_everything(copy_of, capsys):
     pipeline.qat()
     assert pipeline.export()
     out = capsys.readouterr().out
-    assert "train: reusing" in out and "qat: reusing" in out and "executorch: reusing" in out
+    assert "train: reusing" in out and "qat: reusing int8" in out
+    assert "export: executorch:fp32: reusing" in out and "export: executorch:int8: reusing" in out
     assert {p.name: p.stat().st_mtime_ns for p in pipeline.out.glob("*.pte")} == before
 
 
@@ -50,7 +53,7 @@ def test_changed_setting_reexports_only_its_backend(copy_of, capsys):
     pipeline = copy_of(nbits=6, backends="coreml,executorch")
     assert pipeline.export()
     out = capsys.readouterr().out
-    assert "executorch: reusing" in out and "convnet_coreml_pal6.mlpackage" in out
+    assert "executorch:int8: reusing" in out and "convnet_coreml_pal6.mlpackage" in out
     assert "convnet_coreml_pal6.mlpackage" in pipeline.manifest["artifacts"]
     assert "convnet_coreml_pal4.mlpackage" not in pipeline.manifest["artifacts"]
 
@@ -63,23 +66,30 @@ def test_failing_backend_is_reported_and_the_others_finish(copy_of, monkeypatch)
     def broken(self, source, out, options):
         raise RuntimeError("simulated converter crash")
 
-    monkeypatch.setattr(CoreMLConverter, "export", broken)
+    monkeypatch.setattr(CoreMLConverter, "export_baseline", broken)
+    monkeypatch.setattr(CoreMLConverter, "export_scheme", broken)
+    run_id = pipeline.manifest["run_id"]
     assert pipeline.export() is False
     backends = pipeline.manifest["backends"]
-    assert backends["coreml"]["status"] == "failed" and "simulated converter crash" in backends["coreml"]["reason"]
-    assert backends["executorch"]["status"] == "ok" and backends["tflite"]["status"] == "ok"
-    assert sorted(p.name for p in pal4.rglob("*")) == before  # the earlier artifact is intact
+    for part in ("coreml:fp32", "coreml:int8"):
+        assert backends[part]["status"] == "failed" and "simulated converter crash" in backends[part]["reason"]
+    assert all(backends[f"{name}:{part}"]["status"] == "ok" for name in ("executorch", "tflite") for part in ("fp32", "int8"))
+    # the earlier artifact is no longer listed, and is kept whole under stale/, not lost
+    assert "convnet_coreml_pal4.mlpackage" not in pipeline.manifest["artifacts"] and not pal4.exists()
+    kept = pipeline.out / "stale" / run_id / "convnet_coreml_pal4.mlpackage"
+    assert sorted(p.name for p in kept.rglob("*")) == before
     assert "simulated converter crash" in (pipeline.out / "report.md").read_text()
 
 
 def test_missing_or_corrupt_qat_result_is_an_error_and_keeps_artifacts(copy_of):
     pipeline = copy_of()
     pte = (pipeline.out / "convnet_xnnpack_int8.pte").read_bytes()
-    (pipeline.out / qat.QAT_FOLDED).write_bytes(b"corrupt")
-    with pytest.raises(qat.QuantError, match="corrupt"):
+    program = quantize.folder(pipeline.out, "int8") / quantize.PROGRAM
+    program.write_bytes(b"corrupt")
+    with pytest.raises(qat.QuantError, match="program.pt2 .* missing or changed since `qat` wrote them; rerun `qat`"):
         pipeline.export()
-    (pipeline.out / qat.QAT_FOLDED).unlink()
-    with pytest.raises(qat.QuantError, match="not found"):
+    program.unlink()
+    with pytest.raises(qat.QuantError, match="missing or changed"):
         pipeline.export()
     assert (pipeline.out / "convnet_xnnpack_int8.pte").read_bytes() == pte
 
@@ -88,7 +98,10 @@ def test_verify_fails_loudly_on_a_tampered_artifact(copy_of, capsys):
     pipeline = copy_of(min_agreement=1.0, max_acc_drop=0.0)
     good = pipeline.out / "convnet_tflite_fp32.tflite"
     shutil.copyfile(pipeline.out / "convnet_tflite_int8.tflite", good)  # the wrong model under the fp32 name
-    pipeline.manifest["artifacts"]["convnet_tflite_fp32.tflite"]["reference"] = "fp32"
+    entry = pipeline.manifest["artifacts"]["convnet_tflite_fp32.tflite"]
+    assert pipeline.verify(["tflite"]) is False  # caught first by its sha256
+    assert "convnet_tflite_fp32.tflite is changed since export (its sha256 differs)" in capsys.readouterr().out
+    entry["sha256"] = sha256(good)  # as if an export had written the wrong model: the numbers must catch it
     assert pipeline.verify(["tflite"]) is False
     assert "FAILED: convnet_tflite_fp32.tflite" in capsys.readouterr().out
 

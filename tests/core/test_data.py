@@ -99,3 +99,56 @@ def test_missing_cifar10_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(DataError, match="cifar-10-batches-py"):
         data.load("cifar10", tmp_path, 3, 32)
+
+
+def _folder(root, classes=("cat", "dog"), per_class=3, save=None):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in classes:
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(20, 90, (16, 16), dtype=np.uint8)
+                (save or (lambda p, a: Image.fromarray(a).save(p)))(d / f"{i}.png", pixels)
+    return root
+
+
+def test_16_bit_pngs_are_scaled_not_saturated(tmp_path):
+    eight = data.load(f"imagefolder:{_folder(tmp_path / 'u8')}", "unused", 1, 16)
+    sixteen = data.load(f"imagefolder:{_folder(tmp_path / 'u16', save=lambda p, a: Image.fromarray(a.astype(np.uint16) * 257).save(p))}",
+                        "unused", 1, 16)
+    assert Image.open(next((tmp_path / "u16" / "train" / "cat").iterdir())).mode.startswith("I")
+    assert abs(sixteen.mean[0] - eight.mean[0]) < 0.01  # saturated, the mean was 0.99
+    assert torch.equal(sixteen.train_images, eight.train_images)
+
+
+def test_a_one_class_dataset_is_refused(tmp_path):
+    with pytest.raises(DataError, match="holds 1 class.*needs at least 2"):
+        data.load(f"imagefolder:{_folder(tmp_path, classes=('only',))}", "unused", 1, 16)
+
+
+def test_negative_limits_are_refused():
+    with pytest.raises(DataError, match="must be >= 0"):
+        data.load("mnist-5k", "unused", 1, 28, limit_train=-1)
+
+
+def test_unreadable_images_are_named(tmp_path):
+    root = _folder(tmp_path)
+    fake = root / "train" / "cat" / "notes.png"
+    fake.write_text("not an image")
+    with pytest.raises(DataError, match=r"cannot read image .*notes\.png.*Fix or remove"):
+        data.load(f"imagefolder:{root}", "unused", 1, 16)
+    fake.unlink()
+    jpeg = root / "test" / "dog" / "cut.jpg"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 100).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[:300])  # truncated
+    with pytest.raises(DataError, match=r"cannot read image .*cut\.jpg"):
+        data.load(f"imagefolder:{root}", "unused", 3, 16)
+
+
+def test_class_folders_without_images_are_refused(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+    with pytest.raises(DataError, match="holds no images"):
+        data.load(f"imagefolder:{tmp_path}", "unused", 1, 16)

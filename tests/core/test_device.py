@@ -95,7 +95,7 @@ def test_sync_bn_converts_batchnorm_and_is_refused_where_it_cannot_sync():
     (["--device", "gpu"], "unknown --device 'gpu'"),
 ])
 def test_cli_device_errors_exit_2(tmp_path, args, message):
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--dataset", "mnist-5k", "--limit-train", "64",
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--dataset", "mnist-5k", "--limit-train", "64", "--batch-size", "16",
                              "--epochs", "1", "--device", "cpu", "--out", str(tmp_path), *args],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stderr[-2000:]

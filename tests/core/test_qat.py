@@ -1,30 +1,35 @@
 import torch
 import torch.nn as nn
 
-from core import qat
+from core import qat, quantize
 
 
 def test_qat_keeps_accuracy_close_to_fp32(exported):
     acc = exported.manifest["accuracy"]
-    assert acc["qat"] >= acc["fp32"] - 0.03
-    assert acc["ptq"] > 0.5 and acc["qat_float"] > 0.5
+    int8 = acc["int8"]
+    assert int8["qat"] >= acc["fp32"] - 0.03
+    assert int8["ptq"] > 0.5 and int8["float"] > 0.5
+    assert int8["chosen"] == ("qat" if int8["qat"] >= int8["ptq"] else "ptq")  # auto keeps the better one
+    assert int8["quantized"] == int8[int8["chosen"]]
 
 
 def test_qat_freeze_schedule_ran(exported):
-    events = exported.manifest["stages"]["qat"]["events"]
+    stage = exported.manifest["stages"]["quantize"]["int8"]
+    events = stage["events"]
     assert [(e["event"], e["step"]) for e in events] == [("freeze_bn", 12), ("freeze_observers", 16)]
     assert events[0]["nodes"] == 0  # the ConvNet has no BatchNorm
-    assert exported.manifest["stages"]["qat"]["steps"] == 20
+    assert stage["steps"] == 20
 
 
-def test_saved_qat_programs_reload_and_match(exported):
-    folded = qat.load_program(exported.out / qat.QAT_FOLDED)
-    unfolded = qat.load_program(exported.out / qat.QAT_UNFOLDED)
+def test_saved_programs_reload_and_match(exported):
+    folder = quantize.folder(exported.out, "int8")
+    folded = quantize.load_program(folder / quantize.PROGRAM)
+    unfolded = quantize.load_program(folder / quantize.UNFOLDED)
     x = torch.randn(5, 1, 28, 28)
     assert torch.allclose(folded(x), unfolded(x), atol=1e-5)
     # folded weights are int8 only: the unused float copies are dropped
-    assert (exported.out / qat.QAT_FOLDED).stat().st_size < 0.4 * (exported.out / qat.QAT_UNFOLDED).stat().st_size
-    weights = qat.load_float_weights(exported.out / qat.QAT_FLOAT)
+    assert (folder / quantize.PROGRAM).stat().st_size < 0.4 * (folder / quantize.UNFOLDED).stat().st_size
+    weights = qat.load_float_weights(folder / quantize.FLOAT)
     assert set(weights) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
                             "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
 
@@ -38,7 +43,7 @@ def test_freeze_batchnorm_in_a_qat_graph():
 
 
 def test_corrupt_qat_program_is_an_error(tmp_path):
-    bad = tmp_path / qat.QAT_FOLDED
+    bad = tmp_path / quantize.PROGRAM
     bad.write_bytes(b"garbage")
     import pytest
 
@@ -49,8 +54,8 @@ def test_corrupt_qat_program_is_an_error(tmp_path):
 
 
 def test_weight_rounding_error_follows_the_uniform_noise_model(exported):
-    rows = {r["layer"]: r for r in exported.manifest["quantization_error"]}
+    rows = {r["layer"]: r for r in exported.manifest["stages"]["quantize"]["int8"]["weight_error"]}
     assert set(rows) == {"conv1", "conv2", "fc1", "fc2"}
     fc1 = rows["fc1"]  # 1.2 M weights: the measured variance must sit on Δ²/12
     assert 0.8 < fc1["measured_mse"] / fc1["predicted_mse"] < 1.25
-    assert "Int8 weight rounding error" in (exported.out / "report.md").read_text()
+    assert "Weight rounding error: `int8`" in (exported.out / "report.md").read_text()

@@ -85,7 +85,7 @@ def test_simulator_run_labelled_as_device_is_rejected(benchmark, tmp_path):
     rc = benchmark.main(["--from-log", str(LOG), "--destination", "platform=iOS Simulator,name=iPhone 16",
                          "--out", str(tmp_path)])
     assert rc == 1
-    assert (tmp_path / "device" / "ios" / "benchmark_results.invalid.json").exists()
+    assert (tmp_path / "device" / "ios" / "last-failed-run" / "benchmark_results.json.invalid").exists()
     assert not (tmp_path / "device" / "ios" / "benchmark_results.json").exists()
 
 
@@ -93,8 +93,10 @@ def test_metrics_only_log_is_reported_but_fails(benchmark, tmp_path):
     log = tmp_path / "metrics_only.log"
     log.write_text("\n".join(l for l in LOG.read_text().splitlines() if "CONVNETBENCH_JSON" not in l))
     assert benchmark.main(["--from-log", str(log), "--out", str(tmp_path)]) == 1
-    assert "XCTest metrics" in (tmp_path / "device" / "ios" / "report.md").read_text()
-    assert len(json.loads((tmp_path / "device" / "ios" / "xctest_metrics.json").read_text())) == 6
+    failed = tmp_path / "device" / "ios" / "last-failed-run"
+    assert "XCTest metrics" in (failed / "report.md").read_text()
+    assert len(json.loads((failed / "xctest_metrics.json").read_text())) == 6
+    assert (failed / "xcodebuild.log").read_text() == log.read_text()
 
 
 def test_refuses_clearly_without_xcodebuild(benchmark, tmp_path, monkeypatch, capsys):
@@ -113,5 +115,7 @@ def test_schema_breaking_json_is_kept_aside(benchmark, tmp_path, sample_results)
     log = tmp_path / "bad.log"
     log.write_text("\n".join(benchmark.encode_for_log(json.dumps(sample_results).encode())))
     assert benchmark.main(["--from-log", str(log), "--out", str(tmp_path)]) == 1
-    assert (tmp_path / "device" / "ios" / "benchmark_results.invalid.json").exists()
+    assert (tmp_path / "device" / "ios" / "last-failed-run" / "benchmark_results.json.invalid").exists()
     assert not (tmp_path / "device" / "ios" / "benchmark_results.json").exists()
+    # nothing the shared report reads (OUT/device/*/*.json) is left by a failed run
+    assert not list((tmp_path / "device").glob("*/*.json"))

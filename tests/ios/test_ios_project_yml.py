@@ -1,5 +1,7 @@
 """project.yml is a usable XcodeGen spec, and --require-resources sees what export-ios staged."""
 import json
+import plistlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,92 @@ def test_gitignore_keeps_generated_resources_out(tmp_path):
     assert "Resources/*" in rules and "!Resources/.gitkeep" in rules
     assert (IOS_DEMO / "Resources" / ".gitkeep").exists()
     assert yaml.safe_load((IOS_DEMO / "project.yml").read_text())["targets"]["ConvNetBench"]["sources"][1]["excludes"] == [".gitkeep"]
+
+
+# --- the ExecuTorch Swift package pin ----------------------------------------------------
+
+def pin(spec, **ref):
+    spec["packages"]["ExecuTorch"].pop("branch", None)
+    spec["packages"]["ExecuTorch"].update(ref)
+    return spec
+
+
+def test_the_pinned_branch_is_one_seen_to_exist(check_swift, spec):
+    import executorch_pin  # ios_demo/ is on sys.path once check_swift is loaded
+
+    branch = spec["packages"]["ExecuTorch"]["branch"]
+    assert branch in executorch_pin.SEEN_SWIFTPM_REFS and branch != "swiftpm-1.5.1"
+
+
+@pytest.mark.parametrize("ref, words", [
+    ({"branch": "swiftpm-1.5.1"}, ["'swiftpm-1.5.1' was not seen", "git ls-remote"]),
+    ({"branch": "swiftpm-1.4.1"}, ["not an ExecuTorch 1.5.x package", "executorch==1.5.1"]),
+    ({"revision": "0123456789abcdef0123456789abcdef01234567"}, ["was not seen"]),
+    ({}, ["pin a `branch:` or `revision:`"]),
+    ({"branch": "swiftpm-1.5.0.20260822", "product": "backend_metal"}, ["no product 'backend_metal'"]),
+], ids=["no-such-branch", "older-minor", "unknown-revision", "no-pin", "unknown-product"])
+def test_pin_check_rejects(check_swift, spec, ref, words):
+    ref = dict(ref)
+    product = ref.pop("product", None)
+    if product:
+        spec["targets"]["ConvNetBench"]["dependencies"].append({"package": "ExecuTorch", "product": product})
+    problems = " ".join(check_swift.executorch_pin_problems(pin(spec, **ref), REPO / "requirements.lock"))
+    for w in words:
+        assert w in problems
+
+
+def test_pin_by_revision_of_a_seen_branch_is_accepted(check_swift, spec):
+    spec = pin(spec, revision="9e89536b5e5ee83c71cc26571d51f65c3ef40ec5")
+    assert check_swift.executorch_pin_problems(spec, REPO / "requirements.lock") == []
+
+
+def git(cwd, *args):
+    subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args], cwd=cwd,
+                   check=True, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("has_branch", [True, False])
+def test_remote_check_asks_git_ls_remote(check_swift, spec, tmp_path, has_branch):
+    remote = tmp_path / "executorch"
+    remote.mkdir()
+    git(remote, "init", "-q", "-b", "main")
+    git(remote, "commit", "-q", "--allow-empty", "-m", "Package.swift")
+    if has_branch:
+        git(remote, "branch", spec["packages"]["ExecuTorch"]["branch"])
+    problems = check_swift.remote_pin_problems(spec, url=str(remote))
+    if has_branch:
+        assert problems == []
+    else:
+        assert problems and "has no branch swiftpm-" in problems[0]
+
+
+# --- file sharing in the real Info.plist ---------------------------------------------
+
+def test_file_sharing_is_in_the_xcodegen_info_plist(check_swift, spec):
+    assert check_swift.file_sharing_problems(IOS_DEMO / "project.yml") == []
+    info = spec["targets"]["ConvNetBench"]["info"]
+    assert info["path"] == "ConvNetBench/Info.plist"
+    # what XcodeGen writes: real booleans, not the string "YES"
+    plist = plistlib.loads(plistlib.dumps(info["properties"]))
+    assert plist["UIFileSharingEnabled"] is True and plist["LSSupportsOpeningDocumentsInPlace"] is True
+    settings = spec["targets"]["ConvNetBench"]["settings"]["base"]
+    assert not [k for k in settings if k.startswith("INFOPLIST_KEY_") and "FileSharing" in k]
+    assert "ConvNetBench/Info.plist" in (IOS_DEMO / ".gitignore").read_text().split()
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("UIFileSharingEnabled: true", "UIFileSharingEnabled: YES", ["UIFileSharingEnabled: must be `true` (is YES)"]),
+    ("        LSSupportsOpeningDocumentsInPlace: true\n", "", ["LSSupportsOpeningDocumentsInPlace: must be `true`"]),
+    ("      path: ConvNetBench/Info.plist\n", "", ["needs `path:` and `properties:`"]),
+    ("        INFOPLIST_KEY_UIApplicationSceneManifest_Generation: YES\n",
+     "        INFOPLIST_KEY_UIApplicationSceneManifest_Generation: YES\n"
+     "        INFOPLIST_KEY_UIFileSharingEnabled: YES\n", ["drop INFOPLIST_KEY_UIFileSharingEnabled"]),
+], ids=["YES-string", "missing-key", "no-path", "build-setting"])
+def test_file_sharing_check_catches(check_swift, tmp_path, old, new, words):
+    text = (IOS_DEMO / "project.yml").read_text()
+    assert old in text
+    broken = tmp_path / "project.yml"
+    broken.write_text(text.replace(old, new, 1))
+    problems = " ".join(check_swift.file_sharing_problems(broken))
+    for w in words:
+        assert w in problems

@@ -75,6 +75,6 @@ def test_manifest_records_the_run(exported):
     manifest = json.loads((exported.out / "manifest.json").read_text())
     assert manifest["dataset"]["name"] == "mnist-5k" and manifest["dataset"]["n_train"] == 1024
     assert manifest["config"]["seed"] == 0 and manifest["model"]["name"] == "convnet"
-    assert set(manifest["accuracy"]) >= {"fp32", "ptq", "qat"}
+    assert set(manifest["accuracy"]) >= {"fp32", "int8"} and set(manifest["accuracy"]["int8"]) >= {"ptq", "qat", "chosen"}
     for tool in ("torch", "executorch", "coremltools", "litert-torch", "ai-edge-litert"):
         assert manifest["versions"][tool]

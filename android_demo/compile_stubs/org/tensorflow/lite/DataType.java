@@ -3,7 +3,7 @@
 package org.tensorflow.lite;
 
 public enum DataType {
-    FLOAT32, INT32, UINT8, INT64, STRING, BOOL, INT16, INT8, FLOAT16;
+    FLOAT32, INT32, UINT8, INT64, STRING, BOOL, INT16, INT8;
 
     public int byteSize() {
         throw new UnsupportedOperationException("compile-only stub");

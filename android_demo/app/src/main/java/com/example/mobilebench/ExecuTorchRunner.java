@@ -23,9 +23,10 @@ final class ExecuTorchRunner implements ModelRunner {
     @Override
     public void load(File model, ModelSpec spec, int threads) {
         this.spec = spec;
+        // Module.load reads and parses the program (it lists the methods), so a missing or
+        // corrupt .pte throws here. loadMethod then plans the method's memory and initialises
+        // the XNNPACK delegate (weight packing), the larger part of a cold load.
         module = Module.load(model.getAbsolutePath(), Module.LOAD_MODE_FILE, threads);
-        // Module.load only opens the file; loading the method parses the program and
-        // initialises the XNNPACK delegate, which is the real cost of a cold load.
         module.loadMethod("forward");
     }
 

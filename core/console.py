@@ -1,0 +1,85 @@
+"""What the user sees: one line per step that matters. Everything else goes to OUT/logs/.
+
+- `say(message)` is for the pipeline's own lines (a stage's result, a check that failed, a decision
+  such as a data fallback). They reach the terminal, and the command's log.
+- Anything else (print() of details, Python warnings, logging, third-party progress bars, and what
+  native code such as XNNPACK or absl writes to file descriptors 1 and 2, in this process and in
+  its children) goes only to the log, while `capture()` is active. `--verbose` shows it live as well.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, TextIO
+
+_terminal: TextIO | None = None  # set while capture() is active
+_log: TextIO | None = None
+
+
+def terminal() -> TextIO:
+    """The stream the user reads: the real terminal while capturing, else sys.stdout."""
+    return _terminal or sys.stdout
+
+
+def say(message: str = "") -> None:
+    if _terminal is not None:
+        _terminal.write(message + "\n")
+        _terminal.flush()
+        if _log is not None:
+            _log.write(message + "\n")
+            _log.flush()
+    else:
+        print(message, flush=True)
+
+
+def _tee(read_fd: int, *targets: int) -> None:
+    while True:
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            break
+        for fd in targets:
+            os.write(fd, chunk)
+    os.close(read_fd)
+
+
+@contextmanager
+def capture(log_path: Path, verbose: bool = False) -> Iterator[Path]:
+    """Send fds 1 and 2 (and so sys.stdout/sys.stderr, and child processes) to `log_path`; with
+    `verbose`, to the terminal as well. `say()` keeps writing to the terminal."""
+    global _terminal, _log
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    log = open(log_path, "a", buffering=1)
+    reader = None
+    if verbose:
+        read_fd, write_fd = os.pipe()
+        reader = threading.Thread(target=_tee, args=(read_fd, saved_out, log.fileno()), daemon=True)
+        reader.start()
+        os.dup2(write_fd, 1)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+    else:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    _terminal, _log = os.fdopen(os.dup(saved_out), "w", buffering=1), log
+    try:
+        yield log_path
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
+        if reader is not None:
+            reader.join(timeout=5)
+        _terminal.close()
+        _terminal, _log = None, None
+        log.close()

@@ -1,0 +1,155 @@
+"""Exact, behaviour-preserving rewrites that let real networks export cleanly to the int8 runtimes.
+
+Each rewrite computes the same function as the original (in eval mode), but in a form the
+quantizer and the delegates take:
+
+- StochasticDepth -> Identity. It is the identity in eval mode; in a train-mode export it
+  becomes `bernoulli_`, which neither ExecuTorch nor litert-torch can lower.
+- Hardsigmoid -> relu6(x + 3) * (1/6), and Hardswish -> x * relu6(x + 3) * (1/6) (PyTorch's own
+  definitions, up to one rounding of the division). XNNPACK's quantizer has no pattern for them: they run in float inside the
+  delegate and leave float tensors in the .tflite; the rewritten forms quantize as add, relu6
+  and mul.
+- In the exported graph: `mean(x, [2, 3])` -> `mean(x, [2, 3], keepdim=True)` then a reshape
+  (XNNPACK delegates the mean only with keepdim), and `split`/`chunk` -> one `slice` per piece.
+
+Module rewrites are checked against the original network in float (`apply`), and every
+rewrite is listed, so the report can say what was changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FLOAT_TOLERANCE = 1e-4  # max |difference| / max |output| allowed between original and rewritten, in float
+
+
+SIXTH = 1.0 / 6.0  # a multiply, not a divide: the quantizers annotate mul, and leave div in float
+
+
+class HardSigmoid(nn.Module):
+    """hardsigmoid(x) = relu6(x + 3) / 6, as ops the int8 quantizers know."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) * SIXTH
+
+
+class HardSwish(nn.Module):
+    """hardswish(x) = x * relu6(x + 3) / 6, as ops the int8 quantizers know."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (F.relu6(x + 3.0) * SIXTH)
+
+
+def _stochastic_depth_type():
+    try:
+        from torchvision.ops import StochasticDepth
+
+        return StochasticDepth
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+
+
+def module_rewrites(model: nn.Module) -> tuple[nn.Module, list[dict]]:
+    """A copy of `model` with the module rewrites applied, and what was replaced (module name, from, to)."""
+    model = copy.deepcopy(model)
+    replacements = {nn.Hardsigmoid: HardSigmoid, nn.Hardswish: HardSwish}
+    depth = _stochastic_depth_type()
+    done = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, depth):
+            new, why = nn.Identity(), "identity in eval; a train-mode export would bake in bernoulli_"
+        elif type(module) in replacements:
+            new, why = replacements[type(module)](), "same function; quantizes as add/relu6/mul"
+        else:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+        done.append({"module": name, "from": type(module).__name__, "to": type(new).__name__, "why": why})
+    return model, done
+
+
+def summarize(done: list[dict]) -> list[dict]:
+    """Rewrites grouped by kind, with how many modules each touched (for the report)."""
+    groups: dict[tuple, dict] = {}
+    for d in done:
+        key = (d["from"], d["to"])
+        g = groups.setdefault(key, {"from": d["from"], "to": d["to"], "why": d["why"], "count": 0, "examples": []})
+        g["count"] += 1
+        if len(g["examples"]) < 3:
+            g["examples"].append(d["module"])
+    return list(groups.values())
+
+
+def float_difference(original: nn.Module, rewritten: nn.Module, shape: tuple[int, ...], seed: int = 0) -> float:
+    """Max |original - rewritten| over a random batch in eval mode, relative to the largest output."""
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        a, b = original.eval()(x), rewritten.eval()(x)
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+def apply(model: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, list[dict], float]:
+    """Module rewrites, checked in float: returns (rewritten model, summary, relative max difference)."""
+    rewritten, done = module_rewrites(model)
+    if not done:
+        return model, [], 0.0
+    diff = float_difference(model, rewritten, shape)
+    if diff > FLOAT_TOLERANCE:
+        raise AssertionError(f"export rewrites changed the network's float output by {diff:.2e} (relative); "
+                             f"rewrites: {summarize(done)}")
+    return rewritten, summarize(done), diff
+
+
+# ---- rewrites of an exported graph (torch.export, aten ops) ------------------------------------
+def _is(node: torch.fx.Node, *targets) -> bool:
+    return node.op == "call_function" and node.target in targets
+
+
+def graph_rewrites(gm: torch.fx.GraphModule) -> list[dict]:
+    """Rewrite a torch.export graph module in place; returns what was changed (op, count)."""
+    aten = torch.ops.aten
+    counts = {"mean keepdim + reshape": 0, "split/chunk -> slices": 0}
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if _is(node, aten.mean.dim) and len(node.args) >= 2 and not (node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)):
+            x, dims = node.args[0], node.args[1]
+            value = x.meta.get("val")
+            if value is None or value.dim() != 4 or sorted(d % 4 for d in dims) != [2, 3]:
+                continue
+            with graph.inserting_before(node):
+                kept = graph.call_function(aten.mean.dim, (x, list(dims), True))
+                kept.meta = {**node.meta, "val": value.mean(dim=list(dims), keepdim=True)}
+                flat = graph.call_function(aten.view.default, (kept, [-1 if i == 0 else s for i, s in enumerate(node.meta["val"].shape)]))
+                flat.meta = dict(node.meta)
+            node.replace_all_uses_with(flat)
+            graph.erase_node(node)
+            counts["mean keepdim + reshape"] += 1
+        elif _is(node, aten.split_with_sizes.default, aten.split.Tensor, aten.chunk.default):
+            x = node.args[0]
+            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+            pieces = node.meta.get("val")
+            getters = [u for u in node.users if _is(u, operator.getitem)]
+            if pieces is None or len(getters) != len(node.users):
+                continue
+            starts, start = [], 0
+            for piece in pieces:
+                starts.append((start, start + piece.shape[dim]))
+                start += piece.shape[dim]
+            for getter in getters:
+                lo, hi = starts[getter.args[1]]
+                with graph.inserting_before(getter):
+                    sliced = graph.call_function(aten.slice.Tensor, (x, dim, lo, hi))
+                    sliced.meta = dict(getter.meta)
+                getter.replace_all_uses_with(sliced)
+                graph.erase_node(getter)
+            graph.erase_node(node)
+            counts["split/chunk -> slices"] += 1
+    graph.lint()
+    gm.recompile()
+    return [{"from": op.split(" ")[0], "to": op, "count": n, "why": "delegated by XNNPACK in this form"}
+            for op, n in counts.items() if n]
