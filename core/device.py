@@ -15,6 +15,7 @@ import os
 import torch
 
 from .config import DEVICES, ConfigError
+from .console import say
 
 
 class DeviceError(ConfigError):
@@ -71,7 +72,7 @@ def for_quantization(device: torch.device, requested: str) -> torch.device:
     if device.type != "mps" or os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK") == "1":
         return device
     if requested == "auto":
-        print("qat: PyTorch has no MPS kernels for fake quantization; QAT and PTQ calibration run on the CPU")
+        say("qat: PyTorch has no MPS kernels for fake quantization; QAT and PTQ calibration run on the CPU")
         return torch.device("cpu")
     raise DeviceError("--device mps: PyTorch's fake-quantization ops (aten::_fused_moving_avg_obs_fq_helper) have "
                       "no MPS kernels, so QAT cannot run there. Use --device cpu or auto for `qat`, or set "

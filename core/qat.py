@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from . import distributed
 from .data import DataBundle
+from .console import say
 from .export_check import export_training_graph
 from .loaders import TrainLoader
 from .recipe import Recipe
@@ -258,8 +259,8 @@ def qat(model: nn.Module, data: DataBundle | TrainLoader, shape: tuple[int, ...]
         done += stats["steps"]
         history.append({"epoch": epoch + 1, **stats})
         if ctx.is_main:
-            print(f"QAT epoch {epoch + 1}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
-                  f"{stats['images_per_s']:.0f} img/s")
+            say(f"QAT epoch {epoch + 1}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
+                f"{stats['images_per_s']:.0f} img/s")
         epoch += 1
     synced = distributed.sync_quantization_state(prepared, ctx)
     prepared.eval()

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from . import distributed
 from . import io as atomic
+from .console import say, terminal
 from .device import Precision
 from .loaders import TrainLoader
 from .recipe import Recipe
@@ -81,7 +82,8 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainL
     correct = loss_sum = 0  # kept as tensors on the device: no synchronisation per step
     sum_dtype = torch.float32 if ctx.device.type == "mps" else torch.float64  # MPS has no float64
     start = last_shown = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0, disable=None if ctx.is_main else True)
+    bar = tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0, disable=None if ctx.is_main else True,
+               file=terminal())
     for step, (images, labels) in enumerate(loader.epoch(epoch)):
         if on_step:
             on_step(step)
@@ -149,7 +151,7 @@ def train_fp32(model: nn.Module, loader: TrainLoader, *, epochs: int, lr: float,
             distributed.sync_batchnorm(model, ctx)  # every rank ends with the same running statistics
         if not ctx.is_main:
             continue
-        print(f"fp32 epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
+        say(f"fp32 epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
               f"{stats['images_per_s']:.0f} img/s")
         save_checkpoint(checkpoint, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -7,8 +7,11 @@ import contextlib
 import logging
 import os
 import sys
+import time
 import warnings
+from pathlib import Path
 
+from core import console
 from core.config import FIELDS, ConfigError, RunConfig, field_kind, load_config_file, resolve
 
 COMMANDS = {
@@ -34,6 +37,8 @@ EPILOG = """examples:
   mobile-pipeline train --config my_run.yaml --epochs 5 --resume
   torchrun --standalone --nproc-per-node 2 -m pipeline.cli train --dataset mnist-5k
 
+Output: one line per step; everything else (library output, warnings, tables) goes to
+OUT/logs/<time>-<command>.log, and --verbose shows it live as well.
 Settings resolve as: defaults < --config FILE (YAML or JSON) < flags. Every run records the
 resolved config in OUT/manifest.json. Exit status: 0 ok, 1 a backend or a check failed,
 2 bad input."""
@@ -62,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings = settings_parser()
     for name, help_text in COMMANDS.items():
         cmd = sub.add_parser(name, parents=[settings], help=help_text, description=help_text)
+        cmd.add_argument("--verbose", action="store_true",
+                         help="show third-party output live as well (it always goes to OUT/logs/)")
         if name == "bundle":
             cmd.add_argument("platform", choices=("android", "ios"), help="which demo app")
             cmd.add_argument("--dest", help="folder to fill (default: the app's assets/resources folder)")
@@ -71,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def quiet_libraries() -> None:
     """Keep the console for the pipeline's own messages; library chatter goes to warnings only."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import torch  # noqa: F401  (importing torch sets its loggers' levels: set ours after it)
+
     for noisy in ("coremltools", "torch", "torchao", "executorch", "absl", "jax", "litert_torch", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|torchao|coremltools|executorch|litert_torch)")
@@ -135,6 +144,14 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
     return True
 
 
+def rank_suffix() -> str:
+    """Under torchrun every process logs to its own file: `-rank1`, ... (rank 0's log keeps the plain name)."""
+    from core import distributed
+
+    rank = distributed.env_rank()
+    return f"-rank{rank}" if rank else ""
+
+
 @contextlib.contextmanager
 def locked_out(cfg: RunConfig, command: str):
     """Hold OUT's lock for the command, after cleaning what a killed run left there.
@@ -185,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schemes":  # reads nothing, writes nothing
             return 0 if run_command(args.command, cfg, args) else 2
         with locked_out(cfg, args.command):
-            ok = run_command(args.command, cfg, args)
+            log = Path(cfg.out) / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.command}{rank_suffix()}.log"
+            try:
+                with console.capture(log, verbose=args.verbose):
+                    ok = run_command(args.command, cfg, args)
+            except Exception as exc:
+                if not isinstance(exc, bad_input + (ConversionError, OSError)):  # unexpected: the log has the rest
+                    print(f"(full output of {args.command}: {log})", file=sys.stderr)
+                raise
     except bad_input + (ConversionError,) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from core import io as atomic
 from core import manifest as mf
 from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
+from core.console import say
 from core.device import check_amp, for_quantization
 from core.evaluate import accuracy, predict
 from core.export_check import check_exportable
@@ -157,7 +158,7 @@ class Pipeline(Workspace):
         stale = self.out / "stale" / (self.manifest.get("run_id") or "unknown-run")
         moved = atomic.move_aside([self.out / f for f in files], stale)
         if moved:
-            print(f"{why}: moved {len(moved)} file(s) that no longer match the settings to {stale}")
+            say(f"{why}: moved {len(moved)} file(s) that no longer match the settings to {stale}")
 
     def _downstream_of(self, stage: str) -> list[str]:
         """Files in OUT that were made from the result of `stage` (artifacts, reports, bench results)."""
@@ -202,7 +203,7 @@ class Pipeline(Workspace):
         ckpt = self.out / CHECKPOINT
         if not cfg.force and not cfg.resume and self._done("train", key) and stage.get("epochs_done") == cfg.epochs:
             self.checkpoint_state()  # an overwritten or corrupt checkpoint is an error, never silently reused
-            print(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
+            say(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
             return
         model = self.checked_model()  # a model that cannot work stops here, before anything is rewritten
         keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
@@ -222,7 +223,7 @@ class Pipeline(Workspace):
         fp32_acc = self._evaluate(result.model.eval())
         result.model.to("cpu")
         _, module_rewrites, float_diff = rewrites.apply(result.model, self.shape)
-        print(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
+        say(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
         self.manifest.update({
             "run_id": f"{mf.now().replace(':', '').replace('-', '')[:15]}-{key[:8]}",
             "dataset": data.info(),
@@ -265,10 +266,10 @@ class Pipeline(Workspace):
             damaged = self._quant_damaged(tag)
             if not damaged:
                 acc = self.manifest["accuracy"][tag]
-                print(f"qat: reusing {tag} ({acc['chosen'].upper()} {acc['quantized']:.4f}; fp32 "
+                say(f"qat: reusing {tag} ({acc['chosen'].upper()} {acc['quantized']:.4f}; fp32 "
                       f"{self.manifest['accuracy']['fp32']:.4f})")
                 return
-            print(f"qat: {tag}: {', '.join(damaged)} missing or changed since they were written; quantizing again")
+            say(f"qat: {tag}: {', '.join(damaged)} missing or changed since they were written; quantizing again")
         if not self._done("train", self.train_key()):
             raise train.CheckpointError(f"{self.out / CHECKPOINT} was not trained with these settings; run `train` first")
         model = self.fp32_model()
@@ -324,11 +325,11 @@ class Pipeline(Workspace):
         fp32, ptq, qat_acc = self.manifest["accuracy"]["fp32"], accuracy["ptq"], accuracy.get("qat")
         line = f"qat: {scheme.tag}: test accuracy fp32 {fp32:.4f} | PTQ {ptq:.4f}"
         if qat_acc is None:
-            print(f"{line} (QAT not run: {'--quant-mode ptq' if scheme.mode == 'ptq' else 'post-training scheme'})")
+            say(f"{line} (QAT not run: {'--quant-mode ptq' if scheme.mode == 'ptq' else 'post-training scheme'})")
             return "ptq"
-        print(f"{line} | QAT {qat_acc:.4f}")
+        say(f"{line} | QAT {qat_acc:.4f}")
         if qat_acc < ptq:
-            print(f"WARNING: QAT ({qat_acc:.4f}) is below PTQ ({ptq:.4f}) for {scheme.tag}: QAT fine-tuning made this "
+            say(f"WARNING: QAT ({qat_acc:.4f}) is below PTQ ({ptq:.4f}) for {scheme.tag}: QAT fine-tuning made this "
                   "network worse (PT2E QAT is known to fall below float on some networks, e.g. MobileNetV3). "
                   + ("Exporting PTQ (--quant-mode auto)." if scheme.mode == "auto" else
                      "Exporting QAT as --quant-mode qat asks; consider --quant-mode auto or ptq."))
@@ -378,9 +379,9 @@ class Pipeline(Workspace):
         if not self.cfg.force and previous.get("key") == key and previous.get("status") == "ok" and files:
             damaged = [f for f, a in files.items() if not atomic.intact(self.out / f, a.get("sha256"))]
             if not damaged:
-                print(f"export: {name}: reusing {', '.join(files)}")
+                say(f"export: {name}: reusing {', '.join(files)}")
                 return True
-            print(f"export: {name}: {', '.join(damaged)} missing or changed since export; exporting again")
+            say(f"export: {name}: {', '.join(damaged)} missing or changed since export; exporting again")
         for f in files:  # not done until the new files are written and recorded
             self.manifest["artifacts"].pop(f)
         self.manifest["backends"][name] = {"key": key, "status": "running"}
@@ -393,7 +394,7 @@ class Pipeline(Workspace):
             raise  # a full or read-only disk stops every backend: exit 2 with the file named
         except Exception as exc:  # a failing backend must not stop the others
             reason = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
-            print(f"[x] export: {name} FAILED: {reason}")
+            say(f"[x] export: {name} FAILED: {reason}")
             self.manifest["backends"][name] = {"key": key, "status": "failed", "reason": reason}
             self._retire(list(files), f"export: {name}")
             self._save()
@@ -402,7 +403,7 @@ class Pipeline(Workspace):
             path = self.out / a.file
             self.manifest["artifacts"][a.file] = {**a.to_dict(), "bytes": atomic.size_bytes(path),
                                                   "sha256": atomic.sha256(path)}
-            print(f"[✓] export: {a.file} ({atomic.size_bytes(path) / 1e6:.2f} MB, {a.export_seconds:.1f} s)")
+            say(f"[✓] export: {a.file} ({atomic.size_bytes(path) / 1e6:.2f} MB, {a.export_seconds:.1f} s)")
         self._retire([f for f in files if f not in self.manifest["artifacts"]], f"export: {name}")
         self.manifest["backends"][name] = {"key": key, "status": "ok", "reason": None,
                                            "wall_time_s": time.perf_counter() - start}
@@ -422,7 +423,7 @@ class Pipeline(Workspace):
         logits_by_file, ok = {}, True
         selected = {f: a for f, a in self.manifest["artifacts"].items() if backends is None or a["backend"] in backends}
         if not selected:
-            print("verify: no artifacts to verify; run `export` first")
+            say("verify: no artifacts to verify; run `export` first")
             return False
         for file, artifact in selected.items():
             path, tag = self.out / file, _scheme_tag(artifact)
@@ -437,7 +438,7 @@ class Pipeline(Workspace):
                     failure = f"its reference cannot be loaded: {exc}"
             if failure:
                 artifact["verification"] = {"passed": False, "failures": [failure]}
-                print(f"[x] verify: {file}: {failure}")
+                say(f"[x] verify: {file}: {failure}")
                 ok = False
                 continue
             reference = (artifact["reference"], tag)
@@ -449,7 +450,7 @@ class Pipeline(Workspace):
                 logits, method = run_artifact(path, artifact, source, data)
             except Exception as exc:
                 artifact["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
-                print(f"[x] verify: {file}: could not run it: {exc}; re-run `export --force` to rebuild it")
+                say(f"[x] verify: {file}: could not run it: {exc}; re-run `export --force` to rebuild it")
                 ok = False
                 continue
             baselines = {"fp32": acc.get("fp32"), "ptq": (acc.get(tag) or {}).get("ptq") if tag else None}
@@ -458,10 +459,10 @@ class Pipeline(Workspace):
             artifact["verification"] = result
             logits_by_file[file] = logits
             mark = "✓" if result["passed"] else "x"
-            print(f"[{mark}] verify: {file}: accuracy {result['accuracy']:.4f}, agreement with {artifact['reference']} "
+            say(f"[{mark}] verify: {file}: accuracy {result['accuracy']:.4f}, agreement with {artifact['reference']} "
                   f"{result['agreement']:.4f}, max |dlogit| {result['max_abs_logit_diff']:.4g} ({method})")
             for failure in result["failures"]:
-                print(f"    FAILED: {file}: {failure}")
+                say(f"    FAILED: {file}: {failure}")
             ok &= result["passed"]
         self.manifest["verification"] = {
             "thresholds": {"min_agreement": thresholds.min_agreement, "max_acc_drop_pp": thresholds.max_acc_drop_pp,
@@ -518,5 +519,5 @@ class Pipeline(Workspace):
         atomic.write_json(dest / "models.json", {"schema_version": 1, "run_id": self.manifest.get("run_id"), "models": [
             {"file": f, "backend": a["backend"], "quant": a["quant"], "input": a["input"], "output": a["output"]}
             for f, a in chosen.items()]})
-        print(f"bundle: {len(chosen)} models, labels and {n} test images -> {dest}")
+        say(f"bundle: {len(chosen)} models, labels and {n} test images -> {dest}")
         return dest
