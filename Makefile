@@ -22,7 +22,7 @@ LAUNCH    = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCH
 BENCH_TRAIN_ARGS  ?=
 BENCH_STREAM_ARGS ?=
 
-.PHONY: setup train qat export export-android export-ios bench bench-train bench-stream report bench-models fashion-mnist-data test clean distclean
+.PHONY: setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models fashion-mnist-data test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ export-android: qat
 export-ios: qat
 	$(CLI) export --backends coreml,executorch $(SETTINGS)
 	$(CLI) bundle ios $(SETTINGS) $(BUNDLE_ARGS)
+
+parity: $(VENV_STAMP)
+	$(CLI) parity $(SETTINGS)
 
 bench: $(VENV_STAMP)
 	$(CLI) bench $(SETTINGS)

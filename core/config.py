@@ -90,6 +90,10 @@ class RunConfig:
     max_quant_drop: float = _opt(2.0, "maximum accuracy drop (percentage points) of each quantized artifact against fp32, "
                                       "and against PTQ where PTQ ran: the cost of quantization", "verify")
     sample_size: int = _opt(100, "test images bundled into the demo apps", "verify")
+    parity_check: bool = _opt(True, "verify: hold the int8 .pte and .tflite to each other layer by layer", "verify")
+    parity_images: int = _opt(100, "test images run layer by layer by `parity` and the check in verify (0 = all)", "verify")
+    max_parity_steps: int = _opt(0, "most output steps the int8 .pte and .tflite may differ by at any layer", "verify")
+    max_parity_steps_float: int = _opt(1, "the same, at a layer that a runtime computes in float", "verify")
     # host benchmark
     bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement (at most --bench-seconds / 4 of them)", "bench")
     bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count, at most (batch 32: a tenth, at least 3)", "bench")
@@ -107,7 +111,8 @@ class RunConfig:
         for name, low in (("epochs", 0), ("qat_epochs", 0), ("limit_train", 0), ("limit_test", 0), ("threads", 0),
                           ("qat_max_steps", 0), ("seed", 0), ("max_acc_drop", 0), ("max_quant_drop", 0),
                           ("weight_threshold", 0), ("bench_warmup", 0), ("bench_train_steps", 1),
-                          ("bench_iterations", 1), ("bench_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1)):
+                          ("bench_iterations", 1), ("bench_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
+                          ("parity_images", 0), ("max_parity_steps", 0), ("max_parity_steps_float", 0)):
             if getattr(self, name) < low:
                 problems.append(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}")
         for name in ("lr", "qat_lr"):

@@ -26,6 +26,7 @@ from .loaders import TrainLoader
 from .recipe import Recipe
 from .rewrites import graph_rewrites
 from .schemes import Scheme
+from .snapping import snap_to_grid
 
 from torchao.quantization.pt2e.observer import MinMaxObserver  # noqa: E402  (PercentileObserver's base)
 from .train import run_epoch
@@ -302,16 +303,24 @@ def weight_quantization_error(prepared: torch.fx.GraphModule) -> list[dict]:
     return rows
 
 
-def convert(prepared: torch.fx.GraphModule, fold: bool = True, in_place: bool = False) -> torch.fx.GraphModule:
+def convert(prepared: torch.fx.GraphModule, fold: bool = True, in_place: bool = False,
+            snap: bool = True) -> torch.fx.GraphModule:
     """convert_pt2e of a copy of `prepared` (or of `prepared` itself, consumed, with `in_place`).
 
     Dynamic-activation graphs must be converted in place: a deep copy keeps node references inside
     the quantization annotations pointing at the old graph, and convert_pt2e's metadata pass then
     finds no choose_qparams node ("No chose qparams node found for linear").
+
+    With `snap`, every conv/linear weight and bias that has a static int8 input is put on its
+    int8/int32 grid (core/snapping.py), so that ExecuTorch (folded graph) and litert-torch
+    (unfolded graph) start from the same integers; the counts go to `converted.meta["grid_snap"]`.
+    Layers with dynamic (run-time) input ranges have no fixed bias grid and are never touched.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     converted = convert_pt2e(prepared if in_place else copy.deepcopy(prepared), fold_quantize=fold)
+    if snap:
+        converted.meta["grid_snap"] = snap_to_grid(converted)
     # Folding adds int8 copies of the weights; drop the float originals nothing reads any more.
     used = {n.target for n in converted.graph.nodes if n.op == "get_attr"}
     for name, _ in list(converted.named_parameters()):

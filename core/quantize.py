@@ -90,10 +90,16 @@ def quant_aware(model: nn.Module, scheme: Scheme, data: DataBundle | TrainLoader
 
 
 def _converted(prepared, scheme: Scheme) -> tuple[nn.Module, nn.Module | None]:
-    """(folded, unfolded) for static schemes; (folded, None) for dynamic ones, converted in place (see qat.convert)."""
+    """(folded, unfolded) for static schemes; (folded, None) for dynamic ones, converted in place (see qat.convert).
+
+    Static schemes (8-bit per channel or per tensor, and the simulated 4-bit) get their weights and
+    biases snapped to the int8/int32 grids, in both graphs (core/snapping.py): snapped values are
+    fixed points of each graph's own quantize ops, so every converter reads the same integers.
+    Dynamic schemes are not snapped: their input scale, and so the bias grid, is known only at run time.
+    """
     if scheme.activations == "static":
         return qat.convert(prepared), qat.convert(prepared, fold=False)
-    return qat.convert(prepared, in_place=True), None
+    return qat.convert(prepared, in_place=True, snap=False), None
 
 
 # ---- torchao: int4 (or per-block) weights with dynamic int8 activations ---------------------------
@@ -204,3 +210,11 @@ def load_program(path: Path) -> nn.Module:
     import torchao.quantization  # noqa: F401  registers torchao's quantized ops for programs that use them
 
     return qat.load_program(path)
+
+
+def grid_snap(result: Quantized) -> dict | None:
+    """What the int8/int32 grid snapping moved in each converted graph (qat.convert); None where nothing was snapped."""
+    graphs = {"program": result.program, "unfolded": result.unfolded}
+    snaps = {name: g.meta["grid_snap"] for name, g in graphs.items()
+             if isinstance(g, torch.fx.GraphModule) and "grid_snap" in g.meta}
+    return snaps or None

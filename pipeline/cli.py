@@ -19,6 +19,7 @@ COMMANDS = {
     "qat": "PTQ baseline and quantization-aware fine-tuning from the fp32 checkpoint",
     "export": "convert the QAT model with each backend, then verify every artifact",
     "verify": "run every exported artifact on the test set in its runtime and check it",
+    "parity": "compare PyTorch, the int8 .pte and the int8 .tflite layer by layer (and Core ML's weights)",
     "bundle": "copy verified artifacts, labels and a test sample into a demo app",
     "bench": "measure load time, latency, throughput, memory and accuracy on this host",
     "report": "rebuild the reports and plots from the JSON files, without running anything",
@@ -33,6 +34,7 @@ EPILOG = """examples:
   mobile-pipeline run --dataset mnist-5k --epochs 1
   mobile-pipeline export --backends executorch,tflite --out artifacts
   mobile-pipeline export --backends coreml --nbits 2 --force
+  mobile-pipeline parity --parity-images 0
   mobile-pipeline bundle android
   mobile-pipeline train --config my_run.yaml --epochs 5 --resume
   torchrun --standalone --nproc-per-node 2 -m pipeline.cli train --dataset mnist-5k
@@ -129,6 +131,10 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
         return pipeline.export()
     elif command == "verify":
         return pipeline.verify()
+    elif command == "parity":
+        from . import parity
+
+        return parity.run(pipeline)
     elif command == "bundle":
         pipeline.bundle(args.platform, args.dest)
     elif command == "run":

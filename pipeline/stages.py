@@ -33,7 +33,7 @@ from core import schemes
 from core.schemes import Scheme
 from core.workspace import CHECKPOINT, Workspace
 
-from . import report
+from . import parity, report
 
 TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "limit_train", "limit_test", "batch_size", "lr",
                   "seed", "optimizer", "momentum", "weight_decay", "lr_schedule", "lr_gamma", "warmup_epochs",
@@ -312,7 +312,7 @@ class Pipeline(Workspace):
         self.manifest["stages"]["quantize"][tag] = {
             "status": "done", "key": key, "scheme": scheme.describe(), "chosen": chosen,
             "sha256": {name: atomic.sha256(path) for name, path in paths.items()},
-            "weight_error": result.weight_error,
+            "weight_error": result.weight_error, "grid_snap": quantize.grid_snap(result),
             "steps": qat_run.stats["steps"] if qat_run else 0, "events": qat_run.stats["events"] if qat_run else [],
             "images_per_s": qat_run.stats["images_per_s"] if qat_run else None,
             "history": qat_run.stats["history"] if qat_run else [], "compute": compute,
@@ -472,6 +472,11 @@ class Pipeline(Workspace):
         }
         self.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed")
                                                       for a in self.manifest["artifacts"].values())
+        parity_ok = parity.verify_layers(self, sources, logits_by_file)  # None: no .pte/.tflite pair to compare
+        if parity_ok is not None:
+            self.manifest["verification"]["parity_passed"] = parity_ok
+            self.manifest["verification"]["passed"] &= parity_ok
+            ok &= parity_ok
         self._save()
         return ok
 
