@@ -14,8 +14,15 @@ EPOCHS   ?= 3
 OUT      ?= artifacts
 ARGS     ?=
 SETTINGS  = --dataset $(DATASET) --data-dir $(DATA_DIR) --model $(MODEL) --epochs $(EPOCHS) --out $(OUT) $(ARGS)
+# NPROC > 1: train and qat run under torchrun (DistributedDataParallel, one process per GPU or CPU share).
+# TORCHRUN_ARGS: --standalone on one machine; several machines: see README "Training on GPUs and several machines".
+NPROC    ?= 1
+TORCHRUN_ARGS ?= --standalone
+LAUNCH    = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCHRUN_ARGS) --nproc-per-node $(NPROC) -m pipeline.cli,$(CLI))
+BENCH_TRAIN_ARGS  ?=
+BENCH_STREAM_ARGS ?=
 
-.PHONY: setup train qat export export-android export-ios parity bench report bench-models fashion-mnist-data test clean distclean
+.PHONY: setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models fashion-mnist-data test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +35,10 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 setup: $(VENV_STAMP)
 
 train: $(VENV_STAMP) $(if $(filter fashion-mnist,$(DATASET)),fashion-mnist-data)
-	$(CLI) train $(SETTINGS)
+	$(LAUNCH) train $(SETTINGS)
 
 qat: train
-	$(CLI) qat $(SETTINGS)
+	$(LAUNCH) qat $(SETTINGS)
 
 export: qat
 	$(CLI) export $(SETTINGS)
@@ -49,6 +56,12 @@ parity: $(VENV_STAMP)
 
 bench: $(VENV_STAMP)
 	$(CLI) bench $(SETTINGS)
+
+bench-train: $(VENV_STAMP)
+	$(PY) -m benchmarks.distributed --out $(OUT) $(BENCH_TRAIN_ARGS)
+
+bench-stream: $(VENV_STAMP)
+	$(PY) -m benchmarks.streaming --out $(OUT) --data-root $(DATA_DIR)/bench-stream $(BENCH_STREAM_ARGS)
 
 report: $(VENV_STAMP)
 	$(CLI) report $(SETTINGS)

@@ -279,12 +279,13 @@ def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dic
     """Images/s: recorded by the pipeline's stages; its loop and a bare loop, both timed now on the same model."""
     cfg, data = workspace.cfg, workspace.data
     stages = manifest.get("stages", {})
-    batches = training.training_batches(data, cfg.batch_size, steps + training.WARMUP_STEPS, cfg.seed)
     torch.manual_seed(cfg.seed)
-    loops = {"fp32": training.fp32_loops(workspace.build_model(len(data.labels)), data, batches, cfg.lr, cfg.seed)}
+    loops = {"fp32": training.fp32_loops(workspace.build_model(len(data.labels)), data, cfg.batch_size, cfg.lr,
+                                         steps, cfg.seed)}
     errors = {"fp32": None, "qat": None}
     try:
-        loops["qat"] = training.qat_loops(workspace.fp32_model(), workspace.shape, data, batches, cfg.qat_lr, cfg.seed)
+        loops["qat"] = training.qat_loops(workspace.fp32_model(), workspace.shape, data, cfg.batch_size, cfg.qat_lr,
+                                          steps, cfg.seed)
     except Exception as exc:  # the QAT loops are a bonus; the table says why they are missing
         loops["qat"], errors["qat"] = (None, None), f"{type(exc).__name__}: {exc}"
 
@@ -293,16 +294,10 @@ def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dic
                    "qat": quantized[0]["images_per_s"] if quantized else None}
 
     def entry(stage: str, name: str) -> dict:
-        bare, piped = loops[name]
-        recorded = recorded_by[name]
-        return {"pipeline_images_per_s": recorded,
-                "pipeline_loop_images_per_s": piped and piped["images_per_s"],
-                "bare_images_per_s": bare and bare["images_per_s"],
-                "pipeline_vs_bare": piped["images_per_s"] / bare["images_per_s"] if piped and bare else None,
-                "bare_steps": bare and bare["steps"], "error": errors[name]}
+        return {"pipeline_images_per_s": recorded_by[name], **training.entry(*loops[name]), "error": errors[name]}
 
     return {"batch_size": cfg.batch_size, "threads": torch.get_num_threads(), "warmup_steps": training.WARMUP_STEPS,
-            "fp32": entry("train", "fp32"), "qat": entry("qat", "qat")}
+            "rounds": training.ROUNDS, "fp32": entry("train", "fp32"), "qat": entry("qat", "qat")}
 
 
 def stage_times(manifest: dict) -> list[dict]:

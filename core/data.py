@@ -225,6 +225,17 @@ def _mnist_5k() -> DataBundle:
     )
 
 
+def imagefolder_splits(root: Path) -> tuple[Path, Path]:
+    """(train, test) folders of an imagefolder: dataset; test/ may be called val/."""
+    splits = {s: root / s for s in ("train", "test", "val") if (root / s).is_dir()}
+    if "train" not in splits or not ({"test", "val"} & set(splits)):
+        raise DataError(
+            f"imagefolder:{root} needs {root}/train/<class>/*.png and {root}/test/<class>/*.png "
+            "(or val/ instead of test/); see torchvision.datasets.ImageFolder"
+        )
+    return splits["train"], splits.get("test") or splits["val"]
+
+
 def read_image(path: Path, channels: int, size: int) -> np.ndarray:
     """One image file as uint8 [H, W] or [H, W, 3] at `size`, with 16-bit images scaled to 8 bits.
 
@@ -258,12 +269,7 @@ def check_labels(bundle: DataBundle) -> None:
 def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
     from torchvision.datasets import ImageFolder
 
-    splits = {s: root / s for s in ("train", "test", "val") if (root / s).is_dir()}
-    if "train" not in splits or not ({"test", "val"} & set(splits)):
-        raise DataError(
-            f"imagefolder:{root} needs {root}/train/<class>/*.png and {root}/test/<class>/*.png "
-            "(or val/ instead of test/); see torchvision.datasets.ImageFolder"
-        )
+    train_dir, test_dir = imagefolder_splits(root)
 
     def read(split: Path):
         try:
@@ -277,8 +283,8 @@ def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
         data = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
         return ds.classes, data, torch.as_tensor(ds.targets, dtype=torch.int64)
 
-    classes, x_train, y_train = read(splits["train"])
-    test_classes, x_test, y_test = read(splits.get("test") or splits["val"])
+    classes, x_train, y_train = read(train_dir)
+    test_classes, x_test, y_test = read(test_dir)
     if test_classes != classes:
         raise DataError(f"{root}: train classes {classes} differ from test classes {test_classes}")
     return DataBundle("imagefolder", f"imagefolder:{root}", x_train, y_train, x_test, y_test, classes)

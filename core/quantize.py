@@ -30,6 +30,8 @@ from . import io as atomic
 from . import qat
 from .data import DataBundle
 from .export_check import MAX_BATCH
+from .loaders import TrainLoader
+from .recipe import Recipe
 from .schemes import Scheme
 
 PROGRAM, UNFOLDED, FLOAT = "program.pt2", "unfolded.pt2", "float.pt"
@@ -57,11 +59,12 @@ def kind(scheme: Scheme) -> str:
 
 # ---- PTQ and QAT ---------------------------------------------------------------------------------
 def post_training(model: nn.Module, scheme: Scheme, data: DataBundle, shape: tuple[int, ...], calib_batches: int,
-                  batch_size: int, keep_float: tuple[str, ...] = ()) -> Quantized:
+                  batch_size: int, keep_float: tuple[str, ...] = (), device: torch.device | str = "cpu") -> Quantized:
+    """PTQ; PT2E calibration runs its batches on `device`, everything else (and the result) stays on the CPU."""
     model = copy.deepcopy(model).eval()
     k = kind(scheme)
     if k == "pt2e":
-        prepared = qat.calibrate(model, data, shape, calib_batches, batch_size, keep_float, scheme)
+        prepared = qat.calibrate(model, data, shape, calib_batches, batch_size, keep_float, scheme, device)
         errors = qat.weight_quantization_error(prepared)
         program, unfolded = _converted(prepared, scheme)
         return Quantized("ptq", program, model, unfolded, errors)
@@ -70,9 +73,15 @@ def post_training(model: nn.Module, scheme: Scheme, data: DataBundle, shape: tup
     return Quantized("ptq", round_weights(model, scheme), model, weight_error=weight_only_error(model, scheme))
 
 
-def quant_aware(model: nn.Module, scheme: Scheme, data: DataBundle, shape: tuple[int, ...],
-                schedule: qat.QATSchedule, keep_float: tuple[str, ...] = ()) -> Quantized:
-    prepared, stats = qat.qat(model, data, shape, schedule, keep_float, scheme)
+def quant_aware(model: nn.Module, scheme: Scheme, data: DataBundle | TrainLoader, shape: tuple[int, ...],
+                schedule: qat.QATSchedule, keep_float: tuple[str, ...] = (), recipe: Recipe = Recipe()) -> Quantized | None:
+    """QAT (see qat.qat: `data` may be a TrainLoader, for a device and torchrun), then conversion.
+
+    Under torchrun every process fine-tunes; only rank 0 converts, and the others get None.
+    """
+    prepared, stats = qat.qat(model, data, shape, schedule, keep_float, scheme, recipe)
+    if isinstance(data, TrainLoader) and not data.ctx.is_main:
+        return None  # the ranks ended with identical weights, observers and BatchNorm statistics: rank 0 has them all
     trained = copy.deepcopy(model)
     trained.load_state_dict(qat.float_weights(prepared, model))
     errors = qat.weight_quantization_error(prepared)

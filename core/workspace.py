@@ -12,6 +12,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from . import data as datasets
+from . import loaders
 from . import manifest as mf
 from . import models, qat, quantize, rewrites, train
 from .config import RunConfig
@@ -49,18 +50,24 @@ class Workspace:
         self._data: datasets.DataBundle | None = None
 
     @property
-    def data(self) -> datasets.DataBundle:
+    def data(self) -> datasets.DataBundle | loaders.StreamingData:
         if self._data is None:
             c, size, _ = self.shape
-            name, recorded = self.cfg.dataset, self.manifest.get("dataset") or {}
+            cfg = self.cfg
+            name, recorded = cfg.dataset, self.manifest.get("dataset") or {}
             if name == "mnist" and datasets.mnist_fallback_recorded(recorded.get("note")):
                 # Decided once per OUT: the model in OUT was trained on mnist-5k, so every later stage
                 # evaluates on mnist-5k too (no download retried, no mixing of datasets).
                 say(f"data: mnist-5k, as when {self.out} was trained (MNIST was unavailable then; "
                     "a new --out retries full MNIST)")
                 name = "mnist-5k"
-            self._data = datasets.load(name, self.cfg.data_dir, c, size, self.cfg.limit_train, self.cfg.limit_test)
-            if name != self.cfg.dataset:
+            if loaders.streams(name, cfg.loader):
+                self._data = loaders.open_imagefolder(Path(name.split(":", 1)[1]), c, size,
+                                                      limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                                                      workers=cfg.workers, stats_images=cfg.stats_images, seed=cfg.seed)
+            else:
+                self._data = datasets.load(name, cfg.data_dir, c, size, cfg.limit_train, cfg.limit_test)
+            if name != cfg.dataset:
                 self._data.note = recorded["note"]
         return self._data
 

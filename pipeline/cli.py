@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -25,7 +26,9 @@ COMMANDS = {
     "run": "train, qat, export (with verify), bench and report, in order",
     "schemes": "print which runtime honours which quantization scheme (the support matrix), and how",
 }
-GROUPS = {"data": "data and model", "train": "fp32 training", "quant": "quantization (PTQ and QAT)",
+DISTRIBUTED_COMMANDS = ("train", "qat", "run")  # the commands torchrun may start on several processes
+GROUPS = {"data": "data and model", "train": "fp32 training", "compute": "device and distributed training (torchrun)",
+          "quant": "quantization (PTQ and QAT)",
           "export": "export backends", "verify": "verification", "bench": "host benchmark", "run": "run"}
 EPILOG = """examples:
   mobile-pipeline run --dataset mnist-5k --epochs 1
@@ -34,6 +37,7 @@ EPILOG = """examples:
   mobile-pipeline parity --parity-images 0
   mobile-pipeline bundle android
   mobile-pipeline train --config my_run.yaml --epochs 5 --resume
+  torchrun --standalone --nproc-per-node 2 -m pipeline.cli train --dataset mnist-5k
 
 Output: one line per step; everything else (library output, warnings, tables) goes to
 OUT/logs/<time>-<command>.log, and --verbose shows it live as well.
@@ -92,8 +96,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
+    from core import distributed
+
     from .stages import Pipeline
 
+    if distributed.launched_by_torchrun() and command not in DISTRIBUTED_COMMANDS:
+        raise ConfigError(f"`{command}` runs in one process; start it without torchrun "
+                          f"(torchrun is for {', '.join(DISTRIBUTED_COMMANDS)})")
+    if command in DISTRIBUTED_COMMANDS:  # a device this machine lacks is refused before any data is read
+        from core import device
+
+        device.check_amp(cfg.amp, device.resolve(cfg.device, distributed.env_local_rank()))
     if command == "schemes":
         from core import schemes
 
@@ -129,9 +142,46 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
 
         pipeline.train()
         pipeline.qat()
+        distributed.cleanup()  # under torchrun, training is over: rank 0 alone exports and benchmarks
+        if not pipeline.ctx.is_main:
+            return True
         exported = pipeline.export()
         return host.bench(cfg) and exported
     return True
+
+
+def rank_suffix() -> str:
+    """Under torchrun every process logs to its own file: `-rank1`, ... (rank 0's log keeps the plain name)."""
+    from core import distributed
+
+    rank = distributed.env_rank()
+    return f"-rank{rank}" if rank else ""
+
+
+@contextlib.contextmanager
+def locked_out(cfg: RunConfig, command: str):
+    """Hold OUT's lock for the command, after cleaning what a killed run left there.
+
+    Under torchrun rank 0 alone locks and cleans OUT (a second job on the same OUT is still
+    refused); the other ranks start the process group and wait until it has done so, so that
+    every rank then reads the same manifest.
+    """
+    from core import distributed
+    from core.io import OutLock, recover
+
+    torchrun = distributed.launched_by_torchrun() and command in DISTRIBUTED_COMMANDS
+    if torchrun:
+        distributed.setup(cfg.device)
+    if distributed.env_rank() != 0:
+        distributed.barrier()
+        yield
+        return
+    with OutLock(cfg.out, f"mobile-pipeline {command}"):
+        for action in recover(cfg.out):
+            print(f"recover: {action}")
+        if torchrun:
+            distributed.barrier()
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from benchmarks.host import BenchError
     from core.data import DataError
-    from core.io import OutLock, OutputDirError, recover
+    from core.io import OutputDirError
     from core.manifest import ManifestError
     from core.models import ModelError
     from core.qat import QuantError
@@ -157,10 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         if args.command == "schemes":  # reads nothing, writes nothing
             return 0 if run_command(args.command, cfg, args) else 2
-        with OutLock(cfg.out, f"mobile-pipeline {args.command}"):
-            for action in recover(cfg.out):
-                print(f"recover: {action}")
-            log = Path(cfg.out) / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.command}.log"
+        with locked_out(cfg, args.command):
+            log = Path(cfg.out) / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.command}{rank_suffix()}.log"
             try:
                 with console.capture(log, verbose=args.verbose):
                     ok = run_command(args.command, cfg, args)
@@ -180,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {args.command} stopped; finished files in OUT are intact, and the next run "
               "cleans up and continues from them", file=sys.stderr)
         return 130
+    finally:
+        from core.distributed import cleanup
+
+        cleanup()  # leave torchrun's process group (nothing to do in one process)
     return 0 if ok else 1
 
 

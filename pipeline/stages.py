@@ -10,6 +10,9 @@ and files of an older model are moved to OUT/stale/ rather than left under their
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import shutil
 import time
 from pathlib import Path
@@ -19,18 +22,22 @@ import torch
 
 from core import io as atomic
 from core import manifest as mf
-from core import models, qat, quantize, rewrites, train
+from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
 from core.console import say
+from core.device import check_amp, for_quantization
 from core.evaluate import accuracy, predict
 from core.export_check import check_exportable
+from core.recipe import Recipe
 from core import schemes
 from core.schemes import Scheme
 from core.workspace import CHECKPOINT, Workspace
 
 from . import parity, report
 
-TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "limit_train", "limit_test", "batch_size", "lr", "seed")
+TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "limit_train", "limit_test", "batch_size", "lr",
+                  "seed", "optimizer", "momentum", "weight_decay", "lr_schedule", "lr_gamma", "warmup_epochs",
+                  "label_smoothing", "augment", "augment_min_scale", "stats_images")
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
 SCHEME_SETTINGS = ("quant_mode", "weight_bits", "weight_granularity", "block_size", "weight_symmetry", "activations",
                    "calibration")
@@ -49,12 +56,31 @@ class StageError(RuntimeError):
     """A stage was asked for before the one it needs, or its settings cannot work; the message says what to do."""
 
 
+def run_by_every_rank(stage):
+    """A stage every torchrun process runs (training is collective); rank 0 alone writes OUT,
+    and the others wait for it, then read the manifest it wrote. One process: no change."""
+    @functools.wraps(stage)
+    def run(self, *args, **kwargs):
+        ctx = self.ctx  # device and process group first
+        result = stage(self, *args, **kwargs)
+        if ctx.distributed:
+            distributed.barrier()
+            self.manifest = mf.load(self.out)
+        return result
+
+    return run
+
+
 class Pipeline(Workspace):
     def __init__(self, cfg: RunConfig):
         atomic.ensure_writable_dir(Path(cfg.out))
         super().__init__(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if distributed.launched_by_torchrun():  # rank 0 downloads or unpacks the dataset first; the others then read it
+            if self.ctx.is_main:
+                self.data
+            distributed.barrier()
         self.preflight()
 
     # ---- checks before anything runs ---------------------------------------------
@@ -69,7 +95,9 @@ class Pipeline(Workspace):
             raise StageError("; ".join(problems))
         scheme = self.scheme()
         trains = scheme.trainable and scheme.mode in ("auto", "qat")
-        problems = self.schedule().problems(len(self.data.train_labels)) if trains else []
+        # Under torchrun each process takes its shard of every epoch (DistributedSampler); QAT counts its steps on that.
+        shard = math.ceil(len(self.data.train_labels) / distributed.env_world_size())
+        problems = self.schedule().problems(shard) if trains else []
         if problems:
             raise StageError("; ".join(problems))
 
@@ -79,6 +107,22 @@ class Pipeline(Workspace):
                                cfg.freeze_bn_at, cfg.freeze_observers_at)
 
     # ---- shared pieces -------------------------------------------------------------
+    @functools.cached_property
+    def ctx(self) -> distributed.Context:
+        """Device, rank and world size: decided once, when a stage first needs them."""
+        ctx = distributed.setup(self.cfg.device)
+        check_amp(self.cfg.amp, ctx.device)
+        return ctx
+
+    def train_loader(self, seed: int, ctx: distributed.Context | None = None) -> loaders.TrainLoader:
+        recipe = Recipe.from_config(self.cfg)
+        recipe.check_augmentation(self.shape[0])
+        return loaders.TrainLoader(self.data, self.cfg.batch_size, seed=seed, ctx=ctx or self.ctx, workers=self.cfg.workers,
+                                   augment=recipe.augmentation(self.shape[1]))
+
+    def compute(self, loader: loaders.TrainLoader) -> dict:
+        return {**loader.ctx.describe(), **loader.describe(), "amp": self.cfg.amp, "sync_bn": self.cfg.sync_bn}
+
     def train_key(self) -> str:
         return f"{self.cfg.key(*TRAIN_SETTINGS)}-{self.data.name}-{len(self.data.train_labels)}"
 
@@ -93,16 +137,24 @@ class Pipeline(Workspace):
         return stage.get("status") == "done" and stage.get("key") == key
 
     def _save(self) -> None:
-        """Write the manifest, and the report that describes it, so the two never disagree."""
+        """Write the manifest, and the report that describes it, so the two never disagree (rank 0 alone, under torchrun)."""
+        if distributed.env_rank() != 0:
+            return
         self.manifest["config"] = self.cfg.to_dict()
         mf.save(self.out, self.manifest)
         report.write_export_report(self.out, self.manifest)
 
-    def _evaluate(self, fn) -> float:
-        return accuracy(predict(fn, self.data), self.data.test_labels.numpy())
+    def _evaluate(self, fn, on_device: bool = True) -> float:
+        """Test accuracy; float models run on the training device, quantized programs on the CPU."""
+        device = self.ctx.device if on_device else None
+        if device is not None and isinstance(fn, torch.nn.Module):
+            fn = fn.to(device)
+        return accuracy(predict(fn, self.data, device=device), self.data.test_labels.numpy())
 
     def _retire(self, files: list[str], why: str) -> None:
         """Move outputs of an older model out of the way, into OUT/stale/<its run id>/; never delete them."""
+        if distributed.env_rank() != 0:
+            return  # under torchrun rank 0 alone touches OUT
         stale = self.out / "stale" / (self.manifest.get("run_id") or "unknown-run")
         moved = atomic.move_aside([self.out / f for f in files], stale)
         if moved:
@@ -144,6 +196,7 @@ class Pipeline(Workspace):
         return model.train()
 
     # ---- train ---------------------------------------------------------------------
+    @run_by_every_rank
     def train(self) -> None:
         cfg, data = self.cfg, self.data
         key, stage = self.train_key(), self._stage("train")
@@ -160,11 +213,15 @@ class Pipeline(Workspace):
         self._save()
         meta = {"model": cfg.model, "labels": data.labels, "mean": data.mean, "std": data.std, "input_shape": list(self.shape)}
         start = time.perf_counter()
-        result = train.train_fp32(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                                  checkpoint=ckpt, key=key, meta=meta, resume=cfg.resume)
+        loader = self.train_loader(train.shuffle_seed(cfg.seed))
+        result = train.train_fp32(model, loader, epochs=cfg.epochs, lr=cfg.lr, checkpoint=ckpt, key=key, meta=meta,
+                                  resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp, sync_bn=cfg.sync_bn)
+        if not self.ctx.is_main:
+            return
         if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
         fp32_acc = self._evaluate(result.model.eval())
+        result.model.to("cpu")
         _, module_rewrites, float_diff = rewrites.apply(result.model, self.shape)
         say(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
         self.manifest.update({
@@ -179,7 +236,7 @@ class Pipeline(Workspace):
         self.manifest["stages"] = {"train": {
             "status": "done", "key": key, "checkpoint": str(CHECKPOINT), "sha256": atomic.sha256(ckpt),
             "epochs_done": result.epochs_done, "images_per_s": result.images_per_s, "history": result.history,
-            "wall_time_s": time.perf_counter() - start}}
+            "compute": self.compute(loader), "wall_time_s": time.perf_counter() - start}}
         self._save()
 
     # ---- quantize (the `qat` command) -------------------------------------------------
@@ -198,6 +255,7 @@ class Pipeline(Workspace):
         return [f for f, digest in self._quant_stage(tag).get("sha256", {}).items()
                 if not atomic.intact(folder / f, digest)] or ([] if self._quant_stage(tag).get("sha256") else ["(none)"])
 
+    @run_by_every_rank
     def qat(self) -> None:
         """Quantize the fp32 model with the configured scheme: PTQ, QAT where the scheme trains, and keep the
         better under --quant-mode auto. Other schemes already in OUT stay as they are."""
@@ -225,26 +283,41 @@ class Pipeline(Workspace):
         self.manifest["stages"].setdefault("quantize", {})[tag] = {"status": "running", "key": key}
         self._save()
         start = time.perf_counter()
-        ptq = quantize.post_training(model, scheme, data, self.shape, cfg.calib_batches, cfg.batch_size)
-        results, accuracy = {"ptq": ptq}, {"ptq": self._evaluate(ptq.program)}
+        qdevice = for_quantization(self.ctx.device, cfg.device)  # where calibration and QAT run
+        results, accuracy, loader = {}, {}, None
+        if self.ctx.is_main:  # PTQ: rank 0 alone calibrates, on the batches one process would use
+            ptq = quantize.post_training(model, scheme, data, self.shape, cfg.calib_batches, cfg.batch_size,
+                                         device=qdevice)
+            results["ptq"], accuracy["ptq"] = ptq, self._evaluate(ptq.program, on_device=False)
         if scheme.trainable and scheme.mode in ("auto", "qat"):
             train.seed_everything(cfg.seed)
-            results["qat"] = quantize.quant_aware(model, scheme, data, self.shape, self.schedule())
-            accuracy["qat"] = self._evaluate(results["qat"].program)
+            schedule = self.schedule()
+            loader = self.train_loader(schedule.shuffle_seed, dataclasses.replace(self.ctx, device=qdevice))
+            results["qat"] = quantize.quant_aware(model, scheme, loader, self.shape, schedule,
+                                                  recipe=Recipe.from_config(cfg))
+            if not self.ctx.is_main:
+                return  # rank 0 converts, evaluates and writes
+            accuracy["qat"] = self._evaluate(results["qat"].program, on_device=False)
+        if not self.ctx.is_main:
+            return
         chosen = self._choose(scheme, accuracy)
         result = results[chosen]
         paths = quantize.save(result, self.shape, self.quantized_folder(tag))
         accuracy.update({"quantized": accuracy[chosen], "chosen": chosen,
                          "float": self._evaluate(result.float_model.eval())})
+        result.float_model.to("cpu")
         self.manifest["accuracy"][tag] = accuracy
         qat_run = results.get("qat")
+        compute = self.compute(loader) if loader else dataclasses.replace(self.ctx, device=qdevice).describe()
         self.manifest["stages"]["quantize"][tag] = {
             "status": "done", "key": key, "scheme": scheme.describe(), "chosen": chosen,
             "sha256": {name: atomic.sha256(path) for name, path in paths.items()},
             "weight_error": result.weight_error, "grid_snap": quantize.grid_snap(result),
             "steps": qat_run.stats["steps"] if qat_run else 0, "events": qat_run.stats["events"] if qat_run else [],
             "images_per_s": qat_run.stats["images_per_s"] if qat_run else None,
-            "history": qat_run.stats["history"] if qat_run else [], "wall_time_s": time.perf_counter() - start}
+            "history": qat_run.stats["history"] if qat_run else [], "compute": compute,
+            "synced_across_ranks": qat_run.stats["synced_across_ranks"] if qat_run else None,
+            "wall_time_s": time.perf_counter() - start}
         self._save()
 
     def _choose(self, scheme: Scheme, accuracy: dict) -> str:
