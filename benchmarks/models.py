@@ -40,6 +40,8 @@ def outside_fast_path(artifact: dict) -> str:
     if backend == "executorch":
         ops = c.get("non_delegated_ops") or {}
     elif backend == "tflite":
+        if (artifact.get("scheme") or {}).get("activations") in ("dynamic", "none"):
+            return "float compute by design (dynamic / weight-only)"
         ops = (c.get("float_ops") or {}) if artifact["quant"] != "fp32" else {}
     else:
         ops = {w: 1 for w in c.get("dense") or []}
