@@ -164,7 +164,7 @@ class Pipeline(Workspace):
         """Files in OUT that were made from the result of `stage` (artifacts, reports, bench results)."""
         files = list(self.manifest["artifacts"])
         files += [p.name for p in self.out.iterdir() if p.suffix in ARTIFACT_SUFFIXES and p.name not in files]
-        files += ["report.md", "labels.txt", "bench"]
+        files += ["report.md", "labels.txt", "bench", "parity"]
         if stage == "train":
             files += ["quantized"]
         return files
@@ -209,6 +209,7 @@ class Pipeline(Workspace):
         keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
         self._retire(self._downstream_of("train") + keep, "train")
         self.manifest.update({"accuracy": {}, "artifacts": {}, "backends": {}, "verification": {}})
+        self.manifest.pop("parity", None)  # it compared the old model's files
         self.manifest["stages"] = {"train": {"status": "running", "key": key}}
         self._save()
         meta = {"model": cfg.model, "labels": data.labels, "mean": data.mean, "std": data.std, "input_shape": list(self.shape)}
@@ -276,7 +277,10 @@ class Pipeline(Workspace):
         replaced = [f for f, a in self.manifest["artifacts"].items() if _scheme_tag(a) == tag]
         # Files of this scheme from other settings go aside (with the bench results that measured them);
         # other schemes in OUT stay.
-        self._retire(replaced + (["bench"] if replaced else []), f"qat: {tag}")
+        parity_of_tag = ((self.manifest.get("parity") or {}).get("scheme") or {}).get("tag") == tag
+        self._retire(replaced + (["bench"] if replaced else []) + (["parity"] if parity_of_tag else []), f"qat: {tag}")
+        if parity_of_tag:
+            self.manifest.pop("parity")
         for f in [f for f, a in self.manifest["artifacts"].items() if _scheme_tag(a) == tag]:
             self.manifest["artifacts"].pop(f)
         self.manifest["backends"] = {k: v for k, v in self.manifest["backends"].items() if not k.endswith(f":{tag}")}
