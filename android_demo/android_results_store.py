@@ -9,10 +9,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from benchmarks import staged_results as staged  # noqa: E402
+from benchmarks.staged_results import new_staging  # noqa: E402,F401  (used by benchmark.py)
 
 SESSION_FILES = ("benchmark_results*.json", "benchmark_results*.json.invalid",
                  "benchmark_results*.json.unparseable", "report.md")
-STAGING_PREFIX, PREVIOUS_PREFIX = staged.STAGING_PREFIX, staged.PREVIOUS_PREFIX
 
 
 def session_files(folder: Path) -> list[Path]:
@@ -26,10 +26,6 @@ def recover_interrupted(out_dir: Path) -> None:
     staged.recover_interrupted(out_dir, lambda d: bool(list(d.glob("benchmark_results*.json"))))
 
 
-def new_staging(out_dir: Path) -> Path:
-    return staged.new_staging(out_dir)
-
-
 def write_file(folder: Path, name: str, text: str) -> Path:
     target = folder / name
     part = folder / (name + ".part")
@@ -40,7 +36,7 @@ def write_file(folder: Path, name: str, text: str) -> Path:
 
 def commit_session(staging: Path, out_dir: Path) -> list[Path]:
     """Swap the staged session in for the previous one; on an error, put everything back."""
-    return staged.commit(staging, out_dir, [p.name for p in session_files(out_dir)])
+    return staged.swap_in(staging, out_dir, [p.name for p in session_files(out_dir)])
 
 
 def keep_rejected(out_dir: Path, name: str, text: str) -> Path:

@@ -9,10 +9,14 @@ import tempfile
 from pathlib import Path
 
 
-def swap_in(staging: Path, out_dir: Path, old_names: list[str], backup_prefix: str) -> list[Path]:
+STAGING_PREFIX = ".staging-"
+PREVIOUS_PREFIX = ".previous-"
+
+
+def swap_in(staging: Path, out_dir: Path, old_names: list[str]) -> list[Path]:
     """Move `old_names` out of `out_dir` into a backup folder, then every entry of `staging` in.
     On an OSError, everything moved so far is put back, and the error is raised."""
-    backup = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{backup_prefix}{os.getpid()}-"))
+    backup = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{PREVIOUS_PREFIX}{os.getpid()}-"))
     moved_old: list[str] = []
     moved_new: list[str] = []
     try:
@@ -32,18 +36,11 @@ def swap_in(staging: Path, out_dir: Path, old_names: list[str], backup_prefix: s
     return [out_dir / n for n in moved_new]
 
 
-STAGING_PREFIX = ".staging-"
-PREVIOUS_PREFIX = ".previous-"
-
 
 def new_staging(out_dir: Path) -> Path:
     """A hidden folder in `out_dir`, named for this process, where a new session is written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
-
-
-def commit(staging: Path, out_dir: Path, old_names: list[str]) -> list[Path]:
-    return swap_in(staging, out_dir, old_names, PREVIOUS_PREFIX)
 
 
 def _pid_alive(name: str, prefix: str) -> bool:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from benchmarks import staged_results as staged  # noqa: E402
+from benchmarks.staged_results import new_staging  # noqa: E402,F401  (used by benchmark.py)
 
 SESSION = ("benchmark_results.json", "report.md", "xcodebuild.log", "ConvNetBench.xcresult",
            "xctest_metrics.json")
 FAILED_DIR = "last-failed-run"
-STAGING_PREFIX, PREVIOUS_PREFIX = staged.STAGING_PREFIX, staged.PREVIOUS_PREFIX
 
 
 def _remove(path: Path) -> None:
@@ -30,13 +30,9 @@ def recover_interrupted(out_dir: Path) -> None:
     staged.recover_interrupted(out_dir, lambda d: (d / "benchmark_results.json").exists())
 
 
-def new_staging(out_dir: Path) -> Path:
-    return staged.new_staging(out_dir)
-
-
 def commit_session(staging: Path, out_dir: Path) -> list[Path]:
     """Swap the staged session in for the previous one; on an error, put everything back."""
-    return staged.commit(staging, out_dir, [n for n in SESSION if (out_dir / n).exists()])
+    return staged.swap_in(staging, out_dir, [n for n in SESSION if (out_dir / n).exists()])
 
 
 def keep_failed(staging: Path, out_dir: Path) -> Path:
