@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import shlex
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def latency_rows(out: Path) -> dict:
     return found
 
 
-def table_rows(model: str, out: Path, timings: dict) -> list[dict]:
+def table_rows(model: str, out: Path) -> list[dict]:
     manifest = json.loads((out / "manifest.json").read_text())
     acc, latency = manifest.get("accuracy", {}), latency_rows(out)
     rows = []
@@ -85,8 +86,6 @@ def table_rows(model: str, out: Path, timings: dict) -> list[dict]:
                      "scheme": "fp32", "bytes": None, "fp32": acc.get("fp32"), "ptq": None, "qat": None,
                      "accuracy": acc.get("fp32"), "agreement": None, "reference": None, "passed": None,
                      "outside_fast_path": "", "export_s": None, "p50_ms_1thread": latency["pytorch_fp32"]})
-    for row in rows:
-        row["stage_seconds"] = timings
     return rows
 
 
@@ -150,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             if code:
                 failures.append(f"{model}: bench exited {code}")
         if (out / "manifest.json").exists():
-            rows += table_rows(model, out, t)
-    import platform
-
+            rows += table_rows(model, out)
     header = {"dataset": opts.dataset, "args": opts.args, "host": f"{platform.machine()}, {platform.processor() or ''}".strip(", "),
               "timings": timings, "failures": failures}
     atomic.write_text(root / "models.json", json.dumps({**header, "rows": rows}, indent=2))
