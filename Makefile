@@ -14,8 +14,15 @@ EPOCHS   ?= 3
 OUT      ?= artifacts
 ARGS     ?=
 SETTINGS  = --dataset $(DATASET) --data-dir $(DATA_DIR) --model $(MODEL) --epochs $(EPOCHS) --out $(OUT) $(ARGS)
+# NPROC > 1: train and qat run under torchrun (DistributedDataParallel, one process per GPU or CPU share).
+# TORCHRUN_ARGS: --standalone on one machine; several machines: see README "Training on GPUs and several machines".
+NPROC    ?= 1
+TORCHRUN_ARGS ?= --standalone
+LAUNCH    = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCHRUN_ARGS) --nproc-per-node $(NPROC) -m pipeline.cli,$(CLI))
+BENCH_TRAIN_ARGS  ?=
+BENCH_STREAM_ARGS ?=
 
-.PHONY: setup train qat export export-android export-ios bench report study test clean distclean
+.PHONY: setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models fashion-mnist-data study test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,25 +34,34 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 
 setup: $(VENV_STAMP)
 
-train: $(VENV_STAMP)
-	$(CLI) train $(SETTINGS)
+train: $(VENV_STAMP) $(if $(filter fashion-mnist,$(DATASET)),fashion-mnist-data)
+	$(LAUNCH) train $(SETTINGS)
 
 qat: train
-	$(CLI) qat $(SETTINGS)
+	$(LAUNCH) qat $(SETTINGS)
 
 export: qat
 	$(CLI) export $(SETTINGS)
 
 export-android: qat
 	$(CLI) export --backends executorch,tflite $(SETTINGS)
-	$(CLI) bundle android $(SETTINGS)
+	$(CLI) bundle android $(SETTINGS) $(BUNDLE_ARGS)
 
 export-ios: qat
 	$(CLI) export --backends coreml,executorch $(SETTINGS)
-	$(CLI) bundle ios $(SETTINGS)
+	$(CLI) bundle ios $(SETTINGS) $(BUNDLE_ARGS)
+
+parity: $(VENV_STAMP)
+	$(CLI) parity $(SETTINGS)
 
 bench: $(VENV_STAMP)
 	$(CLI) bench $(SETTINGS)
+
+bench-train: $(VENV_STAMP)
+	$(PY) -m benchmarks.distributed --out $(OUT) $(BENCH_TRAIN_ARGS)
+
+bench-stream: $(VENV_STAMP)
+	$(PY) -m benchmarks.streaming --out $(OUT) --data-root $(DATA_DIR)/bench-stream $(BENCH_STREAM_ARGS)
 
 report: $(VENV_STAMP)
 	$(CLI) report $(SETTINGS)
@@ -53,6 +69,20 @@ report: $(VENV_STAMP)
 # The quantization study of the trained model (writes OUT/study/); study flags go in ARGS.
 study: qat
 	$(CLI) study $(SETTINGS)
+
+# Models x schemes x runtimes, one run each, one table (OUT/models/models.md and .json).
+MODELS  ?= convnet
+SCHEMES ?= int8
+bench-models: $(VENV_STAMP) fashion-mnist-data
+	$(PY) -m benchmarks.models --models $(MODELS) --dataset $(DATASET) --schemes "$(SCHEMES)" \
+		--args "--data-dir $(DATA_DIR) --epochs $(EPOCHS) $(ARGS)" --root $(OUT)/models --bench
+
+# Full Fashion-MNIST, offline: Debian's dataset-fashion-mnist (read from /usr/share/datasets/fashion-mnist).
+fashion-mnist-data:
+	@if [ -d /usr/share/datasets/fashion-mnist ] || [ -d $(DATA_DIR)/FashionMNIST/raw ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	else echo "fashion-mnist-data: no apt-get: put the four Fashion-MNIST IDX files in $(DATA_DIR)"; fi
 
 include android_demo/android.mk
 include ios_demo/ios.mk

@@ -28,6 +28,7 @@ from core import io as atomic
 from core import manifest as mf
 from core import quantize
 from core.config import FIELDS, RunConfig
+from core.console import say
 from core.schemes import Scheme
 from core.workspace import Workspace
 
@@ -112,7 +113,7 @@ def bench_config(cfg, manifest: dict) -> RunConfig:
     recorded = {k: v for k, v in manifest.get("config", {}).items() if k in FIELDS}
     for name in ("dataset", "model"):
         if name in recorded and recorded[name] != getattr(cfg, name):
-            print(f"bench: {cfg.out} was built with --{name} {recorded[name]}; benchmarking that, not {getattr(cfg, name)}")
+            say(f"bench: {cfg.out} was built with --{name} {recorded[name]}; benchmarking that, not {getattr(cfg, name)}")
     return RunConfig(**{**recorded, "out": cfg.out, "threads": 0})
 
 
@@ -278,12 +279,13 @@ def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dic
     """Images/s: recorded by the pipeline's stages; its loop and a bare loop, both timed now on the same model."""
     cfg, data = workspace.cfg, workspace.data
     stages = manifest.get("stages", {})
-    batches = training.training_batches(data, cfg.batch_size, steps + training.WARMUP_STEPS, cfg.seed)
     torch.manual_seed(cfg.seed)
-    loops = {"fp32": training.fp32_loops(workspace.build_model(len(data.labels)), data, batches, cfg.lr, cfg.seed)}
+    loops = {"fp32": training.fp32_loops(workspace.build_model(len(data.labels)), data, cfg.batch_size, cfg.lr,
+                                         steps, cfg.seed)}
     errors = {"fp32": None, "qat": None}
     try:
-        loops["qat"] = training.qat_loops(workspace.fp32_model(), workspace.shape, data, batches, cfg.qat_lr, cfg.seed)
+        loops["qat"] = training.qat_loops(workspace.fp32_model(), workspace.shape, data, cfg.batch_size, cfg.qat_lr,
+                                          steps, cfg.seed)
     except Exception as exc:  # the QAT loops are a bonus; the table says why they are missing
         loops["qat"], errors["qat"] = (None, None), f"{type(exc).__name__}: {exc}"
 
@@ -292,16 +294,10 @@ def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dic
                    "qat": quantized[0]["images_per_s"] if quantized else None}
 
     def entry(stage: str, name: str) -> dict:
-        bare, piped = loops[name]
-        recorded = recorded_by[name]
-        return {"pipeline_images_per_s": recorded,
-                "pipeline_loop_images_per_s": piped and piped["images_per_s"],
-                "bare_images_per_s": bare and bare["images_per_s"],
-                "pipeline_vs_bare": piped["images_per_s"] / bare["images_per_s"] if piped and bare else None,
-                "bare_steps": bare and bare["steps"], "error": errors[name]}
+        return {"pipeline_images_per_s": recorded_by[name], **training.entry(*loops[name]), "error": errors[name]}
 
     return {"batch_size": cfg.batch_size, "threads": torch.get_num_threads(), "warmup_steps": training.WARMUP_STEPS,
-            "fp32": entry("train", "fp32"), "qat": entry("qat", "qat")}
+            "rounds": training.ROUNDS, "fp32": entry("train", "fp32"), "qat": entry("qat", "qat")}
 
 
 def stage_times(manifest: dict) -> list[dict]:
@@ -342,7 +338,7 @@ def bench(cfg) -> bool:
             print_row(row)
             rows.append(row)
     add_ratios(rows, macs)
-    print("bench: bare PyTorch training loops ...")
+    say("bench: bare PyTorch training loops ...")
     train = training_throughput(workspace, manifest, cfg.bench_train_steps)
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -366,11 +362,11 @@ def bench(cfg) -> bool:
     }
     validate(results)
     atomic.write_json(bench_dir(cfg) / RESULTS, results)
-    print(f"bench: wrote {bench_dir(cfg) / RESULTS}")
+    say(f"bench: wrote {bench_dir(cfg) / RESULTS}")
     rebuild_reports(cfg)
     failed = [r["name"] for r in rows if r["error"]]
     for name in failed:
-        print(f"[x] bench: {name}: {next(r['error'] for r in rows if r['name'] == name)}")
+        say(f"[x] bench: {name}: {next(r['error'] for r in rows if r['name'] == name)}")
     return not failed
 
 
@@ -387,7 +383,7 @@ def rebuild_reports(cfg) -> bool:
     devices = report.load_device_results(Path(cfg.out))
     written = plots.write_plots(results, devices["valid"], bench_dir(cfg))
     md = atomic.write_text(bench_dir(cfg) / "report.md", report.bench_report(results, devices, [p.name for p in written]))
-    print(f"report: wrote {md} and {', '.join(p.name for p in written)}")
+    say(f"report: wrote {md} and {', '.join(p.name for p in written)}")
     return True
 
 
@@ -403,7 +399,7 @@ def validate(results: dict, path: Path | None = None) -> None:
 
 def print_row(row: dict) -> None:
     if row["error"]:
-        print(f"[x] bench: {row['name']}: {row['error']}")
+        say(f"[x] bench: {row['name']}: {row['error']}")
         return
     parts = [f"{row['size_bytes'] / 1e6:.2f} MB", f"accuracy {report.pct(row['accuracy'])}"]
     parts += [f"p50 {lat['p50_ms']:.3f} ms ({lat['label']})" for lat in row["latency"]]
@@ -411,4 +407,4 @@ def print_row(row: dict) -> None:
         parts.append(f"peak RSS +{row['memory']['delta_mb']:.1f} MB")
     if row["latency_note"]:
         parts.append(row["latency_note"])
-    print(f"[✓] bench: {row['name']}: " + ", ".join(parts))
+    say(f"[✓] bench: {row['name']}: " + ", ".join(parts))

@@ -138,12 +138,13 @@ def training_section(results: dict) -> list[str]:
     lines = [
         f"Batch {t['batch_size']}, {t['threads']} torch threads, images/s. *Recorded*: what the `train` and `qat` "
         "stages wrote into the manifest (whole epochs, measured when they ran, under whatever load the host had then). "
-        f"*Pipeline loop* and *bare loop* are both timed in this run on the same model, batch size and optimizer, "
-        f"{t['fp32']['bare_steps'] or DASH} steps after {t['warmup_steps']} untimed ones: the pipeline loop is "
-        "`core.train.run_epoch` (normalizes each batch, keeps loss/accuracy, drives the progress bar); the bare "
-        "loop is forward, loss, backward, Adam step over batches normalized beforehand. For QAT both run the model "
-        "prepared by `prepare_qat_pt2e` as `core.qat` prepares it. *Pipeline / bare* below 1 is what the "
-        "pipeline's loop costs.",
+        f"*Pipeline loop* and *bare loop* are both timed in this run on copies of the same model, batch size and "
+        f"optimizer, in {t.get('rounds', 1)} alternating rounds of {t['fp32']['bare_steps'] or DASH} steps after "
+        f"{t['warmup_steps']} untimed ones (medians shown): the pipeline loop is "
+        "`core.train.run_epoch` over a `core.loaders.TrainLoader` (shuffles and normalizes each batch, keeps "
+        "loss/accuracy, drives the progress bar); the bare loop is forward, loss, backward, Adam step over batches "
+        "normalized beforehand. For QAT both run the model prepared by `prepare_qat_pt2e` as `core.qat` prepares "
+        "it. *Pipeline / bare* below 1 is what the pipeline's loop costs.",
         "",
         *table(["stage", "recorded (img/s)", "pipeline loop (img/s)", "bare loop (img/s)", "pipeline / bare"], rows),
     ]

@@ -1,15 +1,25 @@
-"""Bare PyTorch training loops, to set the pipeline's training throughput against.
+"""The pipeline's training loop against a bare PyTorch loop, at the same settings.
 
 A bare loop is forward, loss, backward, optimizer step over batches already normalized in
-memory: no data pipeline, progress bar or metric bookkeeping. The pipeline's own loop
-(`core.train.run_epoch`) is timed on the same model in the same run, so the ratio of the
-two is what the pipeline costs on top of PyTorch, free of the machine's drift since training.
+memory: no sampler, normalization, progress bar or metric bookkeeping. The pipeline's loop
+is `core.train.run_epoch` over a `core.loaders.TrainLoader`, exactly as the stages run it.
+Their ratio is what the pipeline costs on top of PyTorch.
+
+How the two are compared, and why. Each loop trains its own copy of the same model (same
+weights, same fake-quant observers, a fresh optimizer), both are warmed up alike, and they are
+timed in alternating rounds (bare first, then pipeline first, ...): a 2-core host shared with
+other jobs drifts by tens of percent within a minute, and timing one loop after the other once,
+as this comparison first did, charged that drift, and any warm-up still under way, to
+whichever loop ran second. The medians over the rounds are compared, and the CPU time per
+image (the process's user+system time) is kept beside the wall-clock rate, since it does not
+count the time the host's other jobs take.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import statistics
 import time
 
 import torch
@@ -18,9 +28,11 @@ import torch.nn.functional as F
 
 from core import qat
 from core.data import DataBundle
+from core.loaders import TrainLoader
 from core.train import run_epoch
 
 WARMUP_STEPS = 3
+ROUNDS = 6  # even: each loop goes first equally often
 
 
 def training_batches(data: DataBundle, batch_size: int, count: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -31,41 +43,77 @@ def training_batches(data: DataBundle, batch_size: int, count: int, seed: int) -
     return list(itertools.islice(itertools.cycle(full), count))
 
 
+def _timed(run) -> dict:
+    wall, cpu = time.perf_counter(), time.process_time()
+    images = run()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"images": images, "seconds": wall, "images_per_s": images / wall, "cpu_ms_per_image": 1e3 * cpu / images}
+
+
 def bare_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list) -> dict:
-    """Images/s of a plain training loop; the first WARMUP_STEPS batches are not timed."""
+    """Images/s of a plain training loop over all `batches`."""
     model.train()
-    for step, (images, labels) in enumerate(batches):
-        if step == WARMUP_STEPS:
-            start = time.perf_counter()
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    seconds = time.perf_counter() - start
-    images = sum(len(y) for _, y in batches[WARMUP_STEPS:])
-    return {"images_per_s": images / seconds, "steps": len(batches) - WARMUP_STEPS, "seconds": seconds}
+
+    def run() -> int:
+        for images, labels in batches:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return sum(len(y) for _, y in batches)
+
+    return _timed(run)
 
 
-def pipeline_loop(model: nn.Module, optimizer: torch.optim.Optimizer, data: DataBundle, batch_size: int,
-                  steps: int, seed: int) -> dict:
-    """Images/s of the pipeline's own training loop over `steps` steps, after WARMUP_STEPS untimed ones."""
-    run_epoch(model, optimizer, data, batch_size, seed=seed, desc="warm-up", max_steps=WARMUP_STEPS)
-    stats = run_epoch(model, optimizer, data, batch_size, seed=seed + 1, desc="pipeline loop", max_steps=steps)
-    return {"images_per_s": stats["images_per_s"], "steps": -(-stats["images"] // batch_size), "seconds": stats["seconds"]}
+def pipeline_loop(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainLoader, steps: int, epoch: int) -> dict:
+    """Images/s of the pipeline's own loop (`run_epoch`) over `steps` steps."""
+    return _timed(lambda: run_epoch(model, optimizer, loader, epoch, desc="pipeline loop", max_steps=steps)["images"])
 
 
-def fp32_loops(model: nn.Module, data: DataBundle, batches: list, lr: float, seed: int) -> tuple[dict, dict]:
-    """(bare loop, pipeline loop) on one copy of the fp32 model, one loop after the other."""
-    model = copy.deepcopy(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return (bare_loop(model, optimizer, batches),
-            pipeline_loop(model, optimizer, data, len(batches[0][1]), len(batches) - WARMUP_STEPS, seed))
+def compare(model: nn.Module, data: DataBundle, batch_size: int, lr: float, steps: int, seed: int,
+            rounds: int = ROUNDS) -> tuple[dict, dict]:
+    """(bare, pipeline): medians over `rounds` alternating rounds of `steps` steps, each loop on its own copy."""
+    batches = training_batches(data, batch_size, steps, seed)
+    loader = TrainLoader(data, batch_size, seed=seed)
+    bare_model, piped_model = copy.deepcopy(model), copy.deepcopy(model)
+    bare_opt = torch.optim.Adam(bare_model.parameters(), lr=lr)
+    piped_opt = torch.optim.Adam(piped_model.parameters(), lr=lr)
+    bare_loop(bare_model, bare_opt, batches[:WARMUP_STEPS])
+    pipeline_loop(piped_model, piped_opt, loader, WARMUP_STEPS, epoch=0)
+    bare, piped = [], []
+    for r in range(rounds):
+        runs = [lambda: bare.append(bare_loop(bare_model, bare_opt, batches)),
+                lambda: piped.append(pipeline_loop(piped_model, piped_opt, loader, steps, epoch=r + 1))]
+        for run in (runs if r % 2 == 0 else runs[::-1]):
+            run()
+    return summary(bare, steps), summary(piped, steps)
 
 
-def qat_loops(model: nn.Module, shape: tuple[int, ...], data: DataBundle, batches: list, lr: float,
-              seed: int) -> tuple[dict, dict]:
-    """(bare loop, pipeline loop) on one QAT-prepared copy of the fp32 model, one loop after the other."""
-    prepared = qat.prepare(model, shape)
-    optimizer = torch.optim.Adam(prepared.parameters(), lr=lr)
-    return (bare_loop(prepared, optimizer, batches),
-            pipeline_loop(prepared, optimizer, data, len(batches[0][1]), len(batches) - WARMUP_STEPS, seed))
+def summary(runs: list[dict], steps: int) -> dict:
+    return {"images_per_s": statistics.median(r["images_per_s"] for r in runs),
+            "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in runs),
+            "rounds": [round(r["images_per_s"], 2) for r in runs], "steps": steps}
+
+
+def fp32_loops(model: nn.Module, data: DataBundle, batch_size: int, lr: float, steps: int, seed: int,
+               rounds: int = ROUNDS) -> tuple[dict, dict]:
+    return compare(model, data, batch_size, lr, steps, seed, rounds)
+
+
+def qat_loops(model: nn.Module, shape: tuple[int, ...], data: DataBundle, batch_size: int, lr: float, steps: int,
+              seed: int, rounds: int = ROUNDS) -> tuple[dict, dict]:
+    """As fp32_loops, on the model prepared for QAT as `core.qat` prepares it."""
+    return compare(qat.prepare(model, shape), data, batch_size, lr, steps, seed, rounds)
+
+
+def entry(bare: dict | None, piped: dict | None) -> dict:
+    """The comparison as the host benchmark and bench-train record it."""
+    if not (bare and piped):
+        return {"pipeline_loop_images_per_s": None, "bare_images_per_s": None, "pipeline_vs_bare": None,
+                "bare_steps": None}
+    return {"pipeline_loop_images_per_s": piped["images_per_s"], "bare_images_per_s": bare["images_per_s"],
+            "pipeline_vs_bare": piped["images_per_s"] / bare["images_per_s"],
+            "pipeline_vs_bare_cpu_time": bare["cpu_ms_per_image"] / piped["cpu_ms_per_image"],
+            "pipeline_cpu_ms_per_image": piped["cpu_ms_per_image"], "bare_cpu_ms_per_image": bare["cpu_ms_per_image"],
+            "pipeline_rounds_images_per_s": piped["rounds"], "bare_rounds_images_per_s": bare["rounds"],
+            "bare_steps": bare["steps"]}

@@ -25,6 +25,13 @@ NBITS = (1, 2, 3, 4, 6, 8)
 GRANULARITIES = ("per_tensor", "per_grouped_channel")
 
 
+def palettized_file(model_name: str, scheme, nbits: int, kept_float: tuple[str, ...] = ()) -> str:
+    """`<model>_coreml_pal<n>` for the default scheme's weights, `<model>_coreml_<tag>_pal<n>` for any other
+    (a PTQ-only or other-calibration run of the default weights has other float weights: another file);
+    `_mixed` is appended when layers stay float (--keep-float)."""
+    return f"{model_name}_coreml_{'' if scheme.tag == 'int8' else scheme.tag + '_'}{mixed(f'pal{nbits}', kept_float)}.mlpackage"
+
+
 class CoreMLConverter(Converter):
     name = "coreml"
     packages = ("coremltools",)
@@ -82,7 +89,7 @@ class CoreMLConverter(Converter):
         kept = {weight_const(layer): None for layer in layers}
         palettized = palettize_weights(fp16, OptimizationConfig(global_config=config, op_name_configs=kept or None))
         quant = mixed(f"pal{options.nbits}", layers)
-        file = f"{source.model_name}_coreml_{quant if scheme.is_default else f'{scheme.tag}_{quant}'}.mlpackage"
+        file = palettized_file(source.model_name, scheme, options.nbits, layers)
         describe(palettized, source, quant, source.metadata.get("weights_from", "trained weights"))
         atomic.atomic_write(out / file, lambda tmp: palettized.save(str(tmp)))
         checks = {**lut_checks(out / file, options.nbits), "placement": op_histogram(out / file)}

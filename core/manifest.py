@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 
 from . import io as atomic
+from .console import say
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -78,7 +79,7 @@ def load(out: Path, force: bool = False) -> dict:
     if force:
         aside = path.with_name(f"{MANIFEST}.damaged-{now().replace(':', '')}")
         path.replace(aside)
-        print(f"manifest: {path} was damaged ({problems[0]}); moved it to {aside.name} and started a new one")
+        say(f"manifest: {path} was damaged ({problems[0]}); moved it to {aside.name} and started a new one")
         return empty()
     raise ManifestError(f"{path} is damaged: {'; '.join(problems)}. Move it away, or rerun with --force "
                         "(which keeps it as manifest.json.damaged-*) to rebuild the stages")

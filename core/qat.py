@@ -18,10 +18,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import distributed
 from .data import DataBundle
+from .console import say
 from .export_check import export_training_graph
+from .loaders import TrainLoader
+from .recipe import Recipe
 from .rewrites import graph_rewrites
 from .schemes import Scheme
+from .snapping import snap_to_grid
 
 from torchao.quantization.pt2e.observer import MinMaxObserver  # noqa: E402  (PercentileObserver's base)
 from .train import run_epoch
@@ -140,26 +145,33 @@ def _export(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
 
 
 def calibrate(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int,
-              keep_float: tuple[str, ...] = (), scheme: Scheme | None = None) -> torch.fx.GraphModule:
-    """The prepared PTQ graph after its observers saw `calib_batches` training batches."""
+              keep_float: tuple[str, ...] = (), scheme: Scheme | None = None,
+              device: torch.device | str = "cpu") -> torch.fx.GraphModule:
+    """The prepared PTQ graph after its observers saw `calib_batches` training batches.
+
+    The batches run on `device` (the training device); the graph comes back on the CPU, where
+    convert_pt2e and the exporters work. Under torchrun only rank 0 calibrates, on the same
+    first `calib_batches` batches a single process uses, so there is no per-rank state to sync.
+    """
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     prepared = prepare_pt2e(_export(copy.deepcopy(model).eval(), shape),
-                            quantizer(is_qat=False, keep_float=keep_float, scheme=scheme))
+                            quantizer(is_qat=False, keep_float=keep_float, scheme=scheme)).to(device)
     with torch.no_grad():
         for i, (images, _) in enumerate(data.batches("train", batch_size)):
             if i >= calib_batches:
                 break
-            prepared(images)
-    return prepared
+            prepared(images.to(device))
+    return prepared.to("cpu")
 
 
 def ptq(model: nn.Module, data: DataBundle, shape: tuple[int, ...], calib_batches: int, batch_size: int,
-        keep_float: tuple[str, ...] = (), scheme: Scheme | None = None) -> torch.fx.GraphModule:
-    """Post-training quantization: calibrate observers on training batches, then convert."""
+        keep_float: tuple[str, ...] = (), scheme: Scheme | None = None,
+        device: torch.device | str = "cpu") -> torch.fx.GraphModule:
+    """Post-training quantization: calibrate observers on training batches (on `device`), then convert on the CPU."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    return convert_pt2e(calibrate(model, data, shape, calib_batches, batch_size, keep_float, scheme))
+    return convert_pt2e(calibrate(model, data, shape, calib_batches, batch_size, keep_float, scheme, device))
 
 
 def freeze_batchnorm(prepared: torch.fx.GraphModule) -> int:
@@ -204,6 +216,11 @@ class QATSchedule:
         return cls(cfg.qat_epochs, cfg.qat_max_steps, cfg.qat_lr, cfg.batch_size, cfg.seed, cfg.freeze_bn_at,
                    cfg.freeze_observers_at)
 
+    @property
+    def shuffle_seed(self) -> int:
+        """QAT epoch e shuffles with randperm seeded by shuffle_seed + e."""
+        return self.seed * 1000 + 500
+
     def total_steps(self, n_train: int) -> int:
         steps = math.ceil(self.epochs * n_train / self.batch_size)
         return min(steps, self.max_steps) if self.max_steps else steps
@@ -213,6 +230,7 @@ class QATSchedule:
 
         Observers record ranges only on the steps before they freeze. With no such step the
         ranges stay at their initial ±inf, and the converted model is at chance level.
+        `n_train` is the images one process sees per epoch (its shard under torchrun).
         """
         total = self.total_steps(n_train)
         if total < 1:
@@ -228,19 +246,29 @@ class QATSchedule:
         return []
 
 
-def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QATSchedule,
+def qat(model: nn.Module, data: DataBundle | TrainLoader, shape: tuple[int, ...], schedule: QATSchedule,
         keep_float: tuple[str, ...] = (), scheme: Scheme | None = None,
-        each_step=None) -> tuple[torch.fx.GraphModule, dict]:
-    """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode and its stats.
+        recipe: Recipe = Recipe(), each_step=None) -> tuple[torch.fx.GraphModule, dict]:
+    """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode, on the CPU, and its stats.
+
+    `data` is a dataset (one process on the CPU, shuffled with `schedule.shuffle_seed`) or a
+    `TrainLoader`, which also says the device and this process's rank. Under torchrun the
+    prepared graph trains inside DistributedDataParallel, and observer ranges and BatchNorm
+    statistics are made identical on every rank (`distributed.sync_*`) before BatchNorm
+    freezes, before the observers freeze and at the end.
 
     `each_step(prepared)`, when given, runs before every training step and once after the last one
     (the study uses it to hold pruned weights at zero).
     """
     from torchao.quantization.pt2e import disable_observer
 
-    prepared = prepare(model, shape, keep_float, scheme)
-    optimizer = torch.optim.Adam(prepared.parameters(), lr=schedule.lr)
-    total = schedule.total_steps(len(data.train_labels))
+    loader = data if isinstance(data, TrainLoader) else TrainLoader(data, schedule.batch_size, seed=schedule.shuffle_seed)
+    ctx = loader.ctx
+    prepared = prepare(model, shape, keep_float, scheme).to(ctx.device)
+    optimizer = recipe.make_optimizer(prepared.parameters(), schedule.lr)
+    net = distributed.wrap(prepared, ctx)
+    loss_fn = recipe.loss_fn()
+    total = schedule.total_steps(loader.samples_per_epoch)
     freeze_bn_step = int(schedule.freeze_bn_at * total)
     freeze_obs_step = int(schedule.freeze_observers_at * total)
     done, history, events = 0, [], []
@@ -248,8 +276,10 @@ def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QA
     def on_step(step_in_epoch: int) -> None:
         step = done + step_in_epoch
         if step == freeze_bn_step:
+            distributed.sync_batchnorm(prepared, ctx)
             events.append({"step": step, "event": "freeze_bn", "nodes": freeze_batchnorm(prepared)})
         if step == freeze_obs_step:
+            distributed.sync_observers(prepared, ctx)
             prepared.apply(disable_observer)
             events.append({"step": step, "event": "freeze_observers"})
         if each_step:
@@ -257,19 +287,22 @@ def qat(model: nn.Module, data: DataBundle, shape: tuple[int, ...], schedule: QA
 
     epoch = 0
     while done < total:
-        stats = run_epoch(prepared, optimizer, data, schedule.batch_size, seed=schedule.seed * 1000 + 500 + epoch,
-                          desc=f"QAT epoch {epoch + 1}", max_steps=total - done, on_step=on_step)
-        done += math.ceil(stats["images"] / schedule.batch_size)
+        stats = run_epoch(net, optimizer, loader, epoch, desc=f"QAT epoch {epoch + 1}", max_steps=total - done,
+                          on_step=on_step, loss_fn=loss_fn)
+        done += stats["steps"]
         history.append({"epoch": epoch + 1, **stats})
-        print(f"QAT epoch {epoch + 1}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
-              f"{stats['images_per_s']:.0f} img/s")
+        if ctx.is_main:
+            say(f"QAT epoch {epoch + 1}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
+                f"{stats['images_per_s']:.0f} img/s")
         epoch += 1
     if each_step:
         each_step(prepared)
+    synced = distributed.sync_quantization_state(prepared, ctx)
     prepared.eval()
+    prepared.to("cpu")
     images = sum(h["images"] for h in history)
     seconds = sum(h["seconds"] for h in history)
-    return prepared, {"steps": total, "history": history, "events": events,
+    return prepared, {"steps": total, "history": history, "events": events, "synced_across_ranks": synced,
                       "images_per_s": images / seconds if seconds else 0.0}
 
 
@@ -304,16 +337,24 @@ def weight_quantization_error(prepared: torch.fx.GraphModule) -> list[dict]:
     return rows
 
 
-def convert(prepared: torch.fx.GraphModule, fold: bool = True, in_place: bool = False) -> torch.fx.GraphModule:
+def convert(prepared: torch.fx.GraphModule, fold: bool = True, in_place: bool = False,
+            snap: bool = True) -> torch.fx.GraphModule:
     """convert_pt2e of a copy of `prepared` (or of `prepared` itself, consumed, with `in_place`).
 
     Dynamic-activation graphs must be converted in place: a deep copy keeps node references inside
     the quantization annotations pointing at the old graph, and convert_pt2e's metadata pass then
     finds no choose_qparams node ("No chose qparams node found for linear").
+
+    With `snap`, every conv/linear weight and bias that has a static int8 input is put on its
+    int8/int32 grid (core/snapping.py), so that ExecuTorch (folded graph) and litert-torch
+    (unfolded graph) start from the same integers; the counts go to `converted.meta["grid_snap"]`.
+    Layers with dynamic (run-time) input ranges have no fixed bias grid and are never touched.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     converted = convert_pt2e(prepared if in_place else copy.deepcopy(prepared), fold_quantize=fold)
+    if snap:
+        converted.meta["grid_snap"] = snap_to_grid(converted)
     # Folding adds int8 copies of the weights; drop the float originals nothing reads any more.
     used = {n.target for n in converted.graph.nodes if n.op == "get_attr"}
     for name, _ in list(converted.named_parameters()):

@@ -30,6 +30,8 @@ from . import io as atomic
 from . import qat
 from .data import DataBundle
 from .export_check import MAX_BATCH
+from .loaders import TrainLoader
+from .recipe import Recipe
 from .schemes import Scheme
 
 PROGRAM, UNFOLDED, FLOAT = "program.pt2", "unfolded.pt2", "float.pt"
@@ -57,11 +59,12 @@ def kind(scheme: Scheme) -> str:
 
 # ---- PTQ and QAT ---------------------------------------------------------------------------------
 def post_training(model: nn.Module, scheme: Scheme, data: DataBundle, shape: tuple[int, ...], calib_batches: int,
-                  batch_size: int, keep_float: tuple[str, ...] = ()) -> Quantized:
+                  batch_size: int, keep_float: tuple[str, ...] = (), device: torch.device | str = "cpu") -> Quantized:
+    """PTQ; PT2E calibration runs its batches on `device`, everything else (and the result) stays on the CPU."""
     model = copy.deepcopy(model).eval()
     k = kind(scheme)
     if k == "pt2e":
-        prepared = qat.calibrate(model, data, shape, calib_batches, batch_size, keep_float, scheme)
+        prepared = qat.calibrate(model, data, shape, calib_batches, batch_size, keep_float, scheme, device)
         errors = qat.weight_quantization_error(prepared)
         program, unfolded = _converted(prepared, scheme)
         return Quantized("ptq", program, model, unfolded, errors)
@@ -70,9 +73,15 @@ def post_training(model: nn.Module, scheme: Scheme, data: DataBundle, shape: tup
     return Quantized("ptq", round_weights(model, scheme), model, weight_error=weight_only_error(model, scheme))
 
 
-def quant_aware(model: nn.Module, scheme: Scheme, data: DataBundle, shape: tuple[int, ...],
-                schedule: qat.QATSchedule, keep_float: tuple[str, ...] = (), each_step=None) -> Quantized:
-    prepared, stats = qat.qat(model, data, shape, schedule, keep_float, scheme, each_step)
+def quant_aware(model: nn.Module, scheme: Scheme, data: DataBundle | TrainLoader, shape: tuple[int, ...],
+                schedule: qat.QATSchedule, keep_float: tuple[str, ...] = (), recipe: Recipe = Recipe(), each_step=None) -> Quantized | None:
+    """QAT (see qat.qat: `data` may be a TrainLoader, for a device and torchrun), then conversion.
+
+    Under torchrun every process fine-tunes; only rank 0 converts, and the others get None.
+    """
+    prepared, stats = qat.qat(model, data, shape, schedule, keep_float, scheme, recipe, each_step)
+    if isinstance(data, TrainLoader) and not data.ctx.is_main:
+        return None  # the ranks ended with identical weights, observers and BatchNorm statistics: rank 0 has them all
     trained = copy.deepcopy(model)
     trained.load_state_dict(qat.float_weights(prepared, model))
     errors = qat.weight_quantization_error(prepared)
@@ -81,10 +90,16 @@ def quant_aware(model: nn.Module, scheme: Scheme, data: DataBundle, shape: tuple
 
 
 def _converted(prepared, scheme: Scheme) -> tuple[nn.Module, nn.Module | None]:
-    """(folded, unfolded) for static schemes; (folded, None) for dynamic ones, converted in place (see qat.convert)."""
+    """(folded, unfolded) for static schemes; (folded, None) for dynamic ones, converted in place (see qat.convert).
+
+    Static schemes (8-bit per channel or per tensor, and the simulated 4-bit) get their weights and
+    biases snapped to the int8/int32 grids, in both graphs (core/snapping.py): snapped values are
+    fixed points of each graph's own quantize ops, so every converter reads the same integers.
+    Dynamic schemes are not snapped: their input scale, and so the bias grid, is known only at run time.
+    """
     if scheme.activations == "static":
         return qat.convert(prepared), qat.convert(prepared, fold=False)
-    return qat.convert(prepared, in_place=True), None
+    return qat.convert(prepared, in_place=True, snap=False), None
 
 
 # ---- torchao: int4 (or per-block) weights with dynamic int8 activations ---------------------------
@@ -195,3 +210,11 @@ def load_program(path: Path) -> nn.Module:
     import torchao.quantization  # noqa: F401  registers torchao's quantized ops for programs that use them
 
     return qat.load_program(path)
+
+
+def grid_snap(result: Quantized) -> dict | None:
+    """What the int8/int32 grid snapping moved in each converted graph (qat.convert); None where nothing was snapped."""
+    graphs = {"program": result.program, "unfolded": result.unfolded}
+    snaps = {name: g.meta["grid_snap"] for name, g in graphs.items()
+             if isinstance(g, torch.fx.GraphModule) and "grid_snap" in g.meta}
+    return snaps or None

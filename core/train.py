@@ -12,8 +12,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import distributed
 from . import io as atomic
-from .data import DataBundle
+from .console import say, terminal
+from .device import Precision
+from .loaders import TrainLoader
+from .recipe import Recipe
 
 
 class CheckpointError(RuntimeError):
@@ -31,6 +35,11 @@ class TrainResult:
         images = sum(h["images"] for h in self.history)
         seconds = sum(h["seconds"] for h in self.history)
         return images / seconds if seconds else 0.0
+
+
+def shuffle_seed(seed: int) -> int:
+    """fp32 epoch e shuffles with randperm seeded by shuffle_seed(seed) + e."""
+    return seed * 1000
 
 
 def seed_everything(seed: int) -> None:
@@ -58,61 +67,96 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DataBundle, batch_size: int,
-              seed: int, desc: str, max_steps: int = 0, on_step=None) -> dict:
-    """One pass over the shuffled training set; returns loss, accuracy and images/s."""
+def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainLoader, epoch: int, desc: str,
+              max_steps: int = 0, on_step=None, *, loss_fn=F.cross_entropy, precision: Precision | None = None) -> dict:
+    """One pass over this process's shard of the shuffled training set; returns loss, accuracy and images/s.
+
+    Under torchrun the figures are summed over all processes (images/s is the job's throughput).
+    """
     model.train()
-    total = len(data.train_labels) if not max_steps else min(len(data.train_labels), max_steps * batch_size)
-    seen = correct = 0
-    loss_sum = 0.0
-    start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0, disable=None)
-    for step, (images, labels) in enumerate(data.batches("train", batch_size, shuffle_seed=seed)):
-        if max_steps and step >= max_steps:
-            break
+    ctx = loader.ctx
+    precision = precision or Precision(ctx.device)
+    steps = min(loader.steps_per_epoch, max_steps) if max_steps else loader.steps_per_epoch
+    total = min(loader.samples_per_epoch, steps * loader.batch_size)
+    seen = done = 0
+    correct = loss_sum = 0  # kept as tensors on the device: no synchronisation per step
+    sum_dtype = torch.float32 if ctx.device.type == "mps" else torch.float64  # MPS has no float64
+    start = last_shown = time.perf_counter()
+    bar = tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0, disable=None if ctx.is_main else True,
+               file=terminal())
+    for step, (images, labels) in enumerate(loader.epoch(epoch)):
         if on_step:
             on_step(step)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        with precision.autocast():
+            logits = model(images)
+            loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.step(loss, optimizer)
+        done += 1
         seen += len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
-        loss_sum += loss.detach().item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        loss_sum += loss.detach().to(sum_dtype) * len(labels)
         bar.update(len(labels))
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
+        if not bar.disable and time.perf_counter() - last_shown >= 1.0:
+            last_shown = time.perf_counter()
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}",
+                            img_s=f"{seen / (last_shown - start):.0f}", refresh=False)
+        if done == steps:
+            break
     bar.close()
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-            "images": seen, "seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0}
+    seen, correct, loss_sum = distributed.all_reduce_sum([seen, int(correct), float(loss_sum)], ctx)
+    seconds = distributed.all_reduce_max(seconds, ctx)
+    seen, correct = int(seen), int(correct)
+    return {"loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "images": seen,
+            "steps": done, "seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0}
 
 
-def train_fp32(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int, lr: float, seed: int,
-               checkpoint: Path, key: str, meta: dict, resume: bool = False) -> TrainResult:
-    """Train for `epochs` epochs, checkpointing atomically after each; resume continues a matching checkpoint."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+def train_fp32(model: nn.Module, loader: TrainLoader, *, epochs: int, lr: float, checkpoint: Path, key: str, meta: dict,
+               resume: bool = False, recipe: Recipe = Recipe(), amp: bool = False, sync_bn: bool = False) -> TrainResult:
+    """Train for `epochs` epochs, checkpointing atomically after each; resume continues a matching checkpoint.
+
+    Every process of a torchrun job calls this: they all load the same checkpoint, train their
+    shards under DistributedDataParallel, and only rank 0 writes the checkpoint.
+    """
+    ctx = loader.ctx
+    model.to(ctx.device)
+    optimizer = recipe.make_optimizer(model.parameters(), lr)
+    scheduler = recipe.make_scheduler(optimizer, epochs)
+    precision = Precision(ctx.device, amp)
     start_epoch, history = 0, []
     if resume and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint)
         if state.get("key") != key:
             raise CheckpointError(f"checkpoint {checkpoint} was trained with other settings "
-                                  "(dataset, model, batch size, lr or seed differ); drop --resume or use another --out")
+                                  "(dataset, model, batch size, lr, recipe or seed differ); drop --resume or use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        precision.load_state_dict(state.get("scaler"))
         torch.set_rng_state(state["rng"])
+        if ctx.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], ctx.device)
         start_epoch, history = state["epoch"], state["history"]
+    distributed.check_same(start_epoch, "the epoch to resume from", ctx)
+    net = distributed.wrap(model, ctx, sync_bn)
+    model = distributed.unwrap(net)
+    loss_fn = recipe.loss_fn()
     for epoch in range(start_epoch, epochs):
-        stats = run_epoch(model, optimizer, data, batch_size, seed=seed * 1000 + epoch, desc=f"fp32 epoch {epoch + 1}/{epochs}")
+        stats = run_epoch(net, optimizer, loader, epoch, desc=f"fp32 epoch {epoch + 1}/{epochs}", loss_fn=loss_fn,
+                          precision=precision)
         scheduler.step()
         history.append({"epoch": epoch + 1, **stats})
-        print(f"fp32 epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
+        if epoch + 1 == epochs:
+            distributed.sync_batchnorm(model, ctx)  # every rank ends with the same running statistics
+        if not ctx.is_main:
+            continue
+        say(f"fp32 epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
               f"{stats['images_per_s']:.0f} img/s")
         save_checkpoint(checkpoint, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(), "epoch": epoch + 1, "key": key, "history": history, "meta": meta,
+            **({"cuda_rng": torch.cuda.get_rng_state(ctx.device)} if ctx.device.type == "cuda" else {}),
+            **({"scaler": precision.state_dict()} if amp else {}),
         })
     return TrainResult(model, max(epochs, start_epoch), history)

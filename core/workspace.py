@@ -13,9 +13,11 @@ import torch.nn as nn
 
 from . import data as datasets
 from . import io as atomic
+from . import loaders
 from . import manifest as mf
 from . import models, qat, quantize, rewrites, train
 from .config import RunConfig
+from .console import say
 from .schemes import Scheme
 
 CHECKPOINT = Path("checkpoints") / "fp32.pt"
@@ -49,11 +51,25 @@ class Workspace:
         self._data: datasets.DataBundle | None = None
 
     @property
-    def data(self) -> datasets.DataBundle:
+    def data(self) -> datasets.DataBundle | loaders.StreamingData:
         if self._data is None:
             c, size, _ = self.shape
-            self._data = datasets.load(self.cfg.dataset, self.cfg.data_dir, c, size,
-                                       self.cfg.limit_train, self.cfg.limit_test)
+            cfg = self.cfg
+            name, recorded = cfg.dataset, self.manifest.get("dataset") or {}
+            if name == "mnist" and datasets.mnist_fallback_recorded(recorded.get("note")):
+                # Decided once per OUT: the model in OUT was trained on mnist-5k, so every later stage
+                # evaluates on mnist-5k too (no download retried, no mixing of datasets).
+                say(f"data: mnist-5k, as when {self.out} was trained (MNIST was unavailable then; "
+                    "a new --out retries full MNIST)")
+                name = "mnist-5k"
+            if loaders.streams(name, cfg.loader):
+                self._data = loaders.open_imagefolder(Path(name.split(":", 1)[1]), c, size,
+                                                      limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                                                      workers=cfg.workers, stats_images=cfg.stats_images, seed=cfg.seed)
+            else:
+                self._data = datasets.load(name, cfg.data_dir, c, size, cfg.limit_train, cfg.limit_test)
+            if name != cfg.dataset:
+                self._data.note = recorded["note"]
         return self._data
 
     def build_model(self, num_classes: int, weights: str | None = None, pretrained: bool = False) -> nn.Module:

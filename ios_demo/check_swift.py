@@ -287,6 +287,15 @@ def resource_problems(base: Path) -> list[str]:
 
 # ---------------------------------------------------------------- CLI
 
+def report(errors: list[str], prefix: str, passed: str) -> bool:
+    """Print each error, or the passing line; True if any failed."""
+    for error in errors:
+        print(f"[x] {prefix}{error}")
+    if not errors:
+        print(f"[✓] {passed}")
+    return bool(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=HERE, help="the ios_demo folder (default: %(default)s)")
@@ -316,27 +325,15 @@ def main(argv: list[str] | None = None) -> int:
                        + file_sharing_problems(root / "project.yml"))
     except ValueError as exc:
         spec_errors = [str(exc)]
-    for error in spec_errors:
-        print(f"[x] project.yml: {error}")
-    if not spec_errors:
-        print("[✓] project.yml has what XcodeGen needs")
-    failed |= bool(spec_errors)
+    failed |= report(spec_errors, "project.yml: ", "project.yml has what XcodeGen needs")
 
     if args.verify_remote and not spec_errors:
-        remote_errors = remote_pin_problems(spec)
-        for error in remote_errors:
-            print(f"[x] ExecuTorch package: {error}")
-        if not remote_errors:
-            print(f"[✓] {EXECUTORCH_URL} has the pinned branch {branch_for(pinned_ref(executorch_package(spec)[1]))}")
-        failed |= bool(remote_errors)
+        failed |= report(remote_pin_problems(spec), "ExecuTorch package: ", f"{EXECUTORCH_URL} has the pinned "
+                         f"branch {branch_for(pinned_ref(executorch_package(spec)[1]))}")
 
     if args.require_resources:
-        res_errors = resource_problems(root)
-        for error in res_errors:
-            print(f"[x] resources: {error}")
-        if not res_errors:
-            print(f"[✓] {root / RESOURCE_DIR} holds the models, labels and test sample")
-        failed |= bool(res_errors)
+        failed |= report(resource_problems(root), "resources: ",
+                         f"{root / RESOURCE_DIR} holds the models, labels and test sample")
     return 1 if failed else 0
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from core import io as atomic
 
+from . import parity_report
+
 FP32_BASELINES = ("_xnnpack_fp32.pte", "_tflite_fp32.tflite")
 
 
@@ -161,6 +163,7 @@ def export_report(manifest: dict) -> str:
     if cross:
         lines += ["", "## Cross-backend agreement", "", "| pair | top-1 agreement | max abs Δlogit |", "|---|---:|---:|"]
         lines += [f"| {pair} | {_pct(v['agreement'])} | {v['max_abs_logit_diff']:.4g} |" for pair, v in cross.items()]
+    lines += ["", *parity_report.parity_section(manifest)] if manifest.get("parity") else []
     failed = {n: b for n, b in manifest.get("backends", {}).items() if b.get("status") != "ok"}
     if failed:
         lines += ["", "## Backends that failed", ""] + [f"- **{n}**: {b.get('reason')}" for n, b in failed.items()]

@@ -10,6 +10,9 @@ and files of an older model are moved to OUT/stale/ rather than left under their
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import shutil
 import time
 from pathlib import Path
@@ -19,17 +22,22 @@ import torch
 
 from core import io as atomic
 from core import manifest as mf
-from core import models, qat, quantize, rewrites, train
+from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
+from core.console import say
+from core.device import check_amp, for_quantization
 from core.evaluate import accuracy, predict
 from core.export_check import check_exportable
+from core.recipe import Recipe
 from core import schemes
 from core.schemes import Scheme
 from core.workspace import CHECKPOINT, Workspace
 
-from . import report
+from . import parity, report
 
-TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "limit_train", "limit_test", "batch_size", "lr", "seed")
+TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "limit_train", "limit_test", "batch_size", "lr",
+                  "seed", "optimizer", "momentum", "weight_decay", "lr_schedule", "lr_gamma", "warmup_epochs",
+                  "label_smoothing", "augment", "augment_min_scale", "stats_images")
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
 SCHEME_SETTINGS = ("quant_mode", "weight_bits", "weight_granularity", "block_size", "weight_symmetry", "activations",
                    "calibration")
@@ -42,12 +50,31 @@ class StageError(RuntimeError):
     """A stage was asked for before the one it needs, or its settings cannot work; the message says what to do."""
 
 
+def run_by_every_rank(stage):
+    """A stage every torchrun process runs (training is collective); rank 0 alone writes OUT,
+    and the others wait for it, then read the manifest it wrote. One process: no change."""
+    @functools.wraps(stage)
+    def run(self, *args, **kwargs):
+        ctx = self.ctx  # device and process group first
+        result = stage(self, *args, **kwargs)
+        if ctx.distributed:
+            distributed.barrier()
+            self.manifest = mf.load(self.out)
+        return result
+
+    return run
+
+
 class Pipeline(Workspace):
     def __init__(self, cfg: RunConfig):
         atomic.ensure_writable_dir(Path(cfg.out))
         super().__init__(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if distributed.launched_by_torchrun():  # rank 0 downloads or unpacks the dataset first; the others then read it
+            if self.ctx.is_main:
+                self.data
+            distributed.barrier()
         self.preflight()
 
     # ---- checks before anything runs ---------------------------------------------
@@ -62,7 +89,9 @@ class Pipeline(Workspace):
             raise StageError("; ".join(problems))
         scheme = self.scheme()
         trains = scheme.trainable and scheme.mode in ("auto", "qat")
-        problems = self.schedule().problems(len(self.data.train_labels)) if trains else []
+        # Under torchrun each process takes its shard of every epoch (DistributedSampler); QAT counts its steps on that.
+        shard = math.ceil(len(self.data.train_labels) / distributed.env_world_size())
+        problems = self.schedule().problems(shard) if trains else []
         if problems:
             raise StageError("; ".join(problems))
 
@@ -70,6 +99,22 @@ class Pipeline(Workspace):
         return qat.QATSchedule.from_config(self.cfg)
 
     # ---- shared pieces -------------------------------------------------------------
+    @functools.cached_property
+    def ctx(self) -> distributed.Context:
+        """Device, rank and world size: decided once, when a stage first needs them."""
+        ctx = distributed.setup(self.cfg.device)
+        check_amp(self.cfg.amp, ctx.device)
+        return ctx
+
+    def train_loader(self, seed: int, ctx: distributed.Context | None = None) -> loaders.TrainLoader:
+        recipe = Recipe.from_config(self.cfg)
+        recipe.check_augmentation(self.shape[0])
+        return loaders.TrainLoader(self.data, self.cfg.batch_size, seed=seed, ctx=ctx or self.ctx, workers=self.cfg.workers,
+                                   augment=recipe.augmentation(self.shape[1]))
+
+    def compute(self, loader: loaders.TrainLoader) -> dict:
+        return {**loader.ctx.describe(), **loader.describe(), "amp": self.cfg.amp, "sync_bn": self.cfg.sync_bn}
+
     def train_key(self) -> str:
         return f"{self.cfg.key(*TRAIN_SETTINGS)}-{self.data.name}-{len(self.data.train_labels)}"
 
@@ -84,26 +129,34 @@ class Pipeline(Workspace):
         return stage.get("status") == "done" and stage.get("key") == key
 
     def _save(self) -> None:
-        """Write the manifest, and the report that describes it, so the two never disagree."""
+        """Write the manifest, and the report that describes it, so the two never disagree (rank 0 alone, under torchrun)."""
+        if distributed.env_rank() != 0:
+            return
         self.manifest["config"] = self.cfg.to_dict()
         mf.save(self.out, self.manifest)
         report.write_export_report(self.out, self.manifest)
 
-    def _evaluate(self, fn) -> float:
-        return accuracy(predict(fn, self.data), self.data.test_labels.numpy())
+    def _evaluate(self, fn, on_device: bool = True) -> float:
+        """Test accuracy; float models run on the training device, quantized programs on the CPU."""
+        device = self.ctx.device if on_device else None
+        if device is not None and isinstance(fn, torch.nn.Module):
+            fn = fn.to(device)
+        return accuracy(predict(fn, self.data, device=device), self.data.test_labels.numpy())
 
     def _retire(self, files: list[str], why: str) -> None:
         """Move outputs of an older model out of the way, into OUT/stale/<its run id>/; never delete them."""
+        if distributed.env_rank() != 0:
+            return  # under torchrun rank 0 alone touches OUT
         stale = self.out / "stale" / (self.manifest.get("run_id") or "unknown-run")
         moved = atomic.move_aside([self.out / f for f in files], stale)
         if moved:
-            print(f"{why}: moved {len(moved)} file(s) that no longer match the settings to {stale}")
+            say(f"{why}: moved {len(moved)} file(s) that no longer match the settings to {stale}")
 
     def _downstream_of(self, stage: str) -> list[str]:
         """Files in OUT that were made from the result of `stage` (artifacts, reports, bench results)."""
         files = list(self.manifest["artifacts"])
         files += [p.name for p in self.out.iterdir() if p.suffix in ARTIFACT_SUFFIXES and p.name not in files]
-        files += ["report.md", "labels.txt", "bench"]
+        files += ["report.md", "labels.txt", "bench", "parity"]
         if stage == "train":
             files += ["quantized"]
         return files
@@ -135,29 +188,35 @@ class Pipeline(Workspace):
         return model.train()
 
     # ---- train ---------------------------------------------------------------------
+    @run_by_every_rank
     def train(self) -> None:
         cfg, data = self.cfg, self.data
         key, stage = self.train_key(), self._stage("train")
         ckpt = self.out / CHECKPOINT
         if not cfg.force and not cfg.resume and self._done("train", key) and stage.get("epochs_done") == cfg.epochs:
             self.checkpoint_state()  # an overwritten or corrupt checkpoint is an error, never silently reused
-            print(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
+            say(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
             return
         model = self.checked_model()  # a model that cannot work stops here, before anything is rewritten
         keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
         self._retire(self._downstream_of("train") + keep, "train")
         self.manifest.update({"accuracy": {}, "artifacts": {}, "backends": {}, "verification": {}})
+        self.manifest.pop("parity", None)  # it compared the old model's files
         self.manifest["stages"] = {"train": {"status": "running", "key": key}}
         self._save()
         meta = {"model": cfg.model, "labels": data.labels, "mean": data.mean, "std": data.std, "input_shape": list(self.shape)}
         start = time.perf_counter()
-        result = train.train_fp32(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                                  checkpoint=ckpt, key=key, meta=meta, resume=cfg.resume)
+        loader = self.train_loader(train.shuffle_seed(cfg.seed))
+        result = train.train_fp32(model, loader, epochs=cfg.epochs, lr=cfg.lr, checkpoint=ckpt, key=key, meta=meta,
+                                  resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp, sync_bn=cfg.sync_bn)
+        if not self.ctx.is_main:
+            return
         if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
         fp32_acc = self._evaluate(result.model.eval())
+        result.model.to("cpu")
         _, module_rewrites, float_diff = rewrites.apply(result.model, self.shape)
-        print(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
+        say(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
         self.manifest.update({
             "run_id": f"{mf.now().replace(':', '').replace('-', '')[:15]}-{key[:8]}",
             "dataset": data.info(),
@@ -170,7 +229,7 @@ class Pipeline(Workspace):
         self.manifest["stages"] = {"train": {
             "status": "done", "key": key, "checkpoint": str(CHECKPOINT), "sha256": atomic.sha256(ckpt),
             "epochs_done": result.epochs_done, "images_per_s": result.images_per_s, "history": result.history,
-            "wall_time_s": time.perf_counter() - start}}
+            "compute": self.compute(loader), "wall_time_s": time.perf_counter() - start}}
         self._save()
 
     # ---- quantize (the `qat` command) -------------------------------------------------
@@ -180,6 +239,7 @@ class Pipeline(Workspace):
     def quant_key(self) -> str:
         return f"{self.train_key()}/{self.cfg.key('epochs', *QAT_SETTINGS, *SCHEME_SETTINGS)}"
 
+    @run_by_every_rank
     def qat(self) -> None:
         """Quantize the fp32 model with the configured scheme: PTQ, QAT where the scheme trains, and keep the
         better under --quant-mode auto. Other schemes already in OUT stay as they are."""
@@ -190,43 +250,61 @@ class Pipeline(Workspace):
             damaged = self.quantized_damaged(tag)
             if not damaged:
                 acc = self.manifest["accuracy"][tag]
-                print(f"qat: reusing {tag} ({acc['chosen'].upper()} {acc['quantized']:.4f}; fp32 "
+                say(f"qat: reusing {tag} ({acc['chosen'].upper()} {acc['quantized']:.4f}; fp32 "
                       f"{self.manifest['accuracy']['fp32']:.4f})")
                 return
-            print(f"qat: {tag}: {', '.join(damaged)} missing or changed since they were written; quantizing again")
+            say(f"qat: {tag}: {', '.join(damaged)} missing or changed since they were written; quantizing again")
         if not self._done("train", self.train_key()):
             raise train.CheckpointError(f"{self.out / CHECKPOINT} was not trained with these settings; run `train` first")
         model = self.fp32_model()
         replaced = [f for f, a in self.manifest["artifacts"].items() if mf.scheme_tag(a) == tag]
         # Files of this scheme from other settings go aside (with the bench results that measured them);
         # other schemes in OUT stay.
-        self._retire(replaced + (["bench"] if replaced else []), f"qat: {tag}")
+        parity_of_tag = ((self.manifest.get("parity") or {}).get("scheme") or {}).get("tag") == tag
+        self._retire(replaced + (["bench"] if replaced else []) + (["parity"] if parity_of_tag else []), f"qat: {tag}")
+        if parity_of_tag:
+            self.manifest.pop("parity")
         for f in [f for f, a in self.manifest["artifacts"].items() if mf.scheme_tag(a) == tag]:
             self.manifest["artifacts"].pop(f)
         self.manifest["backends"] = {k: v for k, v in self.manifest["backends"].items() if not k.endswith(f":{tag}")}
         self.manifest["stages"].setdefault("quantize", {})[tag] = {"status": "running", "key": key}
         self._save()
         start = time.perf_counter()
-        ptq = quantize.post_training(model, scheme, data, self.shape, cfg.calib_batches, cfg.batch_size)
-        results, accuracy = {"ptq": ptq}, {"ptq": self._evaluate(ptq.program)}
+        qdevice = for_quantization(self.ctx.device, cfg.device)  # where calibration and QAT run
+        results, accuracy, loader = {}, {}, None
+        if self.ctx.is_main:  # PTQ: rank 0 alone calibrates, on the batches one process would use
+            ptq = quantize.post_training(model, scheme, data, self.shape, cfg.calib_batches, cfg.batch_size,
+                                         device=qdevice)
+            results["ptq"], accuracy["ptq"] = ptq, self._evaluate(ptq.program, on_device=False)
         if scheme.trainable and scheme.mode in ("auto", "qat"):
             train.seed_everything(cfg.seed)
-            results["qat"] = quantize.quant_aware(model, scheme, data, self.shape, self.schedule())
-            accuracy["qat"] = self._evaluate(results["qat"].program)
+            schedule = self.schedule()
+            loader = self.train_loader(schedule.shuffle_seed, dataclasses.replace(self.ctx, device=qdevice))
+            results["qat"] = quantize.quant_aware(model, scheme, loader, self.shape, schedule,
+                                                  recipe=Recipe.from_config(cfg))
+            if not self.ctx.is_main:
+                return  # rank 0 converts, evaluates and writes
+            accuracy["qat"] = self._evaluate(results["qat"].program, on_device=False)
+        if not self.ctx.is_main:
+            return
         chosen = self._choose(scheme, accuracy)
         result = results[chosen]
         paths = quantize.save(result, self.shape, self.quantized_folder(tag))
         accuracy.update({"quantized": accuracy[chosen], "chosen": chosen,
                          "float": self._evaluate(result.float_model.eval())})
+        result.float_model.to("cpu")
         self.manifest["accuracy"][tag] = accuracy
         qat_run = results.get("qat")
+        compute = self.compute(loader) if loader else dataclasses.replace(self.ctx, device=qdevice).describe()
         self.manifest["stages"]["quantize"][tag] = {
             "status": "done", "key": key, "scheme": scheme.describe(), "chosen": chosen,
             "sha256": {name: atomic.sha256(path) for name, path in paths.items()},
-            "weight_error": result.weight_error,
+            "weight_error": result.weight_error, "grid_snap": quantize.grid_snap(result),
             "steps": qat_run.stats["steps"] if qat_run else 0, "events": qat_run.stats["events"] if qat_run else [],
             "images_per_s": qat_run.stats["images_per_s"] if qat_run else None,
-            "history": qat_run.stats["history"] if qat_run else [], "wall_time_s": time.perf_counter() - start}
+            "history": qat_run.stats["history"] if qat_run else [], "compute": compute,
+            "synced_across_ranks": qat_run.stats["synced_across_ranks"] if qat_run else None,
+            "wall_time_s": time.perf_counter() - start}
         self._save()
 
     def _choose(self, scheme: Scheme, accuracy: dict) -> str:
@@ -234,11 +312,11 @@ class Pipeline(Workspace):
         fp32, ptq, qat_acc = self.manifest["accuracy"]["fp32"], accuracy["ptq"], accuracy.get("qat")
         line = f"qat: {scheme.tag}: test accuracy fp32 {fp32:.4f} | PTQ {ptq:.4f}"
         if qat_acc is None:
-            print(f"{line} (QAT not run: {'--quant-mode ptq' if scheme.mode == 'ptq' else 'post-training scheme'})")
+            say(f"{line} (QAT not run: {'--quant-mode ptq' if scheme.mode == 'ptq' else 'post-training scheme'})")
             return "ptq"
-        print(f"{line} | QAT {qat_acc:.4f}")
+        say(f"{line} | QAT {qat_acc:.4f}")
         if qat_acc < ptq:
-            print(f"WARNING: QAT ({qat_acc:.4f}) is below PTQ ({ptq:.4f}) for {scheme.tag}: QAT fine-tuning made this "
+            say(f"WARNING: QAT ({qat_acc:.4f}) is below PTQ ({ptq:.4f}) for {scheme.tag}: QAT fine-tuning made this "
                   "network worse (PT2E QAT is known to fall below float on some networks, e.g. MobileNetV3). "
                   + ("Exporting PTQ (--quant-mode auto)." if scheme.mode == "auto" else
                      "Exporting QAT as --quant-mode qat asks; consider --quant-mode auto or ptq."))
@@ -288,9 +366,9 @@ class Pipeline(Workspace):
         if not self.cfg.force and previous.get("key") == key and previous.get("status") == "ok" and files:
             damaged = [f for f, a in files.items() if not atomic.intact(self.out / f, a.get("sha256"))]
             if not damaged:
-                print(f"export: {name}: reusing {', '.join(files)}")
+                say(f"export: {name}: reusing {', '.join(files)}")
                 return True
-            print(f"export: {name}: {', '.join(damaged)} missing or changed since export; exporting again")
+            say(f"export: {name}: {', '.join(damaged)} missing or changed since export; exporting again")
         for f in files:  # not done until the new files are written and recorded
             self.manifest["artifacts"].pop(f)
         self.manifest["backends"][name] = {"key": key, "status": "running"}
@@ -303,7 +381,7 @@ class Pipeline(Workspace):
             raise  # a full or read-only disk stops every backend: exit 2 with the file named
         except Exception as exc:  # a failing backend must not stop the others
             reason = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
-            print(f"[x] export: {name} FAILED: {reason}")
+            say(f"[x] export: {name} FAILED: {reason}")
             self.manifest["backends"][name] = {"key": key, "status": "failed", "reason": reason}
             self._retire(list(files), f"export: {name}")
             self._save()
@@ -312,7 +390,7 @@ class Pipeline(Workspace):
             path = self.out / a.file
             self.manifest["artifacts"][a.file] = {**a.to_dict(), "bytes": atomic.size_bytes(path),
                                                   "sha256": atomic.sha256(path)}
-            print(f"[✓] export: {a.file} ({atomic.size_bytes(path) / 1e6:.2f} MB, {a.export_seconds:.1f} s)")
+            say(f"[✓] export: {a.file} ({atomic.size_bytes(path) / 1e6:.2f} MB, {a.export_seconds:.1f} s)")
         self._retire([f for f in files if f not in self.manifest["artifacts"]], f"export: {name}")
         self.manifest["backends"][name] = {"key": key, "status": "ok", "reason": None,
                                            "wall_time_s": time.perf_counter() - start}
@@ -332,7 +410,7 @@ class Pipeline(Workspace):
         logits_by_file, ok = {}, True
         selected = {f: a for f, a in self.manifest["artifacts"].items() if backends is None or a["backend"] in backends}
         if not selected:
-            print("verify: no artifacts to verify; run `export` first")
+            say("verify: no artifacts to verify; run `export` first")
             return False
         for file, artifact in selected.items():
             path, tag = self.out / file, mf.scheme_tag(artifact)
@@ -347,7 +425,7 @@ class Pipeline(Workspace):
                     failure = f"its reference cannot be loaded: {exc}"
             if failure:
                 artifact["verification"] = {"passed": False, "failures": [failure]}
-                print(f"[x] verify: {file}: {failure}")
+                say(f"[x] verify: {file}: {failure}")
                 ok = False
                 continue
             reference = (artifact["reference"], tag)
@@ -359,7 +437,7 @@ class Pipeline(Workspace):
                 logits, method = run_artifact(path, artifact, source, data)
             except Exception as exc:
                 artifact["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
-                print(f"[x] verify: {file}: could not run it: {exc}; re-run `export --force` to rebuild it")
+                say(f"[x] verify: {file}: could not run it: {exc}; re-run `export --force` to rebuild it")
                 ok = False
                 continue
             baselines = {"fp32": acc.get("fp32"), "ptq": (acc.get(tag) or {}).get("ptq") if tag else None}
@@ -368,10 +446,10 @@ class Pipeline(Workspace):
             artifact["verification"] = result
             logits_by_file[file] = logits
             mark = "✓" if result["passed"] else "x"
-            print(f"[{mark}] verify: {file}: accuracy {result['accuracy']:.4f}, agreement with {artifact['reference']} "
+            say(f"[{mark}] verify: {file}: accuracy {result['accuracy']:.4f}, agreement with {artifact['reference']} "
                   f"{result['agreement']:.4f}, max |dlogit| {result['max_abs_logit_diff']:.4g} ({method})")
             for failure in result["failures"]:
-                print(f"    FAILED: {file}: {failure}")
+                say(f"    FAILED: {file}: {failure}")
             ok &= result["passed"]
         self.manifest["verification"] = {
             "thresholds": {"min_agreement": thresholds.min_agreement, "max_acc_drop_pp": thresholds.max_acc_drop_pp,
@@ -381,6 +459,11 @@ class Pipeline(Workspace):
         }
         self.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed")
                                                       for a in self.manifest["artifacts"].values())
+        parity_ok = parity.verify_layers(self, sources, logits_by_file)  # None: no .pte/.tflite pair to compare
+        if parity_ok is not None:
+            self.manifest["verification"]["parity_passed"] = parity_ok
+            self.manifest["verification"]["passed"] &= parity_ok
+            ok &= parity_ok
         self._save()
         return ok
 
@@ -428,5 +511,5 @@ class Pipeline(Workspace):
         atomic.write_json(dest / "models.json", {"schema_version": 1, "run_id": self.manifest.get("run_id"), "models": [
             {"file": f, "backend": a["backend"], "quant": a["quant"], "input": a["input"], "output": a["output"]}
             for f, a in chosen.items()]})
-        print(f"bundle: {len(chosen)} models, labels and {n} test images -> {dest}")
+        say(f"bundle: {len(chosen)} models, labels and {n} test images -> {dest}")
         return dest

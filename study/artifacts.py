@@ -20,6 +20,7 @@ import numpy as np
 
 from core import io as atomic
 from core import manifest as mf
+from core.console import say
 from core.workspace import ExportSource
 
 from . import quant
@@ -56,7 +57,7 @@ def export_variant(study: Study, name: str, source: ExportSource, backends: list
             raise
         except Exception as exc:  # one backend failing must not stop the study
             failures[key] = f"{type(exc).__name__}: {exc}"
-            print(f"[x] study: {name}: {key} export FAILED: {failures[key]}")
+            say(f"[x] study: {name}: {key} export FAILED: {failures[key]}")
             continue
         for a in made:
             rows.append(artifact_row(study, out_dir / a.file, a.to_dict()))
@@ -109,7 +110,7 @@ def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines:
         except Exception as exc:
             row["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
             row["accuracy"] = None
-            print(f"[x] study: verify {row['file']}: could not run it: {exc}")
+            say(f"[x] study: verify {row['file']}: could not run it: {exc}")
             ok = False
             continue
         result = verify(row, logits, logits_of[reference], study.labels, thresholds, baselines)
@@ -120,7 +121,7 @@ def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines:
         print(f"[{mark}] study: verify {row['file']}: accuracy {result['accuracy']:.4f}, agreement with "
               f"{reference} {result['agreement']:.4f} ({method})")
         for failure in result["failures"]:
-            print(f"    {'outside the thresholds' if measurement else 'FAILED'}: {row['file']}: {failure}")
+            say(f"    {'outside the thresholds' if measurement else 'FAILED'}: {row['file']}: {failure}")
         ok &= result["passed"] or measurement
     return ok
 

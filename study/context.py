@@ -13,6 +13,7 @@ import torch
 from converters.coreml import NBITS
 from core import io as atomic
 from core.config import FIELDS, RunConfig
+from core.console import say
 from core.evaluate import accuracy, predict
 from core.schemes import Scheme
 from core.workspace import CHECKPOINT, ExportSource, Workspace
@@ -82,7 +83,7 @@ def resolve_config(cfg: RunConfig, manifest: dict) -> RunConfig:
     for name, f in FIELDS.items():
         if f.metadata["group"] in RECORDED_GROUPS and name not in NOT_RECORDED and name in recorded:
             if recorded[name] != values[name] and name in ("dataset", "model"):
-                print(f"study: {cfg.out} holds a model trained with --{name.replace('_', '-')} {recorded[name]}; "
+                say(f"study: {cfg.out} holds a model trained with --{name.replace('_', '-')} {recorded[name]}; "
                       f"studying that, not {values[name]}")
             values[name] = recorded[name]
     return RunConfig(**values).validate()

@@ -21,6 +21,7 @@ import re
 
 from converters.coreml import weight_const
 from core import train
+from core.console import say
 
 from . import artifacts, quant, sensitivity
 from .context import Study
@@ -58,7 +59,7 @@ def run(study: Study) -> dict:
                           if choice["mode"] == "auto" else "--keep-float none: nothing to export")
         return result
     mode = study.chosen
-    print(f"study: mixed precision keeps {list(chosen)} float; {mode.upper()} with them float, then export")
+    say(f"study: mixed precision keeps {list(chosen)} float; {mode.upper()} with them float, then export")
     train.seed_everything(study.cfg.seed)
     made = quant.quantized(study.fp32_model(), study.data, study.shape, study.cfg, study.scheme, mode, chosen)
     source = quant.variant(study.source(), made, study.root / "mixed" / "quantized")

@@ -23,6 +23,7 @@ import torch.nn.utils.prune as prune
 
 from core.config import RunConfig
 from core.data import DataBundle
+from core.loaders import TrainLoader
 from core.models import count_macs
 from core.train import run_epoch
 
@@ -68,9 +69,9 @@ def _train(model: nn.Module, data: DataBundle, cfg: RunConfig, steps: int, seed:
     """`steps` fine-tuning steps with a fresh Adam (after structured pruning the parameters are new tensors)."""
     history = []
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.prune_lr)
-    part = 0
+    loader, part = TrainLoader(data, cfg.batch_size, seed=seed), 0  # pass `part` shuffles with seed + part
     while steps > 0:
-        stats = run_epoch(model, optimizer, data, cfg.batch_size, seed=seed + part, desc=desc, max_steps=steps)
+        stats = run_epoch(model, optimizer, loader, part, desc, max_steps=steps)
         steps -= math.ceil(stats["images"] / cfg.batch_size)
         history.append(stats)
         part += 1

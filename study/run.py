@@ -15,6 +15,7 @@ from pathlib import Path
 from core import io as atomic
 from core import manifest as mf
 from core.config import RunConfig
+from core.console import say
 
 from . import (StudyError, layer_error, mixed, plots, report, results, sensitivity, sweep, tradeoffs,
                weights_activations)
@@ -45,11 +46,11 @@ def study(cfg: RunConfig) -> bool:
 
     atomic.atomic_write(final, build)
     res = outcome["results"]
-    print(f"study: wrote {final}/report.md, results.json and {len(outcome['plots'])} plots "
+    say(f"study: wrote {final}/report.md, results.json and {len(outcome['plots'])} plots "
           f"in {time.perf_counter() - ctx.started:.0f} s")
     for name, sec in res["sections"].items():
         if sec["status"] == "failed":
-            print(f"[x] study: {TITLES[name]} FAILED: {sec['error']}")
+            say(f"[x] study: {TITLES[name]} FAILED: {sec['error']}")
     return res["passed"]
 
 
@@ -59,7 +60,7 @@ def run_sections(ctx: Study) -> dict:
         if name not in ctx.sections:
             sections[name] = {"status": "skipped", "seconds": None, "error": None, "result": None}
             continue
-        print(f"study: {TITLES[name]}")
+        say(f"study: {TITLES[name]}")
         start = time.perf_counter()
         try:
             result = RUNNERS[name](ctx)
@@ -69,7 +70,7 @@ def run_sections(ctx: Study) -> dict:
         except Exception as exc:  # one section failing must not lose the others
             where = traceback.extract_tb(exc.__traceback__)[-1]
             reason = f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
-            print(f"[x] study: {TITLES[name]} failed: {reason}")
+            say(f"[x] study: {TITLES[name]} failed: {reason}")
             sections[name] = {"status": "failed", "seconds": time.perf_counter() - start, "error": reason, "result": None}
     passed = all(s["status"] != "failed" and (s["result"] or {}).get("passed", True) for s in sections.values())
     return {"schema_version": 1, "created": mf.now(), "run_id": ctx.ws.manifest.get("run_id"),
@@ -111,6 +112,6 @@ def draw(ctx: Study, res: dict) -> dict[str, str]:
             if made:
                 drawn[name] = made
         except Exception as exc:
-            print(f"[x] study: plot {names[name]} failed: {type(exc).__name__}: {exc}")
+            say(f"[x] study: plot {names[name]} failed: {type(exc).__name__}: {exc}")
     return drawn
 

@@ -22,6 +22,7 @@ Latencies are batch-1, interleaved per runtime, as ratios to the baseline's file
 from __future__ import annotations
 
 from core import train
+from core.console import say
 
 from . import artifacts, compress, pruning, quant
 from .context import Study
@@ -49,7 +50,7 @@ def run(study: Study) -> dict:
                              "parameters": sum(p.numel() for p in study.fp32_model().parameters())}}
     sources = {"baseline": fp32_source}
     for method in pruning.METHODS:
-        print(f"study: pruning ({method})")
+        say(f"study: pruning ({method})")
         train.seed_everything(cfg.seed)
         pruned = pruning.PRUNERS[method](study.fp32_model(), study.data, study.shape, cfg)
         float_acc = study.accuracy(pruned.model)

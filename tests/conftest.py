@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -38,3 +39,16 @@ def exported(tmp_path_factory):
     pipeline.qat()
     pipeline.export_ok = pipeline.export()
     return pipeline
+
+
+@pytest.fixture
+def copy_of(exported, tmp_path, make_config):
+    """copy_of(**settings) -> a Pipeline over a private copy of the exported OUT, with changed settings."""
+    from pipeline.stages import Pipeline
+
+    def copy(**overrides):
+        out = tmp_path / "out"
+        shutil.copytree(exported.out, out)
+        return Pipeline(make_config(out, **overrides))
+
+    return copy

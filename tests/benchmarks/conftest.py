@@ -4,21 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
 from core.config import resolve
 
 DATA = Path(__file__).resolve().parent / "data"
-TINY = ["--dataset", "mnist-5k", "--epochs", "1", "--limit-train", "512", "--limit-test", "200",
-        "--qat-max-steps", "10", "--calib-batches", "2", "--backends", "executorch,tflite,coreml",
-        # 200 test images: one flipped image is 0.5 pp, so loosen the export checks for this undertrained model
-        "--max-acc-drop", "2", "--min-agreement", "0.98"]
 # Few iterations: these tests check that the scripts run and what they write, never how fast anything is.
-QUICK = {"bench_warmup": 2, "bench_iterations": 10, "bench_train_steps": 3}
+QUICK = {"bench_warmup": 2, "bench_iterations": 10, "bench_train_steps": 3, "bench_seconds": 0.25}
 
 
 def tiny_config(out: Path):
-    cfg = resolve(flag_values={"out": str(out), "dataset": "mnist-5k", "limit_train": 512, "limit_test": 200,
-                               "qat_max_steps": 10})
+    # the settings of the session's `exported` fixture (tests/conftest.py), whose OUT the bench runs over
+    cfg = resolve(flag_values={"out": str(out), "dataset": "mnist-5k", "limit_train": 1024, "limit_test": 300,
+                               "qat_max_steps": 20, "calib_batches": 4, "sample_size": 20, "min_agreement": 0.98})
     for name, value in QUICK.items():
         setattr(cfg, name, value)
     return cfg
@@ -31,10 +27,13 @@ def config_for():
 
 
 @pytest.fixture(scope="session")
-def tiny_out(tmp_path_factory) -> Path:
+def tiny_out(tmp_path_factory, exported) -> Path:
+    """A copy of the session's exported OUT (all three backends), so the bench tests train nothing."""
+    import shutil
+
+    assert exported.export_ok
     out = tmp_path_factory.mktemp("bench") / "out"
-    for command in ("train", "qat", "export"):
-        assert main([command, *TINY, "--out", str(out)]) == 0, f"`{command}` of the tiny model failed"
+    shutil.copytree(exported.out, out, ignore=shutil.ignore_patterns(".lock"))
     return out
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from converters import ConversionError
-from converters.coreml import CoreMLConverter, fold_batchnorm, load_into, lut_checks, read_weights
+from converters.coreml import CoreMLConverter, palettized_file, fold_batchnorm, load_into, lut_checks, read_weights
 
 
 def test_palettized_package_has_4bit_luts_and_shrank(exported):
@@ -54,3 +54,11 @@ def test_two_bit_palettization(exported, tmp_path, monkeypatch):
     artifacts = CoreMLConverter().export_scheme(exported.export_source(), tmp_path, exported.cfg)
     assert artifacts[1].file == "convnet_coreml_pal2.mlpackage"
     assert all(v["indices"] == "UINT2" for v in artifacts[1].checks["palettized"].values())
+
+
+def test_palettized_files_of_different_schemes_never_share_a_name():
+    from core.schemes import Scheme
+
+    default, ptq = Scheme(), Scheme(mode="ptq", calibration="percentile")
+    assert palettized_file("convnet", default, 4) == "convnet_coreml_pal4.mlpackage"
+    assert palettized_file("convnet", ptq, 4) == f"convnet_coreml_{ptq.tag}_pal4.mlpackage" != palettized_file("convnet", default, 4)

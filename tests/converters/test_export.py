@@ -8,17 +8,6 @@ import pytest
 from converters.coreml import CoreMLConverter
 from core import qat, quantize
 from core.io import sha256
-from pipeline.stages import Pipeline
-
-
-@pytest.fixture
-def copy_of(exported, tmp_path, make_config):
-    def copy(**overrides):
-        out = tmp_path / "out"
-        shutil.copytree(exported.out, out)
-        return Pipeline(make_config(out, **overrides))
-
-    return copy
 
 
 def test_all_six_artifacts_verified(exported):

@@ -69,16 +69,17 @@ def test_imagefolder(tmp_path):
     assert bundle.labels == ["cat", "dog"] and bundle.train_images.shape == (6, 3, 32, 32)
 
 
-def test_mnist_falls_back_to_mnist_5k_loudly(monkeypatch, tmp_path):
+def test_mnist_falls_back_to_mnist_5k_loudly(monkeypatch, tmp_path, capsys):
     import torchvision.datasets
 
     def offline(*args, **kwargs):
         raise RuntimeError("no network")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    with pytest.warns(UserWarning, match="FALLING BACK to mnist-5k"):
-        bundle = data.load("mnist", tmp_path, 1, 28)
-    assert bundle.name == "mnist-5k" and "no network" in bundle.note
+    bundle = data.load("mnist", tmp_path, 1, 28)
+    out = capsys.readouterr().out
+    assert out.count("FALLING BACK to mnist-5k") == 1 and len(out.splitlines()) == 1
+    assert bundle.name == "mnist-5k" and "no network" in bundle.note and data.mnist_fallback_recorded(bundle.note)
 
 
 @pytest.mark.parametrize("name, message", [

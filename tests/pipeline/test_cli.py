@@ -37,6 +37,40 @@ def test_bad_input_destroys_no_checkpoint(exported):
     assert ckpt.read_bytes() == before
 
 
+def test_parity_settings_are_range_checked():
+    from core.config import RunConfig
+
+    for flag in ("max_parity_steps", "max_parity_steps_float", "parity_images"):
+        with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} must be >= 0"):
+            RunConfig(**{flag: -1}).validate()
+
+
+def test_parity_without_artifacts_says_to_export_first(make_config, tmp_path):
+    from pipeline import parity
+    from pipeline.stages import Pipeline, StageError
+
+    with pytest.raises(StageError, match="run `export` first"):
+        parity.run(Pipeline(make_config(tmp_path)))
+
+
+def test_parity_refuses_a_scheme_it_cannot_compare(exported):
+    manifest = (exported.out / "manifest.json").read_bytes()
+    result = run_cli("parity", *TINY, "--out", str(exported.out), "--activations", "dynamic",
+                     "--backends", "executorch,tflite")
+    assert result.returncode == 2, result.stderr
+    assert "parity: scheme w8pcdyn" in result.stderr and "quantized at run time" in result.stderr
+    assert (exported.out / "manifest.json").read_bytes() == manifest
+
+
+def test_parity_compares_only_static_int8_schemes_both_runtimes_export():
+    from core.schemes import Scheme
+    from pipeline.parity import comparable
+
+    assert comparable(Scheme()) is None and comparable(Scheme(granularity="per_tensor")) is None
+    assert "no executorch and no tflite file" in comparable(Scheme(weight_bits=4))
+    assert "its activations are float" in comparable(Scheme(activations="none"))
+
+
 def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

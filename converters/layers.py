@@ -1,0 +1,149 @@
+"""The quantized layers of a converted QAT graph, named as the network names them, and their PyTorch outputs.
+
+A *layer* here is one int8 activation: each `quantize_per_tensor` node of the converted (folded)
+graph. It is named after the op that produced it, walked back through fused activations
+(conv2d → relu → quantize is one layer, named after the conv): the op's module path from the
+export's `nn_module_stack` (`features.3.conv.1.0`, `layer1.0`), or, for ops called in the top
+module's own forward, the graph node's name (`max_pool2d`, `flatten`). Quantize nodes after ops
+that only copy their input (eval-mode dropout, clone) repeat the layer before and are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+FUSED_ACTIVATIONS = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "clamp_min", "clamp_max", "relu6"}
+IDENTITY_OPS = {"dropout", "clone", "alias", "detach", "contiguous", "_to_copy", "native_dropout"}
+INPUT = "input"
+
+
+@dataclass
+class Layer:
+    index: int
+    name: str  # module path (or node name for top-level ops), unique in the graph
+    op: str  # the ops it covers, e.g. "conv2d+relu"
+    node: str  # the quantize node in the converted graph
+    scale: float
+    zero_point: int
+    module_path: str  # "" for ops of the top module
+    module_class: str
+    hierarchy: str  # litert-torch's debug-info name of the layer's main op (.tflite tensor names carry it)
+    out_hierarchy: str  # the same for the op whose result is quantized (the last fused activation, if any)
+    is_output: bool = False  # feeds the graph output
+    activation: str | None = None  # the activation layer that alone reads this one, on the same grid
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def opname(node: torch.fx.Node) -> str:
+    if node.op != "call_function":
+        return node.op
+    return getattr(node.target, "_opname", getattr(node.target, "__name__", str(node.target)))
+
+
+def is_quantize(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and opname(node) == "quantize_per_tensor" and isinstance(node.args[1], float)
+
+
+def _class_name(kind) -> str:
+    if isinstance(kind, str):
+        return kind
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def module_stack(node: torch.fx.Node) -> list[tuple[str, str]]:
+    """(path, class) from the top module down to the one that ran this op."""
+    return [(path, _class_name(kind)) for path, kind in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def hierarchy(node: torch.fx.Node) -> str:
+    """The name litert-torch gives an op's location (backend/debuginfo): Class_lastname per level, joined by '/'."""
+    return "/".join(cls + (f"_{path.split('.')[-1]}" if path else "") for path, cls in module_stack(node))
+
+
+def _anchor(q: torch.fx.Node) -> tuple[torch.fx.Node, list[str]]:
+    """The op a quantize node's value comes from, walking back through fused activations."""
+    ops, node = [], q.args[0]
+    while (isinstance(node, torch.fx.Node) and opname(node) in FUSED_ACTIVATIONS
+           and isinstance(node.args[0], torch.fx.Node) and opname(node.args[0]) != "dequantize_per_tensor"):
+        ops.append(opname(node))
+        node = node.args[0]
+    return node, [opname(node).rstrip("_")] + [op.rstrip("_") for op in ops[::-1]]
+
+
+def _feeds_output(q: torch.fx.Node) -> bool:
+    return any(u.op == "output" or (opname(u) == "dequantize_per_tensor" and any(v.op == "output" for v in u.users))
+               for u in q.users)
+
+
+def quantized_layers(gm: torch.fx.GraphModule) -> list[Layer]:
+    """Every int8 activation of a converted graph, in graph order, with its network name."""
+    layers, taken = [], set()
+    for q in gm.graph.nodes:
+        if not is_quantize(q) or not isinstance(q.args[0], torch.fx.Node):
+            continue
+        anchor, ops = _anchor(q)
+        if anchor.op == "placeholder":
+            name, path, cls, ops = INPUT, "", "", ["quantize"]
+        elif opname(anchor) in IDENTITY_OPS:
+            continue
+        else:
+            stack = module_stack(anchor)
+            path, cls = stack[-1] if stack else ("", "")
+            name = path or anchor.name
+        if name in taken:
+            name = f"{name}:{anchor.name}"
+        taken.add(name)
+        layers.append(Layer(index=len(layers), name=name, op="+".join(ops), node=q.name, scale=float(q.args[1]),
+                            zero_point=int(q.args[2]), module_path=path, module_class=cls.rsplit(".", 1)[-1],
+                            hierarchy=hierarchy(anchor) if anchor.op != "placeholder" else "",
+                            out_hierarchy=hierarchy(q.args[0]) if anchor.op != "placeholder" else "",
+                            is_output=_feeds_output(q)))
+    if not layers:
+        raise ValueError("the graph has no quantize_per_tensor nodes: it is not a converted int8 PT2E graph")
+    by_node = {layer.node: layer for layer in layers}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for layer in layers:
+        follower = _lone_activation(nodes[layer.node])
+        if follower is not None and follower.name in by_node:
+            layer.activation = by_node[follower.name].name
+    return layers
+
+
+def _lone_activation(q: torch.fx.Node) -> torch.fx.Node | None:
+    """The quantize node after q -> dequantize -> relu/relu6 -> quantize on q's grid, if that is q's only reader.
+
+    Converters fuse such an activation into the op before it, so that op's own int8 output exists
+    in PyTorch (and in a tapped .pte) but not in a .tflite.
+    """
+    readers = list(q.users)
+    if len(readers) != 1 or opname(readers[0]) != "dequantize_per_tensor" or len(readers[0].users) != 1:
+        return None
+    act = next(iter(readers[0].users))
+    if opname(act) not in FUSED_ACTIVATIONS or len(act.users) != 1:
+        return None
+    nxt = next(iter(act.users))
+    return nxt if is_quantize(nxt) and nxt.args[1:3] == q.args[1:3] else None
+
+
+class _Capture(torch.fx.Interpreter):
+    def __init__(self, gm: torch.fx.GraphModule, nodes: set[str]):
+        super().__init__(gm)
+        self.nodes, self.values = nodes, {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.nodes:
+            self.values[n.name] = out.detach().clone()
+        return out
+
+
+def capture_pytorch(gm: torch.fx.GraphModule, layers: list[Layer], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each layer's int8 output in the converted graph itself (torch.fx Interpreter), keyed by layer name."""
+    runner = _Capture(gm, {layer.node for layer in layers})
+    with torch.no_grad():
+        runner.run(images)
+    return {layer.name: runner.values[layer.node] for layer in layers}

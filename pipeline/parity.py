@@ -1,0 +1,151 @@
+"""`mobile-pipeline parity`, and the parity check inside `verify`, over one output folder.
+
+Runs the first `--parity-images` test images layer by layer through one scheme's converted
+PT2E graph (OUT/quantized/<tag>/program.pt2), its .pte and its .tflite (converters/parity.py),
+compares the Core ML files' weights with the weights each was made from, writes the result into
+the manifest, the plots into OUT/parity/ and the section into OUT/report.md, and holds the .pte
+and the .tflite to each other. Schemes without static int8 activations in both files (dynamic,
+weight-only, 4-bit) are refused: their layers have no fixed int8 grid to compare on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core import io as atomic
+from core import quantize
+from core.console import say
+from core.schemes import Scheme, support
+
+from . import parity_report
+
+RUNTIMES = ("executorch", "tflite")
+
+
+def comparable(scheme: Scheme) -> str | None:
+    """Why the layers of `scheme`'s .pte and .tflite cannot be compared here; None when they can.
+
+    The comparison reads every layer's int8 activation with its fixed scale and zero point, in
+    the PyTorch graph, the .pte and the .tflite: only schemes with static int8 activations and
+    8-bit weights that both runtimes export have them.
+    """
+    if scheme.activations != "static":
+        return (f"scheme {scheme.tag} ({scheme.summary()}) has no int8 activations with fixed scales to compare "
+                "layer by layer" + (": they are quantized at run time" if scheme.activations == "dynamic" else
+                                    ": its activations are float"))
+    refused = {r: support(scheme, r) for r in RUNTIMES if not support(scheme, r).ok}
+    if refused:
+        return (f"scheme {scheme.tag} ({scheme.summary()}) has no " + " and no ".join(refused) + " file to compare ("
+                + "; ".join(f"{r}: {s.reason}" for r, s in refused.items()) + ")")
+    return None
+
+
+def _file(artifacts: dict, backend: str, tag: str) -> str | None:
+    fmt = {"executorch": "pte", "tflite": "tflite"}[backend]
+    return next((f for f, a in sorted(artifacts.items())
+                 if a["backend"] == backend and a["format"] == fmt and a["quant"] == tag), None)
+
+
+def _coreml_files(artifacts: dict, tag: str) -> dict[str, str]:
+    """The fp16 baseline and the files palettizing this scheme's weights, with what each was made from.
+
+    The W8A8 file (reference "quantized") is left out: `verify` already holds its int8 weights and
+    activation scales equal to the PT2E graph's (converters/coreml.py w8a8_checks).
+    """
+    files = {}
+    for f, a in sorted(artifacts.items()):
+        scheme = a.get("scheme") or {}
+        if a["format"] != "mlpackage" or a["reference"] == "quantized" or (scheme and scheme.get("weights_of") != tag):
+            continue
+        files[f] = "fp32" if a["reference"] == "fp32" else "float"
+    return files
+
+
+def run(pipeline, source=None) -> bool:
+    """Compare every available runtime layer by layer; True when the .pte/.tflite check passes."""
+    from converters import parity
+
+    from .stages import StageError
+
+    cfg, out, artifacts = pipeline.cfg, pipeline.out, pipeline.manifest.get("artifacts", {})
+    scheme = source.scheme if source is not None else pipeline.scheme()
+    why = comparable(scheme)
+    if why:
+        raise StageError(f"parity: {why}. Parity compares the int8 .pte and .tflite of a scheme with static int8 "
+                         "activations (the default, or --weight-granularity per_tensor); run it without the "
+                         "scheme flags")
+    tag = scheme.tag
+    pte, tflite = (_file(artifacts, b, tag) for b in RUNTIMES)
+    pte, tflite = (f if f and (out / f).exists() else None for f in (pte, tflite))
+    packages = {f: ref for f, ref in _coreml_files(artifacts, tag).items() if (out / f).exists()}
+    if not (pte or tflite or packages):
+        raise StageError(f"{out} holds no {tag} .pte, {tag} .tflite or .mlpackage; run `export` first")
+    source = source or pipeline.export_source(scheme)
+    data = pipeline.data
+    n = cfg.parity_images or len(data.test_labels)
+    images = data.normalize(data.test_images[:n])
+    say(f"parity: {tag}: {len(images)} test images, layer by layer: PyTorch" + "".join(f", {f}" for f in (pte, tflite) if f))
+    program = pipeline.quantized_folder(tag) / quantize.PROGRAM
+    result = parity.run(source.program, images, source.input_shape,
+                        pte=out / pte if pte else None, tflite=out / tflite if tflite else None,
+                        tflite_layout=artifacts[tflite]["input"]["layout"] if tflite else "NCHW",
+                        work_dir=out / parity_report.PLOT_DIR, key=atomic.sha256(program))
+    result["scheme"] = scheme.describe()
+    result["files"] = {f: artifacts[f]["sha256"] for f in (pte, tflite) if f}
+    result["coreml"], result["coreml_reference"] = {}, {}
+    weights = {"fp32": (source.fp32_model, "fp32 weights"),
+               "float": (source.float_model, source.metadata.get("weights_from", "trained weights"))}
+    for package, ref in packages.items():
+        model, label = weights[ref]
+        result["coreml_reference"][package] = label
+        try:
+            result["coreml"][package] = parity.coreml_weights(out / package, model)
+        except Exception as exc:  # a Core ML read-back problem must not hide the int8 comparison
+            result["coreml"][package] = f"{type(exc).__name__}: {exc}"
+    passed, failures, status = parity.check(result, cfg.max_parity_steps, cfg.max_parity_steps_float)
+    result["check"] = {"passed": passed, "failures": failures, "max_steps": cfg.max_parity_steps,
+                       "max_steps_float": cfg.max_parity_steps_float, "layers": status}
+    result["plots"] = parity_report.write_plots(out, result)
+    _summarize(result)
+    pipeline.manifest["parity"] = result
+    pipeline._save()  # the manifest, and report.md with the parity section
+    return passed
+
+
+def verify_layers(pipeline, sources: dict, verified: dict) -> bool | None:
+    """The check in `verify`, for the configured scheme: None when this run did not verify both its .pte and its
+    .tflite, or when the scheme's files cannot be compared layer by layer (dynamic or weight-only)."""
+    scheme = pipeline.scheme()
+    artifacts = {f: pipeline.manifest["artifacts"][f] for f in verified}
+    if not pipeline.cfg.parity_check or comparable(scheme):
+        return None
+    if not all(_file(artifacts, b, scheme.tag) for b in RUNTIMES):
+        return None
+    try:
+        return run(pipeline, sources.get(scheme.tag))
+    except Exception as exc:  # a check that cannot run has not passed
+        reason = f"{type(exc).__name__}: {exc}"
+        say(f"[x] parity: could not compare the .pte and the .tflite layer by layer: {reason} "
+            "(--no-parity-check skips the check)")
+        pipeline.manifest["parity"] = {"error": reason}
+        return False
+
+
+def _summarize(result: dict) -> None:
+    from converters.parity import pct
+
+    for block in result["pairs"].values():
+        say(f"  {block['verdict']}")
+    check = result["check"]
+    if check["layers"]:
+        width = max(len(r["layer"]) for r in check["layers"])
+        say(f"  .pte vs .tflite, per layer ({result['images']} images):")
+        for r in check["layers"]:
+            mark = "x" if r["state"] == "FAILED" else ("·" if r["state"].startswith("after") else "✓")
+            say(f"    [{mark}] {r['layer']:<{width}}  {pct(r['equal_share']):>9} equal, max {r['max_steps']:g} "
+                  f"steps (allowed {r['allowed']:g}) {'' if r['state'] == 'ok' else r['state']}")
+    for failure in check["failures"]:
+        say(f"    FAILED: parity: {failure}")
+    mark = "✓" if check["passed"] else "x"
+    say(f"[{mark}] parity: .pte vs .tflite {'within' if check['passed'] else 'beyond'} {check['max_steps']} output "
+          f"step(s) per layer; report: {Path('report.md')} and {parity_report.PLOT_DIR}/*.png")

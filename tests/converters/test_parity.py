@@ -1,0 +1,172 @@
+"""Layer-by-layer parity on the tiny ConvNet: every layer of .pte and .tflite agrees, and a perturbed file is caught."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from converters import parity
+from converters.layers import capture_pytorch, quantized_layers
+from core import io as atomic
+from core import qat, quantize
+
+LAYERS = ["input", "conv1", "conv2", "max_pool2d", "flatten", "fc1", "fc2"]
+
+
+def test_layers_carry_the_networks_own_names(exported):
+    layers = quantized_layers(exported.quantized_program("int8"))
+    assert [l.name for l in layers] == LAYERS
+    assert [l.op for l in layers][1:3] == ["conv2d+relu", "conv2d+relu"]
+    assert layers[-1].is_output and not layers[1].is_output
+    assert layers[1].hierarchy == "core.models.ConvNet/torch.nn.modules.conv.Conv2d_conv1"
+    values = capture_pytorch(exported.quantized_program("int8"), layers, exported.data.normalize(exported.data.test_images[:3]))
+    assert values["conv2"].dtype == torch.int8 and tuple(values["conv2"].shape) == (3, 64, 24, 24)
+
+
+def test_every_layer_of_pte_and_tflite_is_identical(exported):
+    result = exported.manifest["parity"]  # written by the check inside verify
+    assert result["images"] == 100 and result["check"]["passed"]
+    rows = result["pairs"]["pte_vs_tflite"]["rows"]
+    assert [r["layer"] for r in rows] == LAYERS
+    assert all(r["max_steps"] == 0 and r["equal_share"] == 1.0 and r["sqnr_db"] == "inf" for r in rows)
+    assert result["pairs"]["pte_vs_tflite"]["first_divergence"] is None
+    assert "identical on all 7 layers" in result["pairs"]["pte_vs_tflite"]["verdict"]
+    # the debug copies compute what the shipped files compute
+    assert result["runtimes"]["pte"]["final_output_equals_shipped"] == "100/100"
+    assert result["runtimes"]["tflite"]["final_output_equals_shipped"] == "100/100"
+    assert result["runtimes"]["pte"]["ops_outside_delegate"] == {}
+    methods = {r["name"]: r["tflite"]["method"] for r in result["layers"]}
+    assert methods["conv1"] == methods["conv2"] == methods["fc1"] == "tensor name"
+    assert methods["input"] == "model input" and methods["fc2"] == "model output"
+    # against the PyTorch graph the runtimes are close, not exact (float conv, then requantization)
+    assert all(r["max_steps"] <= 1 for r in result["pairs"]["pytorch_vs_pte"]["rows"])
+    assert exported.manifest["verification"]["parity_passed"] is True
+    report = (exported.out / "report.md").read_text()
+    assert "## Layer-by-layer parity" in report and "identical on all 7 layers" in report
+    for pair in parity.PAIRS:
+        assert (exported.out / "parity" / f"{pair}.png").stat().st_size > 5000
+
+
+def test_coreml_weights_are_compared_with_the_qat_weights(exported):
+    coreml = exported.manifest["parity"]["coreml"]
+    pal4, fp16 = coreml["convnet_coreml_pal4.mlpackage"], coreml["convnet_coreml_fp16.mlpackage"]
+    assert {r["weight"] for r in pal4} == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                                           "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    fc1 = {r["weight"]: r for r in pal4}["fc1.weight"]
+    assert fc1["max_steps"] > 1 and fc1["sqnr_db"] < 40  # 4-bit LUTs: coarser than int8
+    assert all(r["max_steps"] < 0.5 for r in fp16 if r["weight"].endswith("weight"))  # fp16 rounding only
+
+
+def _unfolded_with_one_channel_moved(exported, layer: str) -> torch.fx.GraphModule:
+    """The unfolded QAT graph with `layer`'s first output channel moved one int8 step up."""
+    graph = copy.deepcopy(quantize.load_program(exported.quantized_folder("int8") / quantize.UNFOLDED))
+    quant = torch.ops.quantized_decomposed.quantize_per_channel.default
+    q = next(n for n in graph.graph.nodes if n.target == quant and n.args[0].target == f"{layer}.weight")
+    weight, scales = graph.get_parameter(q.args[0].target), getattr(graph, q.args[1].target)
+    with torch.no_grad():
+        weight[0] += scales[0]
+    return graph
+
+
+def test_a_perturbed_tflite_is_caught_at_its_layer(exported, tmp_path):
+    import litert_torch
+
+    from converters.tflite import _int8_config
+
+    graph = _unfolded_with_one_channel_moved(exported, "conv2")
+    graph.training = False
+    litert_torch.convert(graph, (torch.zeros(1, 1, 28, 28),), quant_config=_int8_config()).export(str(tmp_path / "bad.tflite"))
+    images = exported.data.normalize(exported.data.test_images[:20])
+    pte = exported.out / "convnet_xnnpack_int8.pte"
+    result = parity.run(exported.quantized_program("int8"), images, (1, 28, 28), pte=pte, tflite=tmp_path / "bad.tflite",
+                        work_dir=exported.out / "parity", key=atomic.sha256(exported.quantized_folder("int8") / quantize.PROGRAM))
+    assert result["runtimes"]["pte"]["reused"]  # the debug .pte the fixture's verify lowered
+    div = result["pairs"]["pte_vs_tflite"]["first_divergence"]
+    assert div["layer"] == "conv2" and div["max_steps"] >= 1
+    rows = {r["layer"]: r for r in result["pairs"]["pte_vs_tflite"]["rows"]}
+    assert rows["conv1"]["equal_share"] == 1.0 and rows["input"]["equal_share"] == 1.0
+    passed, failures, status = parity.check(result, max_steps=0, max_steps_float=1)
+    assert not passed and failures[0].startswith("layer `conv2` (conv2d+relu)")
+    assert [s["state"] for s in status][:3] == ["ok", "ok", "FAILED"]
+    # a generous allowance lets it through: the check reads the setting
+    big = rows["conv2"]["max_steps"]
+    assert parity.check(result, max_steps=max(r["max_steps"] for r in rows.values()), max_steps_float=big)[0]
+
+
+def _result(layers):
+    rows = [{"layer": name, "op": op, "max_steps": steps, "mean_steps": 0.0, "equal_share": 1.0 if steps == 0 else 0.9,
+             "sqnr_db": "inf", "values": 10} for name, op, steps, _ in layers]
+    return {"layers": [{"name": name, "float_in": floats} for name, _, _, floats in layers],
+            "pairs": {"pte_vs_tflite": {"rows": rows}}}
+
+
+def test_float_ops_are_loosened_only_where_they_run():
+    layers = [("conv", "conv2d", 0, {}), ("act", "hardswish", 1, {"pte": "Hardswish (NC, F32)"}),
+              ("conv2", "conv2d", 3, {}), ("fc", "linear", 2, {})]
+    passed, failures, status = parity.check(_result(layers), max_steps=0, max_steps_float=1)
+    assert passed and not failures
+    assert [s["state"] for s in status] == ["ok", "float op, within 1", "after act", "after act"]
+    passed, failures, _ = parity.check(_result(layers), max_steps=0, max_steps_float=0)
+    assert not passed and "layer `act` (hardswish)" in failures[0] and "computed in float" in failures[0]
+    strict = [("conv", "conv2d", 0, {}), ("conv2", "conv2d", 1, {}), ("act", "hardswish", 1, {"tflite": "HARD_SWISH"})]
+    passed, failures, _ = parity.check(_result(strict), max_steps=0, max_steps_float=1)
+    assert not passed and failures[0].startswith("layer `conv2`")
+
+
+def test_stats_count_steps_equal_values_and_sqnr():
+    stats = parity.Stats()
+    a = np.array([[-128, 0, 5, 10]], np.int8)
+    b = np.array([[-128, 1, 5, 7]], np.int8)
+    stats.update(a, (0.5, 0), b, (0.5, 0), 0.5)
+    s = stats.summary()
+    assert s["max_steps"] == 3 and s["mean_steps"] == 1.0 and s["equal_share"] == 0.5
+    signal = (0.5 ** 2) * (128 ** 2 + 25 + 100)
+    assert s["sqnr_db"] == pytest.approx(10 * np.log10(signal / (0.25 * (1 + 9))))
+
+
+class _Block(torch.nn.Module):
+    """conv -> (norm) -> ReLU6 modules at torchvision's indices, then a residual add. The norm slot holds an
+    Identity: a BatchNorm there makes QAT's convert fold conv-bn by exporting ~100 patterns (minutes here), and
+    the mapping under test does not depend on it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Identity(), torch.nn.ReLU6())
+        self.conv = torch.nn.Conv2d(8, 8, 1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.conv(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_module_activations_map_to_fused_tflite_tensors(tmp_path):
+    """litert-torch fuses ReLU6 into the conv before it: the conv's own output has no tensor, the ReLU6's has."""
+    import litert_torch
+
+    from converters.parity_capture import match_tflite
+    from converters.tflite import _int8_config
+    from ai_edge_litert.interpreter import Interpreter
+
+    torch.manual_seed(0)
+    prepared = qat.prepare(_Block(), (3, 8, 8))
+    with torch.no_grad():
+        for _ in range(3):
+            prepared(torch.randn(4, 3, 8, 8))
+    prepared.eval()
+    folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
+    unfolded.training = False
+    litert_torch.convert(unfolded, (torch.zeros(1, 3, 8, 8),), quant_config=_int8_config()).export(str(tmp_path / "b.tflite"))
+    layers = quantized_layers(folded)
+    names = [l.name for l in layers]
+    assert names[:4] == ["input", "stem.0", "stem.2", "conv"] and "stem" not in names  # `stem.0`: conv, `stem.2`: ReLU6
+    assert layers[1].activation == "stem.2" and layers[2].op == "hardtanh"
+    sizes = {l.name: int(np.prod(v.shape[1:])) for l, v in zip(layers, capture_pytorch(folded, layers, torch.zeros(2, 3, 8, 8)).values())}
+    interpreter = Interpreter(model_path=str(tmp_path / "b.tflite"), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    matches, missing = match_tflite(interpreter, layers, sizes)
+    assert "stem.0" not in matches and "fused `stem.2`" in missing["stem.0"]
+    assert matches["stem.2"].method == "tensor name" and matches["stem.2"].producer == "CONV_2D"
+    assert matches["conv"].method == "tensor name" and matches[names[-1]].method == "model output"
