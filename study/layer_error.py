@@ -15,10 +15,11 @@ from .context import Study
 
 
 def run(study: Study) -> dict:
-    graph = study.source().unfolded
+    source = study.source()
+    graph, restored = numerics.float_restored(source.unfolded, source.float_model.state_dict())
     batches = study.cfg.study_batches
     images = len(study.labels) if not batches else min(len(study.labels), batches * numerics.BATCH)
     where = f"quantized/{study.scheme.tag}/{quantize.UNFOLDED}"
     return {"model": f"{study.chosen.upper()} program {where}", "how": "simulated",
-            "test_images": images, "weights": numerics.weight_errors(graph),
+            "test_images": images, "float_restored": restored, "weights": numerics.weight_errors(graph),
             "activations": numerics.activation_errors(graph, study.data, batches)}

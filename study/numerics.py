@@ -14,12 +14,14 @@ pair whose arguments are the scale, zero point and integer range the runtimes us
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from core import snapping
 from core.data import DataBundle
 
 COMPUTE = {torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default,
@@ -152,6 +154,17 @@ def sqnr_db(signal_power: float, noise_power: float) -> float | None:
     if noise_power <= 0 or signal_power <= 0:
         return None  # no error (infinite SQNR) or no signal: JSON has no infinity
     return 10.0 * math.log10(signal_power / noise_power)
+
+
+def float_restored(graph_module: torch.fx.GraphModule, float_state: dict) -> tuple[torch.fx.GraphModule, dict]:
+    """A copy of a converted, unfolded graph with its float weights and biases put back (core.snapping.restore_float).
+
+    The pipeline's graphs hold weights and biases snapped to their integer grids (so that the .pte and
+    the .tflite agree). Measured on those, rounding would cost nothing and "weights bypassed" would
+    still mean on-grid weights; the study measures from the float values instead.
+    """
+    restored = copy.deepcopy(graph_module)
+    return restored, snapping.restore_float(restored, float_state)
 
 
 def weight_errors(graph_module: torch.fx.GraphModule) -> list[dict]:

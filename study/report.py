@@ -56,6 +56,17 @@ def write(results: dict, plots: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _restored(counts: dict) -> str:
+    """The exported graphs hold grid-snapped weights and biases; the measurement starts from the float ones."""
+    line = (f"The exported graph's weights and biases are snapped to their int8/int32 grids (so that the .pte and "
+            f"the .tflite hold the same integers); the float values were put back before measuring: "
+            f"{counts['weights_restored']} weights and {counts['biases_restored']} biases.")
+    if counts["layers_left_on_grid"]:
+        line += (f" {counts['layers_left_on_grid']} layers have no matching float weight (e.g. BatchNorm folded into "
+                 "the conv) and are measured on their on-grid values: their weight error reads as zero.")
+    return line
+
+
 def _error(r: dict, results: dict) -> list[str]:
     lines = [f"The exported quantized model ({r['model']}), simulated in PyTorch. Δ is each quantizer's step (per output "
              "channel for weights, per tensor for activations); rounding to a grid of step Δ adds uniform noise of "
@@ -63,7 +74,7 @@ def _error(r: dict, results: dict) -> list[str]:
              "integer fell outside the int8 range. Activations: the output of each layer (after its activation "
              f"function), over {r['test_images']} test images; *vs float* compares it with the same point of the "
              "float network (the same graph with every quantizer bypassed), so it includes the error of every "
-             "layer before.", "", "**Weights**", ""]
+             "layer before.", "", _restored(r["float_restored"]), "", "**Weights**", ""]
     lines += table(["layer", "elements", "SQNR dB", "measured MSE", "Δ²/12", "ratio", "clipped"],
                    [[w["layer"], f"{w['elements']:,}", num(w["sqnr_db"], ".1f"), f"{w['measured_mse']:.3g}",
                      f"{w['predicted_mse']:.3g}",

@@ -48,9 +48,11 @@ def run(study: Study) -> dict:
 
     rows = [{"model": "PTQ", "weights": "fp32", "activations": "fp32", "accuracy": study.fp32_accuracy,
              "how": "pytorch", "what": "fp32 checkpoint, PyTorch eager"}]
-    rows += rows_of("PTQ", ptq.unfolded, "PT2E graph")
+    # the converted graphs hold on-grid weights and biases; bypassing a quantizer must give the float ones back
+    rows += rows_of("PTQ", numerics.float_restored(ptq.unfolded, study.fp32_model().state_dict())[0], "PT2E graph")
     if study.chosen == "qat":  # OUT's model is QAT-trained: the same three on it
-        qat_graph = study.source().unfolded
+        source = study.source()
+        qat_graph = numerics.float_restored(source.unfolded, source.float_model.state_dict())[0]
         rows.append({"model": "QAT", "weights": "fp32", "activations": "fp32",
                      "accuracy": simulated(qat_graph, False, False), "how": "simulated",
                      "what": "QAT graph, all quantizers bypassed (QAT-trained float weights)"})

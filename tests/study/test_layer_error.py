@@ -17,6 +17,8 @@ def test_layer_error_of_the_qat_model(section):
     assert set(weights) == {"conv1", "conv2", "fc1", "fc2"}
     fc1 = weights["fc1"]  # 1.2 M weights, almost none clipped: the measured variance sits on Δ²/12
     assert 0.8 < fc1["measured_mse"] / fc1["predicted_mse"] < 1.25 and fc1["clipped_fraction"] < 1e-3
+    # the exported graph's weights sit on their grid; the error is measured from the QAT float weights
+    assert r["float_restored"] == {"weights_restored": 4, "biases_restored": 4, "layers_left_on_grid": 0}
     assert all(25 < w["sqnr_db"] < 70 for w in weights.values())  # int8: about 6 dB per bit, minus the range's crest
     acts = {a["layer"]: a for a in r["activations"]}
     assert list(acts) == ["input", "conv1", "conv2", "fc1", "fc2"]  # re-quantizations after pooling are not layers
@@ -38,10 +40,15 @@ def test_simulator_bypasses_exactly_the_chosen_quantizers():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
     data = _tiny_data()
     prepared = qat.calibrate(model, data, (1, 8, 8), calib_batches=2, batch_size=16)
-    graph = qat.convert(prepared, fold=False)
+    snapped = qat.convert(prepared, fold=False)  # weights and biases on their grids, as the pipeline saves it
+    graph, restored = numerics.float_restored(snapped, model.state_dict())
+    assert restored == {"weights_restored": 2, "biases_restored": 2, "layers_left_on_grid": 0}
     x = data.normalize(data.test_images[:16])
     with torch.no_grad():
         assert torch.equal(numerics.Simulator(graph)(x), graph(x))  # nothing bypassed: the int8 graph itself
+        # the restored graph computes what the snapped one does, up to the float bias's sub-step offsets
+        assert torch.allclose(graph(x), snapped(x), atol=1e-4)
+        assert not torch.allclose(numerics.Simulator(snapped, weights=False, activations=False)(x), model(x), atol=1e-5)
         assert torch.allclose(numerics.Simulator(graph, weights=False, activations=False)(x), model(x), atol=1e-5)
         # weights only: the float network with each weight replaced by dequantize(quantize(w))
         quantized = {q.layer: q for q in numerics.quantizers(graph) if q.kind == "weight"}
