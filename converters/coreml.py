@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from core import io as atomic
+from core.rewrites import native_activations
 
 from .base import (Artifact, ConversionError, Converter, ExportSource, float_layers, float_output_spec, mixed,
                    require_support)
@@ -173,10 +174,14 @@ def _convert(module: nn.Module, source: ExportSource, **kwargs):
 
 
 def convert_float(model: nn.Module, source: ExportSource):
-    """An fp16 mlprogram of a float network (BatchNorm folded first, so the weights map back by name)."""
+    """An fp16 mlprogram of a float network (BatchNorm folded first, so the weights map back by name).
+
+    The int8 converters' hardsigmoid/hardswish rewrites are undone: Core ML has both ops, and the
+    rewritten `conv + 3` would have its constant folded into a renamed conv bias (core.rewrites).
+    """
     import coremltools as ct
 
-    return _convert(fold_batchnorm(model), source, compute_precision=ct.precision.FLOAT16)
+    return _convert(fold_batchnorm(native_activations(model)), source, compute_precision=ct.precision.FLOAT16)
 
 
 def convert_w8a8(source: ExportSource):

@@ -45,6 +45,23 @@ class HardSwish(nn.Module):
         return x * (F.relu6(x + 3.0) * SIXTH)
 
 
+def native_activations(model: nn.Module) -> nn.Module:
+    """A copy of a rewritten `model` with nn.Hardsigmoid / nn.Hardswish back in place of HardSigmoid / HardSwish.
+
+    For Core ML, which has these activations as ops of its own. There the rewritten form does harm:
+    Core ML folds the `+ 3` that follows a conv (MobileNetV3's squeeze-excitation) into that conv's
+    bias under a new name, so the bias no longer maps back to the network for the read-back check.
+    Same function either way; nothing with weights is touched.
+    """
+    model = copy.deepcopy(model)
+    originals = {HardSigmoid: nn.Hardsigmoid, HardSwish: nn.Hardswish}
+    for name, module in list(model.named_modules()):
+        if type(module) in originals:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, originals[type(module)]())
+    return model
+
+
 def _stochastic_depth_type():
     try:
         from torchvision.ops import StochasticDepth

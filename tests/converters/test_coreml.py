@@ -62,3 +62,36 @@ def test_palettized_files_of_different_schemes_never_share_a_name():
     default, ptq = Scheme(), Scheme(mode="ptq", calibration="percentile")
     assert palettized_file("convnet", default, 4) == "convnet_coreml_pal4.mlpackage"
     assert palettized_file("convnet", ptq, 4) == f"convnet_coreml_{ptq.tag}_pal4.mlpackage" != palettized_file("convnet", default, 4)
+
+
+def test_squeeze_excitation_biases_read_back(tmp_path):
+    """MobileNetV3's squeeze-excitation, after the hardsigmoid rewrite, adds 3 right after a conv; Core ML's
+    fuse_conv_bias pass would fold it into a renamed bias that the read-back cannot find. The float package
+    keeps every conv bias under its own name, and the read-back network matches the original."""
+    import torch.nn as nn
+    from torchvision.ops import SqueezeExcitation
+
+    from converters.coreml import convert_float
+    from core import rewrites
+    from core.workspace import ExportSource
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        SqueezeExcitation(16, 8, scale_activation=nn.Hardsigmoid),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    rewritten, done = rewrites.module_rewrites(net)
+    assert done, "the hardsigmoid rewrite (add 3, relu6, mul) must apply, or this test checks nothing"
+    source = ExportSource("se", (3, 16, 16), list("abcd"), [0.5] * 3, [0.25] * 3, net)
+    from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
+
+    fp16 = convert_float(rewritten, source)
+    # palettizing rebuilds the program through Core ML's default passes, which would fuse again
+    lut = palettize_weights(fp16, OptimizationConfig(OpPalettizerConfig(mode="kmeans", nbits=8, weight_threshold=0)))
+    x = torch.randn(8, 3, 16, 16)
+    for name, package in (("fp16", fp16), ("pal8", lut)):
+        path = tmp_path / f"se_{name}.mlpackage"
+        package.save(str(path))
+        loaded = load_into(fold_batchnorm(rewritten), read_weights(path)).eval()
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), net(x), atol=5e-2), name  # fp16 and 8-bit LUT weights
