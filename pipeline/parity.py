@@ -138,12 +138,17 @@ def _summarize(result: dict) -> None:
         say(f"  {block['verdict']}")
     check = result["check"]
     if check["layers"]:
+        # The console names only the layers that are not within their allowance; the log (and
+        # report.md) keep the whole per-layer table, which runs to a hundred lines on real networks.
         width = max(len(r["layer"]) for r in check["layers"])
-        say(f"  .pte vs .tflite, per layer ({result['images']} images):")
+        off = [r for r in check["layers"] if r["state"] != "ok"]
+        (say if off else print)(f"  .pte vs .tflite, per layer ({result['images']} images; "
+                                f"{len(check['layers']) - len(off)} of {len(check['layers'])} within their allowance):")
         for r in check["layers"]:
             mark = "x" if r["state"] == "FAILED" else ("·" if r["state"].startswith("after") else "✓")
-            say(f"    [{mark}] {r['layer']:<{width}}  {pct(r['equal_share']):>9} equal, max {r['max_steps']:g} "
-                  f"steps (allowed {r['allowed']:g}) {'' if r['state'] == 'ok' else r['state']}")
+            (print if r["state"] == "ok" else say)(
+                f"    [{mark}] {r['layer']:<{width}}  {pct(r['equal_share']):>9} equal, max {r['max_steps']:g} "
+                f"steps (allowed {r['allowed']:g}) {'' if r['state'] == 'ok' else r['state']}")
     for failure in check["failures"]:
         say(f"    FAILED: parity: {failure}")
     mark = "✓" if check["passed"] else "x"
