@@ -52,6 +52,9 @@ class RunConfig:
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (fp32 training and QAT)", "train")
     augment: bool = _opt(False, "3-channel data: random resized crop and horizontal flip of the training images", "train")
     augment_min_scale: float = _opt(0.08, "--augment: smallest crop, as a fraction of the image area", "train")
+    bn_recalibration: int = _opt(50, "after the last fp32 epoch, re-estimate BatchNorm running statistics over N "
+                                 "training batches with the final weights (0 = keep the running averages). Short "
+                                 "runs need it: MobileNetV3's BatchNorm momentum 0.01 leaves them near their start", "train")
     seed: int = _opt(0, "seed for weights, data order and dropout", "train")
     threads: int = _opt(0, "torch CPU threads (0 = all cores)", "train")
     resume: bool = _opt(False, "continue an interrupted fp32 run from its last checkpoint", "train")
@@ -123,7 +126,7 @@ class RunConfig:
                           ("qat_max_steps", 0), ("seed", 0), ("max_acc_drop", 0), ("max_quant_drop", 0),
                           ("weight_threshold", 0), ("bench_warmup", 0), ("bench_train_steps", 1),
                           ("bench_iterations", 1), ("bench_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
-                          ("study_batches", 0), ("prune_epochs", 0), ("prune_steps", 0),
+                          ("study_batches", 0), ("prune_epochs", 0), ("prune_steps", 0), ("bn_recalibration", 0),
                           ("parity_images", 0), ("max_parity_steps", 0), ("max_parity_steps_float", 0)):
             if getattr(self, name) < low:
                 problems.append(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}")

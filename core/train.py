@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class TrainResult:
     model: nn.Module
     epochs_done: int
     history: list[dict] = field(default_factory=list)
+    bn_recalibration: dict | None = None  # what recalibrate_batchnorm did after the last epoch (None: not run)
 
     @property
     def images_per_s(self) -> float:
@@ -113,7 +115,8 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainL
 
 
 def train_fp32(model: nn.Module, loader: TrainLoader, *, epochs: int, lr: float, checkpoint: Path, key: str, meta: dict,
-               resume: bool = False, recipe: Recipe = Recipe(), amp: bool = False, sync_bn: bool = False) -> TrainResult:
+               resume: bool = False, recipe: Recipe = Recipe(), amp: bool = False, sync_bn: bool = False,
+               bn_batches: int = 0) -> TrainResult:
     """Train for `epochs` epochs, checkpointing atomically after each; resume continues a matching checkpoint.
 
     Every process of a torchrun job calls this: they all load the same checkpoint, train their
@@ -142,13 +145,18 @@ def train_fp32(model: nn.Module, loader: TrainLoader, *, epochs: int, lr: float,
     net = distributed.wrap(model, ctx, sync_bn)
     model = distributed.unwrap(net)
     loss_fn = recipe.loss_fn()
+    recalibrated = None
     for epoch in range(start_epoch, epochs):
         stats = run_epoch(net, optimizer, loader, epoch, desc=f"fp32 epoch {epoch + 1}/{epochs}", loss_fn=loss_fn,
                           precision=precision)
         scheduler.step()
         history.append({"epoch": epoch + 1, **stats})
         if epoch + 1 == epochs:
+            recalibrated = recalibrate_batchnorm(model, loader, bn_batches, epoch + 1)
             distributed.sync_batchnorm(model, ctx)  # every rank ends with the same running statistics
+            if recalibrated and ctx.is_main:
+                say(f"fp32: BatchNorm statistics of {recalibrated['layers']} layers re-estimated over "
+                    f"{recalibrated['batches']} training batches (--bn-recalibration)")
         if not ctx.is_main:
             continue
         say(f"fp32 epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_accuracy']:.4f}, "
@@ -159,4 +167,30 @@ def train_fp32(model: nn.Module, loader: TrainLoader, *, epochs: int, lr: float,
             **({"cuda_rng": torch.cuda.get_rng_state(ctx.device)} if ctx.device.type == "cuda" else {}),
             **({"scaler": precision.state_dict()} if amp else {}),
         })
-    return TrainResult(model, max(epochs, start_epoch), history)
+    return TrainResult(model, max(epochs, start_epoch), history, recalibrated)
+
+
+def recalibrate_batchnorm(model: nn.Module, loader: TrainLoader, batches: int, epoch: int) -> dict | None:
+    """Replace every BatchNorm's running mean and variance by their plain average over `batches` training
+    batches, computed with the final weights (torch.optim.swa_utils.update_bn: forward passes in train
+    mode, no gradient step).
+
+    The running averages lag the weights: with BatchNorm momentum m they forget their start as
+    (1 - m)^steps, and torchvision's MobileNetV3 uses m = 0.01, so a run of a few hundred steps
+    evaluates at chance level. `epoch` picks the shuffle. Returns None when there is nothing to do.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if batches <= 0 or not layers:
+        return None
+    seen = [0]
+
+    def images():  # one batch at a time: 50 batches of 224 px images would be gigabytes
+        for x, _ in itertools.islice(loader.epoch(epoch), batches):
+            seen[0] += 1
+            yield x
+
+    with torch.no_grad():  # update_bn itself keeps the autograd graph of every forward
+        update_bn(images(), model)
+    return {"layers": len(layers), "batches": seen[0]}

@@ -37,7 +37,7 @@ from . import parity, report
 
 TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "limit_train", "limit_test", "batch_size", "lr",
                   "seed", "optimizer", "momentum", "weight_decay", "lr_schedule", "lr_gamma", "warmup_epochs",
-                  "label_smoothing", "augment", "augment_min_scale", "stats_images")
+                  "label_smoothing", "augment", "augment_min_scale", "stats_images", "bn_recalibration")
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
 SCHEME_SETTINGS = ("quant_mode", "weight_bits", "weight_granularity", "block_size", "weight_symmetry", "activations",
                    "calibration")
@@ -208,7 +208,8 @@ class Pipeline(Workspace):
         start = time.perf_counter()
         loader = self.train_loader(train.shuffle_seed(cfg.seed))
         result = train.train_fp32(model, loader, epochs=cfg.epochs, lr=cfg.lr, checkpoint=ckpt, key=key, meta=meta,
-                                  resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp, sync_bn=cfg.sync_bn)
+                                  resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp, sync_bn=cfg.sync_bn,
+                                  bn_batches=cfg.bn_recalibration)
         if not self.ctx.is_main:
             return
         if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint
@@ -229,6 +230,7 @@ class Pipeline(Workspace):
         self.manifest["stages"] = {"train": {
             "status": "done", "key": key, "checkpoint": str(CHECKPOINT), "sha256": atomic.sha256(ckpt),
             "epochs_done": result.epochs_done, "images_per_s": result.images_per_s, "history": result.history,
+            "bn_recalibration": result.bn_recalibration,
             "compute": self.compute(loader), "wall_time_s": time.perf_counter() - start}}
         self._save()
 

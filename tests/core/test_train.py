@@ -63,3 +63,37 @@ def test_checkpoint_holds_what_resume_needs(exported):
     state = load_checkpoint(exported.out / CHECKPOINT)
     assert {"model", "optimizer", "scheduler", "rng", "epoch", "key", "meta"} <= set(state)
     assert state["meta"]["labels"] == [str(i) for i in range(10)] and len(state["meta"]["mean"]) == 1
+
+
+def _bn_data(n=96):
+    from core.data import DataBundle
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(100, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)  # bright: the conv outputs sit far from 0
+    labels = torch.randint(0, 2, (n,), generator=g)
+    return DataBundle("synthetic", "test", images, labels, images, labels, ["a", "b"], [0.1], [0.3])
+
+
+def test_batchnorm_recalibration_gives_the_plain_average_of_the_batch_statistics():
+    """MobileNetV3 keeps BatchNorm momentum 0.01: after a short run the running mean is still near 0.
+    recalibrate_batchnorm replaces it by the average of the per-batch means under the final weights."""
+    import torch.nn as nn
+
+    from core.loaders import TrainLoader
+    from core.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.01), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 2)).eval()
+    loader = TrainLoader(_bn_data(), 32, seed=0)
+    with torch.no_grad():
+        means = [model[0](x).mean(dim=(0, 2, 3)) for x, _ in loader.epoch(5)]
+    stale = model[1].running_mean.clone()
+    assert torch.equal(stale, torch.zeros(4))
+    done = recalibrate_batchnorm(model, loader, batches=2, epoch=5)
+    assert done == {"layers": 1, "batches": 2}
+    assert torch.allclose(model[1].running_mean, torch.stack(means[:2]).mean(0), atol=1e-5)
+    assert not torch.allclose(model[1].running_mean, stale, atol=0.1)
+    assert model[1].momentum == 0.01 and not model.training  # settings put back
+    assert recalibrate_batchnorm(model, loader, batches=0, epoch=5) is None  # --bn-recalibration 0: untouched
+    assert recalibrate_batchnorm(nn.Linear(2, 2), loader, batches=2, epoch=5) is None  # no BatchNorm: nothing to do
