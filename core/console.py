@@ -37,12 +37,16 @@ def say(message: str = "") -> None:
 
 
 def _tee(read_fd: int, *targets: int) -> None:
+    """Copy the pipe to every target until its write ends are all closed."""
     while True:
         chunk = os.read(read_fd, 65536)
         if not chunk:
             break
         for fd in targets:
-            os.write(fd, chunk)
+            try:
+                os.write(fd, chunk)
+            except OSError:  # a target closed after capture() stopped waiting (a child kept the pipe open)
+                pass
     os.close(read_fd)
 
 
@@ -84,12 +88,12 @@ def capture(log_path: Path, verbose: bool = False) -> Iterator[Path]:
             py_out.flush()
             py_err.flush()
         finally:
-            os.dup2(saved_out, 1)
+            os.dup2(saved_out, 1)  # this closes our last write ends of the pipe: the tee drains it and stops
             os.dup2(saved_err, 2)
+            if reader is not None:
+                reader.join(timeout=5)  # before closing what it writes to
             os.close(saved_out)
             os.close(saved_err)
-            if reader is not None:
-                reader.join(timeout=5)
             if real_terminal:
                 _terminal.close()
             _terminal, _log = None, None
