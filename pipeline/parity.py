@@ -141,14 +141,18 @@ def _summarize(result: dict) -> None:
         # The console names only the layers that are not within their allowance; the log (and
         # report.md) keep the whole per-layer table, which runs to a hundred lines on real networks.
         width = max(len(r["layer"]) for r in check["layers"])
-        off = [r for r in check["layers"] if r["state"] != "ok"]
-        (say if off else print)(f"  .pte vs .tflite, per layer ({result['images']} images; "
-                                f"{len(check['layers']) - len(off)} of {len(check['layers'])} within their allowance):")
+        failed = [r for r in check["layers"] if r["state"] == "FAILED"]
+        inherited = sum(r["state"].startswith("after") for r in check["layers"])
+        (say if failed else print)(f"  .pte vs .tflite, per layer ({result['images']} images; "
+                                   f"{len(check['layers']) - len(failed) - inherited} of {len(check['layers'])} "
+                                   "within their allowance):")
         for r in check["layers"]:
             mark = "x" if r["state"] == "FAILED" else ("·" if r["state"].startswith("after") else "✓")
-            (print if r["state"] == "ok" else say)(
+            (say if r["state"] == "FAILED" else print)(
                 f"    [{mark}] {r['layer']:<{width}}  {pct(r['equal_share']):>9} equal, max {r['max_steps']:g} "
                 f"steps (allowed {r['allowed']:g}) {'' if r['state'] == 'ok' else r['state']}")
+        if inherited:
+            say(f"    {inherited} later layers inherit the difference (not held to the limit; the table is in report.md)")
     for failure in check["failures"]:
         say(f"    FAILED: parity: {failure}")
     mark = "✓" if check["passed"] else "x"

@@ -112,3 +112,25 @@ def test_manifest_records_the_run(exported):
     assert set(manifest["accuracy"]) >= {"fp32", "int8"} and set(manifest["accuracy"]["int8"]) >= {"ptq", "qat", "chosen"}
     for tool in ("torch", "executorch", "coremltools", "litert-torch", "ai-edge-litert"):
         assert manifest["versions"][tool]
+
+
+def test_parity_console_names_the_failing_layer_and_leaves_the_table_to_the_log(tmp_path, capsys):
+    """On a real network the per-layer table runs to 150 lines; the console gets the failing layer and a count."""
+    from core import console
+    from pipeline.parity import _summarize
+
+    def row(layer, state, share, steps):
+        return {"layer": layer, "state": state, "equal_share": share, "max_steps": steps, "allowed": 0}
+
+    layers = [row("conv1", "ok", 1.0, 0), row("act", "FAILED", 0.76, 1)] + [
+        row(f"block{i}", "after act", 0.5, 3) for i in range(40)]
+    result = {"images": 100, "pairs": {"pte-tflite": {"verdict": ".pte vs .tflite: diverging from layer `act`"}},
+              "check": {"layers": layers, "failures": ["layer `act` differs by 1 step"], "passed": False, "max_steps": 0}}
+    log = tmp_path / "parity.log"
+    with console.capture(log):
+        _summarize(result)
+    shown = capsys.readouterr().out
+    assert "[x] act" in shown and "40 later layers inherit the difference" in shown and "1 of 42 within" in shown
+    assert "block7" not in shown and "conv1" not in shown and len(shown.splitlines()) < 10
+    kept = log.read_text()
+    assert "block39" in kept and "[✓] conv1" in kept  # the whole table is in the log
