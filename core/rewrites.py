@@ -45,6 +45,9 @@ class HardSwish(nn.Module):
         return x * (F.relu6(x + 3.0) * SIXTH)
 
 
+ACTIVATIONS = {nn.Hardsigmoid: HardSigmoid, nn.Hardswish: HardSwish}  # PyTorch's module -> its rewritten form
+
+
 def native_activations(model: nn.Module) -> nn.Module:
     """A copy of a rewritten `model` with nn.Hardsigmoid / nn.Hardswish back in place of HardSigmoid / HardSwish.
 
@@ -54,11 +57,10 @@ def native_activations(model: nn.Module) -> nn.Module:
     Same function either way; nothing with weights is touched.
     """
     model = copy.deepcopy(model)
-    originals = {HardSigmoid: nn.Hardsigmoid, HardSwish: nn.Hardswish}
+    originals = {rewritten: original for original, rewritten in ACTIVATIONS.items()}
     for name, module in list(model.named_modules()):
         if type(module) in originals:
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, originals[type(module)]())
+            model.set_submodule(name, originals[type(module)]())
     return model
 
 
@@ -74,18 +76,16 @@ def _stochastic_depth_type():
 def module_rewrites(model: nn.Module) -> tuple[nn.Module, list[dict]]:
     """A copy of `model` with the module rewrites applied, and what was replaced (module name, from, to)."""
     model = copy.deepcopy(model)
-    replacements = {nn.Hardsigmoid: HardSigmoid, nn.Hardswish: HardSwish}
     depth = _stochastic_depth_type()
     done = []
     for name, module in list(model.named_modules()):
         if isinstance(module, depth):
             new, why = nn.Identity(), "identity in eval; a train-mode export would bake in bernoulli_"
-        elif type(module) in replacements:
-            new, why = replacements[type(module)](), "same function; quantizes as add/relu6/mul"
+        elif type(module) in ACTIVATIONS:
+            new, why = ACTIVATIONS[type(module)](), "same function; quantizes as add/relu6/mul"
         else:
             continue
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+        model.set_submodule(name, new)
         done.append({"module": name, "from": type(module).__name__, "to": type(new).__name__, "why": why})
     return model, done
 
