@@ -353,7 +353,7 @@ class Pipeline(Workspace):
             for part in ("fp32", scheme.tag):
                 ok &= self._export_part(conv, part, source)
         atomic.write_text(self.out / "labels.txt", "\n".join(self.data.labels) + "\n")
-        verified = self.verify([c.name for c in selected], {scheme.tag: source})
+        verified = self.verify([c.name for c in selected], {scheme.tag: source}, reuse=not self.cfg.force)
         return ok and verified
 
     def _export_part(self, conv, part: str, source) -> bool:
@@ -399,9 +399,21 @@ class Pipeline(Workspace):
         self._save()
         return True
 
-    def verify(self, backends: list[str] | None = None, sources: dict | None = None) -> bool:
+    def _verified_basis(self, artifact: dict, thresholds) -> dict:
+        """What a verification result depends on: the file, its reference's files, the test set and the thresholds."""
+        tag = mf.scheme_tag(artifact)
+        stage = self.quant_stage(tag) if tag else self._stage("train")
+        return {"sha256": artifact.get("sha256"), "reference_sha256": stage.get("sha256"),
+                "reference_chosen": stage.get("chosen"), "images": len(self.data.test_labels),
+                "thresholds": [thresholds.min_agreement, thresholds.max_acc_drop_pp, thresholds.max_quant_drop_pp]}
+
+    def verify(self, backends: list[str] | None = None, sources: dict | None = None, reuse: bool = False) -> bool:
         """Run each artifact over the whole test set; compare it with its PyTorch reference, and its accuracy with
-        fp32 and with PTQ of its scheme (the cost of quantization)."""
+        fp32 and with PTQ of its scheme (the cost of quantization).
+
+        reuse (what `export` asks for): an artifact that already passed on the same bytes, the same reference
+        files, the same test set and the same thresholds keeps that result instead of running again; `verify`
+        itself always runs everything."""
         from converters.verify import Thresholds, cross_agreement, run_artifact, verify
 
         data, labels = self.data, self.data.test_labels.numpy()
@@ -416,7 +428,11 @@ class Pipeline(Workspace):
             return False
         for file, artifact in selected.items():
             path, tag = self.out / file, mf.scheme_tag(artifact)
-            failure = None
+            failure, basis, earlier = None, self._verified_basis(artifact, thresholds), artifact.get("verification", {})
+            if reuse and earlier.get("passed") and earlier.get("basis") == basis and atomic.intact(path, basis["sha256"]):
+                say(f"[✓] verify: {file}: passed earlier on these bytes, reference, test set and thresholds "
+                    f"(accuracy {earlier['accuracy']:.4f}); not run again (`verify` re-runs every file)")
+                continue
             if not atomic.intact(path, artifact.get("sha256")):
                 state = "missing" if not path.exists() else "changed since export (its sha256 differs)"
                 failure = f"{path} is {state}; re-run `export`, which rebuilds it"
@@ -444,7 +460,8 @@ class Pipeline(Workspace):
                 continue
             baselines = {"fp32": acc.get("fp32"), "ptq": (acc.get(tag) or {}).get("ptq") if tag else None}
             result = verify(artifact, logits, ref_logits[reference], labels, thresholds, baselines)
-            result.update({"method": method, "images": len(labels), "seconds": time.perf_counter() - start})
+            result.update({"method": method, "images": len(labels), "seconds": time.perf_counter() - start,
+                           "basis": basis})
             artifact["verification"] = result
             logits_by_file[file] = logits
             mark = "✓" if result["passed"] else "x"
@@ -453,15 +470,18 @@ class Pipeline(Workspace):
             for failure in result["failures"]:
                 say(f"    FAILED: {file}: {failure}")
             ok &= result["passed"]
+        previous = self.manifest.get("verification", {})
         self.manifest["verification"] = {
             "thresholds": {"min_agreement": thresholds.min_agreement, "max_acc_drop_pp": thresholds.max_acc_drop_pp,
                            "max_quant_drop_pp": thresholds.max_quant_drop_pp},
-            "cross_backend": {**self.manifest.get("verification", {}).get("cross_backend", {}),
+            "cross_backend": {**previous.get("cross_backend", {}),
                               **cross_agreement(logits_by_file, self.manifest["artifacts"])},
         }
         self.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed")
                                                       for a in self.manifest["artifacts"].values())
         parity_ok = parity.verify_layers(self, sources, logits_by_file)  # None: no .pte/.tflite pair to compare
+        if parity_ok is None and reuse:  # the pair was not re-run: its earlier layer check still stands
+            parity_ok = previous.get("parity_passed")
         if parity_ok is not None:
             self.manifest["verification"]["parity_passed"] = parity_ok
             self.manifest["verification"]["passed"] &= parity_ok

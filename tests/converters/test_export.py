@@ -36,6 +36,23 @@ def test_second_export_reuses_everything(copy_of, capsys):
     assert "train: reusing" in out and "qat: reusing int8" in out
     assert "export: executorch:fp32: reusing" in out and "export: executorch:int8: reusing" in out
     assert {p.name: p.stat().st_mtime_ns for p in pipeline.out.glob("*.pte")} == before
+    # nothing changed, so nothing is run again: every file keeps the result it passed with
+    assert out.count("passed earlier on these bytes") == len(pipeline.manifest["artifacts"])
+
+
+def test_export_reverifies_what_changed_and_verify_reruns_everything(copy_of, capsys):
+    pipeline = copy_of(min_agreement=0.97)  # other thresholds: every earlier result no longer applies
+    assert pipeline.export()
+    out = capsys.readouterr().out
+    assert "passed earlier" not in out and out.count("[✓] verify:") == len(pipeline.manifest["artifacts"])
+    pte = "convnet_xnnpack_int8.pte"
+    pipeline.manifest["artifacts"][pte]["verification"]["basis"]["sha256"] = "0" * 64  # as if another file
+    assert pipeline.export()
+    out = capsys.readouterr().out
+    assert f"[✓] verify: {pte}: accuracy" in out and f"{pte}: passed earlier" not in out
+    assert out.count("passed earlier") == len(pipeline.manifest["artifacts"]) - 1
+    assert pipeline.verify()
+    assert "passed earlier" not in capsys.readouterr().out
 
 
 def test_changed_setting_reexports_only_its_backend(copy_of, capsys):
