@@ -105,7 +105,49 @@ def quantizer(is_qat: bool, keep_float: tuple[str, ...] = (), scheme: Scheme | N
     q = XNNPACKQuantizer().set_global(quantization_config(scheme, is_qat))
     if keep_float:
         q.set_filter_function(float_filter(keep_float))
-    return _skip_batchnorm_patterns_without_batchnorm(q)
+    q = _skip_batchnorm_patterns_without_batchnorm(q)
+    annotate = q.annotate
+
+    def annotate_graph(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        return relu6_after_add_in_its_range(annotate(model))
+
+    q.annotate = annotate_graph
+    return q
+
+
+RELU6_SCALE = 6.0 / 255  # int8 in [-128, 127] with zero point -128 covers exactly [0, 6]
+
+
+def relu6_after_add_in_its_range(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Quantize `relu6(a + b)` once, in relu6's own range, as both int8 runtimes compute it.
+
+    XNNPACKQuantizer observes the add's output, and leaves relu6 unannotated, so the PT2E graph
+    rounds twice: the sum to the add's own scale, then (at the next op's input) relu6's result to
+    another. LiteRT fuses relu6 into the ADD and rounds once, to the later scale; the two files then
+    differ by one step on a large share of values (seen on MobileNetV3's hardswish, `x + 3` then
+    relu6, where a quarter of the values differed). Here the add's output gets fixed qparams that
+    span exactly [0, 6] (the quantize's clamp is the relu6) and relu6 shares them, so PyTorch,
+    ExecuTorch and LiteRT all round once, at the same scale. Static int8 activations only.
+    """
+    from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation,
+                                                     SharedQuantizationSpec)
+
+    key = "quantization_annotation"
+    for add in model.graph.nodes:
+        if add.op != "call_function" or add.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor):
+            continue
+        users = list(add.users)
+        annotation = add.meta.get(key)
+        if (len(users) != 1 or users[0].target != torch.ops.aten.relu6.default or annotation is None
+                or annotation.output_qspec is None or getattr(annotation.output_qspec, "is_dynamic", False)
+                or getattr(annotation.output_qspec, "dtype", None) != torch.int8 or key in users[0].meta):
+            continue
+        annotation.output_qspec = FixedQParamsQuantizationSpec(
+            dtype=torch.int8, scale=RELU6_SCALE, zero_point=-128, quant_min=-128, quant_max=127,
+            qscheme=torch.per_tensor_affine)
+        shared = SharedQuantizationSpec(add)
+        users[0].meta[key] = QuantizationAnnotation(input_qspec_map={add: shared}, output_qspec=shared, _annotated=True)
+    return model
 
 
 def _skip_batchnorm_patterns_without_batchnorm(q):
