@@ -122,10 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--args", default="", help="flags for every command, e.g. '--image-size 64 --epochs 2'")
     parser.add_argument("--root", default="artifacts/models", help="one OUT per model under this folder")
     parser.add_argument("--bench", action="store_true", help="also run the host benchmark over each OUT")
+    parser.add_argument("--collect", default="", metavar="OUT[,OUT...]",
+                        help="run nothing: gather the table from these finished OUTs (one model each, trained and "
+                             "exported by separate commands), as they are")
     opts = parser.parse_args(argv)
     root = Path(opts.root)
     root.mkdir(parents=True, exist_ok=True)
     rows, timings, failures = [], {}, []
+    if opts.collect:
+        return collect([Path(o) for o in opts.collect.split(",") if o], root)
     for model in [m for m in opts.models.split(",") if m]:
         out = root / slug(model)
         base = ["--model", model, "--dataset", opts.dataset, "--out", str(out), *shlex.split(opts.args)]
@@ -154,6 +159,36 @@ def main(argv: list[str] | None = None) -> int:
               "timings": timings, "failures": failures}
     atomic.write_text(root / "models.json", json.dumps({**header, "rows": rows}, indent=2))
     atomic.write_text(root / "models.md", markdown(rows, header))
+    print(f"wrote {root / 'models.json'} and {root / 'models.md'}")
+    return 1 if failures else 0
+
+
+def collect(outs: list[Path], root: Path) -> int:
+    """The table of OUTs made by separate runs: each OUT's own settings, export times and (if benched) latency."""
+    rows, timings, settings, failures = [], {}, {}, []
+    for out in outs:
+        if not (out / "manifest.json").exists():
+            print(f"{out}: no manifest.json; run `export` for it first", file=sys.stderr)
+            return 2
+        manifest = json.loads((out / "manifest.json").read_text())
+        config, model = manifest.get("config", {}), manifest.get("config", {}).get("model", slug(str(out)))
+        stages = manifest.get("stages", {})
+        settings[model] = {"image_size": config.get("image_size"), "limit_train": config.get("limit_train"),
+                           "epochs": (stages.get("train") or {}).get("epochs_done"),
+                           "qat_max_steps": config.get("qat_max_steps"), "limit_test": config.get("limit_test")}
+        failures += [f"{model}: {name} {b.get('status')}: {b.get('reason')}" for name, b in manifest.get("backends", {}).items()
+                     if b.get("status") != "ok"]
+        failures += [f"{model}: {file} did not pass verify: {'; '.join(a['verification'].get('failures') or [])}"
+                     for file, a in manifest.get("artifacts", {}).items() if not a.get("verification", {}).get("passed")]
+        timings[model] = {"train": (stages.get("train") or {}).get("wall_time_s") or 0.0,
+                          **{f"quantize {tag}": e.get("wall_time_s") or 0.0 for tag, e in (stages.get("quantize") or {}).items()}}
+        rows += table_rows(model, out)
+    header = {"dataset": ", ".join(sorted({json.loads((o / "manifest.json").read_text())["config"]["dataset"] for o in outs})),
+              "args": "; ".join(f"{m}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in s.items()) for m, s in settings.items()),
+              "host": f"{platform.machine()}, {platform.processor() or ''}".strip(", "),
+              "timings": timings, "failures": failures, "collected_from": [str(o) for o in outs]}
+    atomic.write_text(root / "models.json", json.dumps({**header, "rows": rows}, indent=2))
+    atomic.write_text(root / "models.md", markdown(rows, header).replace("One run;", "Separate runs, one per model, collected;"))
     print(f"wrote {root / 'models.json'} and {root / 'models.md'}")
     return 1 if failures else 0
 

@@ -23,3 +23,24 @@ def test_table_has_every_artifact_with_its_numbers(benched):
     text = markdown(rows, {"dataset": "mnist-5k", "args": "", "host": "test", "timings": {"convnet": {"train": 1.0}},
                            "failures": []})
     assert text.count("\n| convnet |") == len(rows) and "convnet: train 1" in text
+
+
+def test_collect_gathers_finished_outs_and_names_what_failed(benched, tmp_path, capsys):
+    from benchmarks.models import main
+
+    root = tmp_path / "table"
+    assert main(["--collect", str(benched), "--root", str(root)]) == 0
+    table = json.loads((root / "models.json").read_text())
+    manifest = json.loads((benched / "manifest.json").read_text())
+    assert {r["file"] for r in table["rows"]} == set(manifest["artifacts"]) | {"PyTorch eager fp32"}
+    assert table["collected_from"] == [str(benched)] and table["failures"] == []
+    assert "Separate runs, one per model, collected" in (root / "models.md").read_text()
+    # an artifact that failed verify is named, and the exit status says so
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    manifest["artifacts"]["convnet_tflite_int8.tflite"]["verification"] = {"passed": False, "failures": ["agreement 90% < 99.5%"]}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["--collect", str(copy), "--root", str(root)]) == 1
+    assert "convnet_tflite_int8.tflite did not pass verify: agreement 90% < 99.5%" in (root / "models.md").read_text()
+    assert main(["--collect", str(tmp_path / "nowhere"), "--root", str(root)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
