@@ -95,3 +95,32 @@ def test_squeeze_excitation_biases_read_back(tmp_path):
         loaded = load_into(fold_batchnorm(rewritten), read_weights(path)).eval()
         with torch.no_grad():
             assert torch.allclose(loaded(x), net(x), atol=5e-2), name  # fp16 and 8-bit LUT weights
+
+
+def test_w8a8_package_of_a_hardswish_block_holds_the_graphs_weights(tmp_path):
+    """The rewritten hardswish quantizes its 3 and 1/6 as int8 constants; Core ML folds them into its ops. They are
+    not weights: the W8A8 check compares the conv/linear weights and the activation scales, and passes."""
+    import torch.nn as nn
+
+    from converters.coreml import convert_w8a8, graph_weights_and_scales, w8a8_checks
+    from core import qat
+    from core.rewrites import HardSwish
+    from core.workspace import ExportSource
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), HardSwish(), nn.Conv2d(8, 8, 1), HardSwish(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    prepared = qat.prepare(net, (3, 8, 8))
+    with torch.no_grad():
+        for _ in range(3):
+            prepared(torch.randn(16, 3, 8, 8) * 2)
+    prepared.eval()
+    program = qat.convert(prepared, fold=True)
+    weights, scales = graph_weights_and_scales(program)
+    assert [w.shape for w in weights] == [(8, 3, 3, 3), (8, 8, 1, 1), (4, 8)]
+    assert any(abs(s - qat.RELU6_SCALE) < 1e-7 for s in scales)  # the relu6 grid is an activation scale
+    source = ExportSource("hs", (3, 8, 8), list("abcd"), [0.5] * 3, [0.25] * 3, net, program=program)
+    path = tmp_path / "hs_w8a8.mlpackage"
+    convert_w8a8(source).save(str(path))
+    checks = w8a8_checks(path, program)
+    assert checks["quantized_weights"] == 3 and checks["max_relative_weight_diff"] < 2e-3
