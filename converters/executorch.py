@@ -135,6 +135,8 @@ def summarize_stored(rows: list[dict]) -> dict:
         if r["datatype"].endswith("int32"):
             continue  # biases follow their weights
         key = f"{r['datatype']} {r['quantization']}"
+        if r["quantization"] == "PerChannelGroupQuant" and r.get("dims") and r["scales"] == r["dims"][0]:
+            key += " (one block per row)"  # a block as long as the row: per-channel, stored as XNNPACK's blockwise
         counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -143,9 +145,11 @@ def stored_check(file: str, scheme, stored: dict) -> None:
     """What the file stores must be the scheme's granularity and width (read back from the .pte itself)."""
     expected = {"per_channel": "PerChannelQuant", "per_tensor": "PerTensorQuant",
                 "per_block": "PerChannelGroupQuant"}[scheme.granularity]
-    if scheme.weight_bits == 4:
+    accepted = (expected,)
+    if scheme.weight_bits == 4:  # torchao lowers per-channel int4 as blocks that span each whole row
         expected = "PerChannelGroupQuant" if scheme.granularity == "per_block" else "PerChannelQuant"
-    wrong = {k: n for k, n in stored.items() if not k.endswith(expected)}
+        accepted = (expected,) if scheme.granularity == "per_block" else (expected, "PerChannelGroupQuant (one block per row)")
+    wrong = {k: n for k, n in stored.items() if not k.endswith(accepted)}
     if not stored or wrong:
         raise ConversionError(f"{file}: the file stores weights as {stored or 'nothing quantized'}, "
                               f"not {expected} for {scheme.summary()}")

@@ -15,6 +15,7 @@ SCHEMES = [
     (dict(activations="dynamic"), "executorch,tflite"),
     (dict(activations="none"), "tflite,coreml"),
     (dict(weight_bits=4, weight_granularity="per_block", activations="dynamic"), "executorch,tflite"),
+    (dict(weight_bits=4, activations="dynamic"), "executorch,tflite"),
     (dict(weight_bits=4, activations="none"), "tflite,coreml"),
     (dict(weight_bits=4, weight_granularity="per_block", activations="none"), "coreml"),
     (dict(weight_symmetry="asymmetric", activations="none"), "coreml"),
@@ -81,6 +82,9 @@ def test_four_bit_blocks_are_stored_as_blocks(schemed):
     pte = executorch.weight_quantization(pipeline.out / "convnet_xnnpack_w4b32dyn-ptq.pte")
     assert {r["datatype"] for r in pte} == {"xnn_datatype_qbint4"}
     assert [r["scales"] for r in pte] == [128 * 9216 // 32, 10 * 128 // 32]  # one scale per block of 32
+    per_channel = executorch.weight_quantization(pipeline.out / "convnet_xnnpack_w4pcdyn-ptq.pte")
+    assert [(r["datatype"], r["scales"]) for r in per_channel] == [("xnn_datatype_qbint4", 128), ("xnn_datatype_qbint4", 10)]
+    assert executorch.summarize_stored(per_channel) == {"xnn_datatype_qbint4 PerChannelGroupQuant (one block per row)": 2}
 
 
 def test_weight_only_files_store_integer_weights_and_compute_in_float(schemed):
