@@ -177,8 +177,11 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
                 layout[t] = {(0, 3, 1, 2): "NCHW", (0, 2, 3, 1): "NHWC"}.get(tuple(perm), "?")
             elif op["op_name"] in LAYOUT_OPS or len(details[t]["shape"]) != 4:
                 layout[t] = "NCHW"
-            else:  # elementwise: the layout of its first 4-d input
-                layout[t] = next((layout[i] for i in ins if i in layout and len(details[i]["shape"]) == 4), "NCHW")
+            else:  # elementwise: the layout of its first 4-d input of the output's own shape (not a broadcast
+                # one: squeeze-excitation's MUL takes a [1, 1, 1, C] scale and an NHWC feature map, in either order)
+                same = [i for i in ins if i in layout and list(details[i]["shape"]) == list(details[t]["shape"])]
+                four_d = [i for i in ins if i in layout and len(details[i]["shape"]) == 4]
+                layout[t] = layout[(same or four_d)[0]] if (same or four_d) else "NCHW"
 
     def qparams(t):
         q = details[t]["quantization"]

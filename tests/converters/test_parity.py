@@ -173,43 +173,50 @@ def test_module_activations_map_to_fused_tflite_tensors(tmp_path):
 
 
 class _HardSwishBlock(torch.nn.Module):
-    """conv -> hardswish (as the rewrite writes it: x * relu6(x + 3) / 6) -> conv -> mean -> linear."""
+    """conv -> hardswish (as the rewrite writes it: x * relu6(x + 3) / 6) -> squeeze-excitation with the rewritten
+    hardsigmoid (MobileNetV3's) -> conv -> mean -> linear."""
 
     def __init__(self):
         super().__init__()
-        from core.rewrites import HardSwish
+        from torchvision.ops import SqueezeExcitation
 
-        self.stem, self.act = torch.nn.Conv2d(3, 8, 3, padding=1), HardSwish()
-        self.conv, self.fc = torch.nn.Conv2d(8, 8, 1), torch.nn.Linear(8, 4)
+        from core.rewrites import HardSigmoid, HardSwish
+
+        self.stem, self.act = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), HardSwish()
+        self.dw = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), torch.nn.ReLU())
+        self.se = SqueezeExcitation(16, 8, scale_activation=torch.nn.Hardsigmoid)  # MobileNetV3's features.1
+        self.se.scale_activation = HardSigmoid()
+        self.conv, self.fc = torch.nn.Conv2d(16, 8, 1), torch.nn.Linear(8, 4)
 
     def forward(self, x):
-        return self.fc(self.conv(self.act(self.stem(x))).mean((2, 3)))
+        return self.fc(self.conv(self.se(self.dw(self.act(self.stem(x))))).mean((2, 3)))
 
 
 def test_relu6_after_add_rounds_once_as_litert_does(tmp_path):
     """LiteRT fuses relu6 into the ADD before it and rounds once. The PT2E graph (and so the .pte) must do the
-    same, or a quarter of MobileNetV3's hardswish values differ by a step between the .pte and the .tflite."""
+    same, or a quarter of MobileNetV3's hardswish values differ by a step between the .pte and the .tflite.
+    The squeeze-excitation's MUL (an NHWC map times a broadcast scale) must be read in its own layout."""
     import litert_torch
 
     from converters.executorch import lower
     from converters.tflite import _int8_config
 
     torch.manual_seed(0)
-    prepared = qat.prepare(_HardSwishBlock(), (3, 8, 8))
+    prepared = qat.prepare(_HardSwishBlock(), (3, 16, 16))
     with torch.no_grad():
         for _ in range(3):
-            prepared(torch.randn(16, 3, 8, 8) * 2)
+            prepared(torch.randn(16, 3, 16, 16) * 2)
     prepared.eval()
     folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
     unfolded.training = False
     # the add's output is quantized once, on the fixed grid of [0, 6], and relu6 keeps that grid
     add_q = [n for n in folded.graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
              and "dequantize" not in str(n.target) and n.args[0].target == torch.ops.aten.add.Tensor]
-    assert [(pytest.approx(n.args[1], rel=1e-6), n.args[2]) for n in add_q] == [(qat.RELU6_SCALE, -128)]
+    assert [(pytest.approx(n.args[1], rel=1e-6), n.args[2]) for n in add_q] == [(qat.RELU6_SCALE, -128)] * 2
     tflite, pte = tmp_path / "hs.tflite", tmp_path / "hs.pte"
-    litert_torch.convert(unfolded, (torch.zeros(1, 3, 8, 8),), quant_config=_int8_config()).export(str(tflite))
-    pte.write_bytes(lower(folded, (3, 8, 8))[0].to_executorch().buffer)
-    result = parity.run(folded, torch.randn(32, 3, 8, 8) * 2, (3, 8, 8), pte=pte, tflite=tflite, work_dir=tmp_path)
+    litert_torch.convert(unfolded, (torch.zeros(1, 3, 16, 16),), quant_config=_int8_config()).export(str(tflite))
+    pte.write_bytes(lower(folded, (3, 16, 16))[0].to_executorch().buffer)
+    result = parity.run(folded, torch.randn(32, 3, 16, 16) * 2, (3, 16, 16), pte=pte, tflite=tflite, work_dir=tmp_path)
     rows = {r["layer"]: r for r in result["pairs"]["pte_vs_tflite"]["rows"]}
-    assert "act" in rows or any(name.startswith("act") for name in rows)
+    assert "se" in rows and rows["se"]["op"] == "mul"  # the excitation's product is compared, not skipped
     assert result["pairs"]["pte_vs_tflite"]["first_divergence"] is None, result["pairs"]["pte_vs_tflite"]["verdict"]
