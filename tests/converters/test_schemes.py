@@ -19,8 +19,10 @@ SCHEMES = [
     (dict(weight_bits=4, activations="none"), "tflite,coreml"),
     (dict(weight_bits=4, weight_granularity="per_block", activations="none"), "coreml"),
     (dict(weight_symmetry="asymmetric", activations="none"), "coreml"),
+    (dict(weight_bits=4, weight_granularity="per_block", weight_symmetry="asymmetric", activations="none"), "coreml"),
     (dict(weight_granularity="per_block", activations="dynamic"), "none"),  # no runtime: simulated (torchao)
     (dict(weight_symmetry="asymmetric", activations="dynamic"), "none"),  # no runtime: simulated (torchao)
+    (dict(weight_bits=4), "none"),  # no runtime: simulated (PT2E, int4 levels in int8)
 ]
 
 
