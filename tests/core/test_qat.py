@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -75,3 +76,31 @@ def test_weight_rounding_error_follows_the_uniform_noise_model(exported):
     fc1 = rows["fc1"]  # 1.2 M weights: the measured variance must sit on Δ²/12
     assert 0.8 < fc1["measured_mse"] / fc1["predicted_mse"] < 1.25
     assert "Weight rounding error: `int8`" in (exported.out / "report.md").read_text()
+
+
+def test_each_calibration_sets_its_own_activation_ranges():
+    """--calibration picks the PTQ observer: on inputs with rare outliers, percentile clips them (a finer step
+    than min/max), and every choice gives the graph its own scales."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from core.schemes import Scheme
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 3)).eval()
+    batches = [torch.randn(16, 1, 32, 32) for _ in range(4)]  # 16,384 values a batch
+    for b in batches:
+        b[0, 0, 0, 0] = 40.0  # one outlier per batch: 0.006% of its values, inside the 0.01% tail
+    input_scale = {}
+    for calibration in ("minmax", "moving_average", "histogram", "percentile"):
+        prepared = prepare_pt2e(qat._export(model, (1, 32, 32)),
+                                qat.quantizer(is_qat=False, scheme=Scheme(mode="ptq", calibration=calibration)))
+        with torch.no_grad():
+            for b in batches:
+                prepared(b)
+        graph = convert_pt2e(prepared)
+        first = next(n for n in graph.graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target))
+        input_scale[calibration] = float(first.args[1])
+    assert input_scale["minmax"] == pytest.approx((40.0 - min(float(b.min()) for b in batches)) / 255, rel=1e-3)
+    assert input_scale["percentile"] < 0.5 * input_scale["minmax"]  # the outliers are clipped
+    assert input_scale["moving_average"] <= input_scale["minmax"]
+    assert len({round(s, 8) for s in input_scale.values()}) == 4
