@@ -144,8 +144,11 @@ def test_an_interrupted_retrain_is_not_mistaken_for_a_finished_one(copy_of, monk
 # ---- 6. interruption --------------------------------------------------------------------------
 def test_sigint_prints_one_line_and_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # As from a terminal: a shell's background job (CI started with `&`) hands its children SIGINT ignored,
+    # and Python then keeps it ignored, so the child gets the default disposition back before it starts.
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", "--dataset", "mnist-5k", "--epochs", "50",
-                             "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # wait until training has started
         manifest = tmp_path / "manifest.json"
