@@ -89,13 +89,18 @@ def table_rows(model: str, out: Path) -> list[dict]:
     return rows
 
 
+def host() -> str:
+    return f"{platform.machine()}, {platform.processor() or ''}".strip(", ")
+
+
 def fmt(value, pattern="{:.4f}") -> str:
     return "–" if value is None else pattern.format(value)
 
 
 def markdown(rows: list[dict], header: dict) -> str:
     lines = ["# Models, schemes and runtimes", "",
-             f"Dataset `{header['dataset']}`; flags `{header['args']}`; host: {header['host']}. One run; "
+             f"Dataset `{header['dataset']}`; flags `{header['args']}`; host: {header['host']}. "
+             f"{header.get('provenance', 'One run')}; "
              "accuracy on the whole test set; latency: host batch 1, one thread, p50 (only with --bench).", "",
              "| model | file | runtime | scheme | MB | fp32 | PTQ | QAT | file acc. | agreement | outside the fast path "
              "| export s | p50 ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(f"{model}: bench exited {code}")
         if (out / "manifest.json").exists():
             rows += table_rows(model, out)
-    header = {"dataset": opts.dataset, "args": opts.args, "host": f"{platform.machine()}, {platform.processor() or ''}".strip(", "),
+    header = {"dataset": opts.dataset, "args": opts.args, "host": host(),
               "timings": timings, "failures": failures}
     atomic.write_text(root / "models.json", json.dumps({**header, "rows": rows}, indent=2))
     atomic.write_text(root / "models.md", markdown(rows, header))
@@ -165,14 +170,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def collect(outs: list[Path], root: Path) -> int:
     """The table of OUTs made by separate runs: each OUT's own settings, export times and (if benched) latency."""
-    rows, timings, settings, failures = [], {}, {}, []
+    rows, timings, settings, failures, datasets = [], {}, {}, [], set()
     for out in outs:
         if not (out / "manifest.json").exists():
             print(f"{out}: no manifest.json; run `export` for it first", file=sys.stderr)
             return 2
         manifest = json.loads((out / "manifest.json").read_text())
-        config, model = manifest.get("config", {}), manifest.get("config", {}).get("model", slug(str(out)))
-        stages = manifest.get("stages", {})
+        config, stages = manifest.get("config", {}), manifest.get("stages", {})
+        model = config.get("model", slug(str(out)))
+        datasets.add(config.get("dataset", "?"))
         settings[model] = {"image_size": config.get("image_size"), "limit_train": config.get("limit_train"),
                            "epochs": (stages.get("train") or {}).get("epochs_done"),
                            "qat_max_steps": config.get("qat_max_steps"), "limit_test": config.get("limit_test")}
@@ -183,12 +189,12 @@ def collect(outs: list[Path], root: Path) -> int:
         timings[model] = {"train": (stages.get("train") or {}).get("wall_time_s") or 0.0,
                           **{f"quantize {tag}": e.get("wall_time_s") or 0.0 for tag, e in (stages.get("quantize") or {}).items()}}
         rows += table_rows(model, out)
-    header = {"dataset": ", ".join(sorted({json.loads((o / "manifest.json").read_text())["config"]["dataset"] for o in outs})),
+    header = {"dataset": ", ".join(sorted(datasets)),
               "args": "; ".join(f"{m}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in s.items()) for m, s in settings.items()),
-              "host": f"{platform.machine()}, {platform.processor() or ''}".strip(", "),
+              "host": host(), "provenance": "Separate runs, one per model, collected",
               "timings": timings, "failures": failures, "collected_from": [str(o) for o in outs]}
     atomic.write_text(root / "models.json", json.dumps({**header, "rows": rows}, indent=2))
-    atomic.write_text(root / "models.md", markdown(rows, header).replace("One run;", "Separate runs, one per model, collected;"))
+    atomic.write_text(root / "models.md", markdown(rows, header))
     print(f"wrote {root / 'models.json'} and {root / 'models.md'}")
     return 1 if failures else 0
 

@@ -326,6 +326,11 @@ def activation_scales(path: Path) -> list[float]:
             for op in ops if op.type == "quantize"]
 
 
+def _is_weight(value: np.ndarray) -> bool:
+    """A conv/linear weight, not a quantized scalar constant (which Core ML folds into its ops)."""
+    return value.ndim >= 2
+
+
 def graph_weights_and_scales(program: nn.Module) -> tuple[list[np.ndarray], list[float]]:
     """A PT2E graph's dequantized conv/linear weights (graph order) and its activation quantize scales.
 
@@ -340,7 +345,7 @@ def graph_weights_and_scales(program: nn.Module) -> tuple[list[np.ndarray], list
         if "dequantize" in target and isinstance(first, torch.fx.Node) and first.op == "get_attr":
             args = [_fetch(program, a.target) if isinstance(a, torch.fx.Node) else a for a in node.args]
             value = node.target(*args).detach().numpy()
-            if value.ndim >= 2:
+            if _is_weight(value):
                 weights.append(value)
         elif "quantize_per_tensor" in target and "dequantize" not in target:
             scales.append(float(node.args[1]))
@@ -357,7 +362,7 @@ def w8a8_checks(path: Path, program: nn.Module) -> dict:
     """Does the W8A8 .mlpackage hold the int8 graph's weights and activation scales? Raise if not."""
     ours, our_scales = graph_weights_and_scales(program)
     theirs = [w for name, w in sorted(read_weights(path).items(), key=lambda kv: _weight_order(kv[0]))
-              if name.startswith("dequantize_per_") and w.ndim >= 2]
+              if name.startswith("dequantize_per_") and _is_weight(w)]
     if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(ours, theirs)):
         raise ConversionError(f"{path.name}: {len(theirs)} quantized weights in the file, {len(ours)} in the int8 graph")
     weight_diff = max((float(np.abs(a - b.astype(np.float32)).max() / max(np.abs(a).max(), 1e-12))

@@ -179,9 +179,9 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
                 layout[t] = "NCHW"
             else:  # elementwise: the layout of its first 4-d input of the output's own shape (not a broadcast
                 # one: squeeze-excitation's MUL takes a [1, 1, 1, C] scale and an NHWC feature map, in either order)
-                same = [i for i in ins if i in layout and list(details[i]["shape"]) == list(details[t]["shape"])]
-                four_d = [i for i in ins if i in layout and len(details[i]["shape"]) == 4]
-                layout[t] = layout[(same or four_d)[0]] if (same or four_d) else "NCHW"
+                known = [i for i in ins if i in layout and len(details[i]["shape"]) == 4]
+                same = [i for i in known if list(details[i]["shape"]) == list(details[t]["shape"])]
+                layout[t] = layout[(same or known)[0]] if known else "NCHW"
 
     def qparams(t):
         q = details[t]["quantization"]

@@ -105,14 +105,7 @@ def quantizer(is_qat: bool, keep_float: tuple[str, ...] = (), scheme: Scheme | N
     q = XNNPACKQuantizer().set_global(quantization_config(scheme, is_qat))
     if keep_float:
         q.set_filter_function(float_filter(keep_float))
-    q = _skip_batchnorm_patterns_without_batchnorm(q)
-    annotate = q.annotate
-
-    def annotate_graph(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        return relu6_after_add_in_its_range(annotate(model))
-
-    q.annotate = annotate_graph
-    return q
+    return _annotate_our_way(q)
 
 
 RELU6_SCALE = 6.0 / 255  # int8 in [-128, 127] with zero point -128 covers exactly [0, 6]
@@ -150,15 +143,18 @@ def relu6_after_add_in_its_range(model: torch.fx.GraphModule) -> torch.fx.GraphM
     return model
 
 
-def _skip_batchnorm_patterns_without_batchnorm(q):
-    """XNNPACKQuantizer finds conv+BatchNorm pairs by torch.export-ing 12 small pattern graphs on every
-    prepare (about 5 s each time on 2 cores). A graph with no batch_norm node cannot match them, so there
-    the quantizer skips those patterns: the same annotations, without the exports."""
+def _annotate_our_way(q):
+    """XNNPACKQuantizer's annotation, with two changes.
+
+    It finds conv+BatchNorm pairs by torch.export-ing 12 small pattern graphs on every prepare (about
+    5 s each time on 2 cores); a graph with no batch_norm node cannot match them, so there those
+    patterns are skipped: the same annotations, without the exports. And relu6 after an add is
+    quantized once (`relu6_after_add_in_its_range`)."""
     full, annotate = list(type(q).SUPPORTED_PATTERNS), q.annotate
 
     def annotate_graph(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         q.SUPPORTED_PATTERNS = patterns_for(model, full)
-        return annotate(model)
+        return relu6_after_add_in_its_range(annotate(model))
 
     q.annotate = annotate_graph
     return q

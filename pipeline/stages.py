@@ -480,7 +480,7 @@ class Pipeline(Workspace):
         self.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed")
                                                       for a in self.manifest["artifacts"].values())
         parity_ok = parity.verify_layers(self, sources, logits_by_file)  # None: no .pte/.tflite pair to compare
-        if parity_ok is None and reuse:  # the pair was not re-run: its earlier layer check still stands
+        if parity_ok is None and reuse and self.cfg.parity_check:  # the pair was not re-run: its earlier check stands
             parity_ok = previous.get("parity_passed")
         if parity_ok is not None:
             self.manifest["verification"]["parity_passed"] = parity_ok
