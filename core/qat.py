@@ -120,7 +120,11 @@ def relu6_after_add_in_its_range(model: torch.fx.GraphModule) -> torch.fx.GraphM
     differ by one step on a large share of values (seen on MobileNetV3's hardswish, `x + 3` then
     relu6, where a quarter of the values differed). Here the add's output gets fixed qparams that
     span exactly [0, 6] (the quantize's clamp is the relu6) and relu6 shares them, so PyTorch,
-    ExecuTorch and LiteRT all round once, at the same scale. Static int8 activations only.
+    ExecuTorch and LiteRT all round once, at the same scale. The ops that read relu6's result
+    read it on that grid too: XNNPACKQuantizer gives a MUL's input an observer of its own, so the
+    graph requantized the [0, 6] values to the range it saw (MobileNetV3's squeeze-excitation:
+    6/255 to 4.55/255 before the multiply by 1/6), a second rounding that ExecuTorch and LiteRT
+    do not compute alike (one step apart on 2% of the values). Static int8 activations only.
     """
     from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation,
                                                      SharedQuantizationSpec)
@@ -138,9 +142,17 @@ def relu6_after_add_in_its_range(model: torch.fx.GraphModule) -> torch.fx.GraphM
         annotation.output_qspec = FixedQParamsQuantizationSpec(
             dtype=torch.int8, scale=RELU6_SCALE, zero_point=-128, quant_min=-128, quant_max=127,
             qscheme=torch.per_tensor_affine)
-        shared = SharedQuantizationSpec(add)
-        users[0].meta[key] = QuantizationAnnotation(input_qspec_map={add: shared}, output_qspec=shared, _annotated=True)
+        shared, relu6 = SharedQuantizationSpec(add), users[0]
+        relu6.meta[key] = QuantizationAnnotation(input_qspec_map={add: shared}, output_qspec=shared, _annotated=True)
+        for reader in relu6.users:  # read relu6's result on its own grid: no requantize between them
+            spec = reader.meta.get(key)
+            if spec is not None and relu6 in spec.input_qspec_map and _static_int8(spec.input_qspec_map[relu6]):
+                spec.input_qspec_map[relu6] = SharedQuantizationSpec(relu6)
     return model
+
+
+def _static_int8(spec) -> bool:
+    return getattr(spec, "dtype", None) == torch.int8 and not getattr(spec, "is_dynamic", False)
 
 
 def _annotate_our_way(q):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from converters import parity
-from converters.layers import capture_pytorch, quantized_layers
+from converters.layers import capture_pytorch, is_quantize, opname, quantized_layers
 from core import io as atomic
 from core import qat, quantize
 
@@ -213,6 +213,10 @@ def test_relu6_after_add_rounds_once_as_litert_does(tmp_path):
     add_q = [n for n in folded.graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
              and "dequantize" not in str(n.target) and n.args[0].target == torch.ops.aten.add.Tensor]
     assert [(pytest.approx(n.args[1], rel=1e-6), n.args[2]) for n in add_q] == [(qat.RELU6_SCALE, -128)] * 2
+    # ... and the ops reading relu6 (hardswish's and the excitation's MUL) read it on that grid: no requantize
+    requantized = [(n.args[0].args[1], n.args[1]) for n in folded.graph.nodes
+                   if is_quantize(n) and opname(n.args[0]) == "dequantize_per_tensor"]
+    assert requantized == []
     tflite, pte = tmp_path / "hs.tflite", tmp_path / "hs.pte"
     litert_torch.convert(unfolded, (torch.zeros(1, 3, 16, 16),), quant_config=_int8_config()).export(str(tflite))
     pte.write_bytes(lower(folded, (3, 16, 16))[0].to_executorch().buffer)
