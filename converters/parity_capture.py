@@ -156,7 +156,9 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
     litert-torch names a tensor after the ops that made it, ';'-separated: usually first the op whose
     output it is, then ops fused into it. A layer takes the tensor so named (`_named_after`) when scale,
     zero point and size agree; the model's input and output tensors by position; otherwise the only
-    tensor with its scale, zero point, size and op kind; a choice among several is marked a guess.
+    tensor with its scale, zero point, size and op kind, never one named after another layer (an activation
+    fused into its producer has no tensor of its own, and must not take the next block's); a choice among several
+    is marked a guess.
     A layer whose lone reader is an activation the converter fused into it has no tensor.
     Returns the matches, and for each layer without a tensor, why.
     """
@@ -204,6 +206,11 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
     def first_piece(t) -> str:  # the op whose output the tensor is; later pieces name ops fused into it
         return details[t]["name"].split(";")[0]
 
+    claimed: dict[int, set[str]] = {}  # tensor -> the layers its name says it holds
+    for t in candidates:
+        first, pieces = first_piece(t), _pieces(details[t]["name"])
+        claimed[t] = {l.name for l in layers if _named_after(l, first, pieces, owners)}
+
     used, matches, missing = set(), {}, {}
     for layer in layers:
         fits = [t for t in candidates if t not in used and int(np.prod(details[t]["shape"])) == sizes[layer.name]
@@ -224,7 +231,7 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
         elif layer.activation:
             missing[layer.name] = f"the converter fused `{layer.activation}` into its op: no tensor of its own"
             continue
-        elif fits:
+        elif fits := [t for t in fits if claimed[t] <= {layer.name}]:  # not a tensor named after another layer
             computing = [t for t in fits if producer.get(t, (0, ""))[1] in kinds]
             if len(computing) == 1:
                 chosen, method = computing[0], "scale, zero point, size and op kind: the only fit (no name)"

@@ -224,3 +224,38 @@ def test_relu6_after_add_rounds_once_as_litert_does(tmp_path):
     rows = {r["layer"]: r for r in result["pairs"]["pte_vs_tflite"]["rows"]}
     assert "se" in rows and rows["se"]["op"] == "mul"  # the excitation's product is compared, not skipped
     assert result["pairs"]["pte_vs_tflite"]["first_divergence"] is None, result["pairs"]["pte_vs_tflite"]["verdict"]
+
+
+def test_an_activation_fused_away_does_not_take_the_next_blocks_tensor(tmp_path):
+    """Two hardswish blocks of one shape: LiteRT fuses each relu6 into its ADD, so the relu6 layers have no tensor
+    of their own. The second block's ADD has the same scale, zero point and size as the first relu6, but is named
+    after its own block: it is not a fit for the first relu6."""
+    import litert_torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from converters.parity_capture import match_tflite
+    from converters.tflite import _int8_config
+    from core.rewrites import HardSwish
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), HardSwish(), torch.nn.Conv2d(8, 8, 1), HardSwish(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    prepared = qat.prepare(net, (3, 8, 8))
+    with torch.no_grad():
+        for _ in range(3):
+            prepared(torch.randn(8, 3, 8, 8) * 2)
+    prepared.eval()
+    folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
+    unfolded.training = False
+    litert_torch.convert(unfolded, (torch.zeros(1, 3, 8, 8),), quant_config=_int8_config()).export(str(tmp_path / "h.tflite"))
+    layers = quantized_layers(folded)
+    relu6 = [l.name for l in layers if l.op == "relu6"]
+    assert len(relu6) == 2
+    sizes = {name: int(np.prod(v.shape[1:])) for name, v in capture_pytorch(folded, layers, torch.zeros(2, 3, 8, 8)).items()}
+    interpreter = Interpreter(model_path=str(tmp_path / "h.tflite"), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    matches, missing = match_tflite(interpreter, layers, sizes)
+    assert [n for n, m in matches.items() if "guess" in m.method] == []
+    assert all(name in missing for name in relu6)
+    adds = [l.name for l in layers if l.op == "add"]
+    assert len({matches[a].index for a in adds}) == 2 and all(matches[a].method == "tensor name" for a in adds)
