@@ -315,15 +315,22 @@ def _const(value) -> np.ndarray:
 
 
 def activation_scales(path: Path) -> list[float]:
-    """The scales of the `quantize` ops in a Core ML program (its activation quantization), in program order."""
+    """The scales an int8 activation of a Core ML program carries, in program order: each `quantize` op's,
+    and each scale a `dequantize` reads a quantized activation back with.
+
+    Both count because coremltools rewrites a quantized residual add: it measures the add's inputs in
+    the first input's steps (dequantize scales 1.0 and s2/s1) and quantizes the sum at s_out/s1, so the
+    graph's s_out appears only in the dequantize that reads the sum back (seen on MobileNetV3's adds).
+    """
     import coremltools as ct
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     main = spec.mlProgram.functions["main"]
     ops = list(main.block_specializations[main.opset].operations)
     consts = {op.outputs[0].name: op.attributes["val"] for op in ops if op.type == "const"}
-    return [float(_const(consts[op.inputs["scale"].arguments[0].name]).reshape(-1)[0])
-            for op in ops if op.type == "quantize"]
+    quantized = {op.outputs[0].name for op in ops if op.type == "quantize"}
+    return [float(_const(consts[op.inputs["scale"].arguments[0].name]).reshape(-1)[0]) for op in ops
+            if op.type == "quantize" or (op.type == "dequantize" and op.inputs["input"].arguments[0].name in quantized)]
 
 
 def _is_weight(value: np.ndarray) -> bool:

@@ -124,3 +124,43 @@ def test_w8a8_package_of_a_hardswish_block_holds_the_graphs_weights(tmp_path):
     convert_w8a8(source).save(str(path))
     checks = w8a8_checks(path, program)
     assert checks["quantized_weights"] == 3 and checks["max_relative_weight_diff"] < 2e-3
+
+
+def test_w8a8_check_reads_the_scale_of_a_residual_add_that_coremltools_rescales(tmp_path):
+    """coremltools quantizes a residual sum in its first input's steps; the graph's own scale for the sum is
+    then on the dequantize that reads it back. The check finds it there, and still misses a scale not in the file."""
+    import torch.nn as nn
+
+    from converters.coreml import ConversionError, activation_scales, convert_w8a8, graph_weights_and_scales, w8a8_checks
+    from core import qat
+    from core.workspace import ExportSource
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            # a conv reads the sum, so no later op shares its scale (pooling would)
+            self.head = nn.Sequential(nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.head(x + self.conv(x))
+
+    torch.manual_seed(0)
+    net = Residual().eval()
+    prepared = qat.prepare(net, (3, 8, 8))
+    with torch.no_grad():
+        for _ in range(3):
+            prepared(torch.randn(16, 3, 8, 8) * 2)
+    prepared.eval()
+    program = qat.convert(prepared, fold=True)
+    path = tmp_path / "res_w8a8.mlpackage"
+    convert_w8a8(ExportSource("res", (3, 8, 8), list("abcd"), [0.5] * 3, [0.25] * 3, net, program=program)).save(str(path))
+    add = next(n for n in program.graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
+               and "dequantize" not in str(n.target) and "add" in str(n.args[0].target))
+    scale = add.args[1]
+    assert sum(abs(s - scale) <= 2e-3 * scale for s in activation_scales(path)) == 1  # the dequantize's only
+    assert w8a8_checks(path, program)["graph_activation_scales"] == len(set(graph_weights_and_scales(program)[1]))
+    add.args = (add.args[0], add.args[1] * 1.5, *add.args[2:])  # a graph the file was not made from
+    with pytest.raises(ConversionError, match="activation scales not found"):
+        w8a8_checks(path, program)
