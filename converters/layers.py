@@ -147,3 +147,34 @@ def capture_pytorch(gm: torch.fx.GraphModule, layers: list[Layer], images: torch
     with torch.no_grad():
         runner.run(images)
     return {layer.name: runner.values[layer.node] for layer in layers}
+
+
+class _Forced(_Capture):
+    """Records each layer's value as PyTorch computes it, then hands the next op the runtime's value instead."""
+
+    def __init__(self, gm: torch.fx.GraphModule, nodes: set[str], forced: dict[str, torch.Tensor]):
+        super().__init__(gm, nodes)
+        self.forced = forced
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        given = self.forced.get(n.name)
+        return out if given is None else given.reshape(out.shape).to(out.dtype)
+
+
+def capture_local(gm: torch.fx.GraphModule, layers: list[Layer], images: torch.Tensor,
+                  runtime: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each layer as the converted graph computes it from a runtime's own values of the layers before it.
+
+    Teacher forcing: wherever `runtime` (layer name -> that runtime's int8 values, any layout-free shape
+    of the same size) has a layer, the graph continues from the runtime's value, not its own. So each
+    returned layer differs from the runtime's only by what the runtime does at that one op (a layer the
+    runtime has no tensor for is computed on, and joins the next layer's op), never by what it
+    inherited from earlier layers. Keyed by layer name.
+    """
+    nodes = {layer.name: layer.node for layer in layers}
+    forced = {nodes[name]: value for name, value in runtime.items() if name in nodes}
+    runner = _Forced(gm, set(nodes.values()), forced)
+    with torch.no_grad():
+        runner.run(images)
+    return {layer.name: runner.values[layer.node] for layer in layers}

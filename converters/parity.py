@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .layers import Layer, capture_pytorch, quantized_layers
+from .layers import Layer, capture_local, capture_pytorch, quantized_layers
 from .parity_capture import TFLiteLayers, kernel_op, layer_program, xnnpack_float_kernels
 
 PAIRS = {"pytorch_vs_pte": ("pytorch", "pte"), "pytorch_vs_tflite": ("pytorch", "tflite"), "pte_vs_tflite": ("pte", "tflite")}
@@ -127,6 +127,7 @@ def run(folded: torch.fx.GraphModule, images: torch.Tensor, input_shape, pte: Pa
         runtimes["tflite"] = {"file": Path(tflite).name,
                               "method": "ai_edge_litert Interpreter, experimental_preserve_all_tensors=True"}
     stats = {pair: {l.name: Stats() for l in layers} for pair in PAIRS}
+    local = {rt: {l.name: Stats() for l in layers} for rt in ("pte", "tflite")}
     same_as_shipped = {"pte": 0, "tflite": 0}
     shipped = _shipped_pte(pte) if pte is not None else None
     for start in range(0, len(images), chunk):
@@ -141,6 +142,17 @@ def run(folded: torch.fx.GraphModule, images: torch.Tensor, input_shape, pte: Pa
             values["tflite"], finals, plain = tfl.run(batch)
             qparams["tflite"] = {n: (m.scale, m.zero_point) for n, m in tfl.matches.items()}
             same_as_shipped["tflite"] += int(sum(np.array_equal(finals[i], plain[i]) for i in range(len(batch))))
+        for rt in ("pte", "tflite"):
+            if rt not in values:
+                continue
+            given = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in values[rt].items()}
+            ours = capture_local(folded, layers, batch, given)
+            for layer in layers:
+                if layer.name in values[rt]:
+                    theirs = values[rt][layer.name].reshape(len(batch), *shapes[layer.name])
+                    local[rt][layer.name].update(ours[layer.name].numpy().reshape(theirs.shape),
+                                                 (layer.scale, layer.zero_point), theirs, qparams[rt][layer.name],
+                                                 layer.scale)
         for pair, (a, b) in PAIRS.items():
             if a not in values or b not in values:
                 continue
@@ -159,9 +171,15 @@ def run(folded: torch.fx.GraphModule, images: torch.Tensor, input_shape, pte: Pa
             rows = [{"layer": l.name, "op": l.op, **stats[pair][l.name].summary()} for l in layers
                     if stats[pair][l.name].values]
             pairs[pair] = {"rows": rows, "first_divergence": first_divergence(rows), "verdict": verdict(pair, rows, len(images))}
+    teacher_forced = {}
+    for rt in runtimes.keys() & local.keys():
+        rows = [{"layer": l.name, "op": l.op, **local[rt][l.name].summary()} for l in layers if local[rt][l.name].values]
+        worst = max(rows, key=lambda r: (r["max_steps"], -r["equal_share"]), default=None)
+        teacher_forced[rt] = {"rows": rows, "worst": worst}
     if tfl is not None and tfl.missing:
         notes["tflite_unmatched"] = tfl.missing
-    return {"images": len(images), "layers": layer_rows, "runtimes": runtimes, "pairs": pairs, "notes": notes}
+    return {"images": len(images), "layers": layer_rows, "runtimes": runtimes, "pairs": pairs, "local": teacher_forced,
+            "notes": notes}
 
 
 def _shipped_pte(path: Path):
@@ -220,6 +238,23 @@ def check(result: dict, max_steps: float, max_steps_float: float, pair: str = "p
         status.append({"layer": row["layer"], "max_steps": row["max_steps"], "equal_share": row["equal_share"],
                        "allowed": allowed, "state": state})
     return not failures, failures[:1], status
+
+
+def check_local(result: dict, max_steps: float) -> dict[str, dict]:
+    """Per runtime: is every layer, computed by PyTorch from the runtime's own inputs (teacher-forced), within
+    `max_steps` output steps of the runtime's value? Then the runtime computes each op of the graph, and any
+    larger difference at the output is rounding carried through the network, not a conversion error."""
+    verdicts = {}
+    for rt, block in (result.get("local") or {}).items():
+        over = [r for r in block["rows"] if r["max_steps"] > max_steps]
+        worst = block["worst"]
+        verdicts[rt] = {
+            "passed": bool(block["rows"]) and not over, "max_steps": max_steps, "layers": len(block["rows"]),
+            "worst": None if worst is None else {k: worst[k] for k in ("layer", "op", "max_steps", "equal_share")},
+            "failures": [f"layer `{r['layer']}` ({r['op']}): {r['max_steps']:g} output steps from PyTorch's value "
+                         f"computed on the {RUNTIME_NAMES[rt]}'s own inputs (allowed {max_steps:g}); "
+                         f"{pct(r['equal_share'])} equal" for r in over[:3]]}
+    return verdicts
 
 
 def coreml_weights(mlpackage: Path, float_model: torch.nn.Module) -> list[dict]:

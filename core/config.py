@@ -97,6 +97,11 @@ class RunConfig:
     parity_images: int = _opt(100, "test images run layer by layer by `parity` and the check in verify (0 = all)", "verify")
     max_parity_steps: int = _opt(0, "most output steps the int8 .pte and .tflite may differ by at any layer", "verify")
     max_parity_steps_float: int = _opt(1, "the same, at a layer that a runtime computes in float", "verify")
+    max_local_steps: int = _opt(1, "teacher-forced parity: most output steps any layer of the int8 .pte or .tflite may "
+                                   "differ from PyTorch's computation of it on the runtime's own inputs", "verify")
+    rounding_agreement: float = _opt(0.98, "lowest top-1 agreement accepted for an int8 .pte or .tflite whose every "
+                                           "layer passes --max-local-steps (the rest is rounding carried through "
+                                           "the network); the accuracy checks still hold", "verify")
     # host benchmark
     bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement (at most --bench-seconds / 4 of them)", "bench")
     bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count, at most (batch 32: a tenth, at least 3)", "bench")
@@ -127,7 +132,8 @@ class RunConfig:
                           ("weight_threshold", 0), ("bench_warmup", 0), ("bench_train_steps", 1),
                           ("bench_iterations", 1), ("bench_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
                           ("study_batches", 0), ("prune_epochs", 0), ("prune_steps", 0), ("bn_recalibration", 0),
-                          ("parity_images", 0), ("max_parity_steps", 0), ("max_parity_steps_float", 0)):
+                          ("parity_images", 0), ("max_parity_steps", 0), ("max_parity_steps_float", 0),
+                          ("max_local_steps", 0)):
             if getattr(self, name) < low:
                 problems.append(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}")
         for name in ("sparsity", "channel_ratio"):
@@ -150,8 +156,9 @@ class RunConfig:
         unknown = [b for b in self.backends.split(",") if b.strip() and b.strip() not in BACKENDS + ("all", "none")]
         if unknown:
             problems.append(f"unknown backend(s) {unknown} in --backends; choose from {', '.join(BACKENDS)}")
-        if not 0.0 <= self.min_agreement <= 1.0:
-            problems.append(f"--min-agreement is a fraction in [0, 1], got {self.min_agreement}")
+        for name in ("min_agreement", "rounding_agreement"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{_flag(name)} is a fraction in [0, 1], got {getattr(self, name)}")
         problems += self._compute_problems()
         if problems:
             raise ConfigError("; ".join(problems))

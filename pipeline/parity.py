@@ -105,6 +105,7 @@ def run(pipeline, source=None) -> bool:
     passed, failures, status = parity.check(result, cfg.max_parity_steps, cfg.max_parity_steps_float)
     result["check"] = {"passed": passed, "failures": failures, "max_steps": cfg.max_parity_steps,
                        "max_steps_float": cfg.max_parity_steps_float, "layers": status}
+    result["local_check"] = parity.check_local(result, cfg.max_local_steps)
     result["plots"] = parity_report.write_plots(out, result)
     _summarize(result)
     pipeline.manifest["parity"] = result
@@ -132,7 +133,7 @@ def verify_layers(pipeline, sources: dict, verified: dict) -> bool | None:
 
 
 def _summarize(result: dict) -> None:
-    from converters.parity import pct
+    from converters.parity import RUNTIME_NAMES, pct
 
     for block in result["pairs"].values():
         say(f"  {block['verdict']}")
@@ -155,6 +156,13 @@ def _summarize(result: dict) -> None:
             say(f"    {inherited} later layers inherit the difference (not held to the limit; the table is in report.md)")
     for failure in check["failures"]:
         say(f"    FAILED: parity: {failure}")
+    for rt, local in result.get("local_check", {}).items():
+        worst = local["worst"]
+        mark = "✓" if local["passed"] else "x"
+        say(f"[{mark}] parity: {RUNTIME_NAMES[rt]} vs PyTorch on the runtime's own inputs (teacher-forced): "
+            + (f"every one of {local['layers']} layers within {local['max_steps']:g} output step(s); worst "
+               f"`{worst['layer']}`, {worst['max_steps']:g} step(s), {pct(worst['equal_share'])} equal"
+               if local["passed"] else "; ".join(local["failures"])))
     mark = "✓" if check["passed"] else "x"
     say(f"[{mark}] parity: .pte vs .tflite {'within' if check['passed'] else 'beyond'} {check['max_steps']} output "
           f"step(s) per layer; report: {Path('report.md')} and {parity_report.PLOT_DIR}/*.png")

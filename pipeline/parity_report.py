@@ -133,6 +133,38 @@ def _mapping_summary(parity: dict) -> str:
     return text + "."
 
 
+def _local(parity: dict) -> list[str]:
+    """Teacher-forced parity: each runtime's layers against PyTorch's computation of them from the runtime's
+    own values of the layers before (so a difference is that one op's, not inherited)."""
+    checks = parity.get("local_check") or {}
+    if not checks:
+        return []
+    lines = ["", "**Each op on its own** (teacher-forced: PyTorch computes every layer from the runtime's own int8 "
+                 "values of the layers before it, so what differs is that op's rounding, not what came before):", ""]
+    for rt, check in checks.items():
+        worst = check["worst"]
+        if check["passed"]:
+            state = (f"every one of {check['layers']} layers within {check['max_steps']:g} output step(s); worst "
+                     f"`{worst['layer']}` ({worst['op']}), {worst['max_steps']:g} step(s) on "
+                     f"{100 * (1 - worst['equal_share']):.2g}% of its values")
+        else:
+            state = "**over the limit**: " + "; ".join(check["failures"])
+        lines.append(f"- {RUNTIME_NAMES[rt]}: {state}")
+    rows = {rt: {r["layer"]: r for r in parity["local"][rt]["rows"]} for rt in checks}
+    differing = [r for r in parity["layers"] if any(r["name"] in v and v[r["name"]]["equal_share"] < 1 for v in rows.values())]
+    if differing:
+        names = list(checks)
+        lines += ["", "<details><summary>Layers where an op on its own differs (teacher-forced)</summary>", "",
+                  "| layer | op | " + " | ".join(f"{RUNTIME_NAMES[rt]}: max Δ, equal" for rt in names) + " |",
+                  "|---|---|" + "---:|" * len(names)]
+        for layer in differing:
+            cells = [f"{v[layer['name']]['max_steps']:g}, {pct(v[layer['name']]['equal_share'])}"
+                     if layer["name"] in v else "–" for v in (rows[rt] for rt in names)]
+            lines.append(f"| `{layer['name']}` | {layer['op']} | " + " | ".join(cells) + " |")
+        lines += ["", "</details>"]
+    return lines
+
+
 def parity_section(manifest: dict) -> list[str]:
     parity = manifest.get("parity")
     if not parity:
@@ -165,6 +197,7 @@ def parity_section(manifest: dict) -> list[str]:
         state = "passed" if check["passed"] else "FAILED: " + "; ".join(check["failures"])
         lines += ["", f"Check (`verify`): .pte and .tflite may differ by {check['max_steps']} output steps per layer "
                       f"({check['max_steps_float']} where a runtime computes the op in float): **{state}**"]
+    lines += _local(parity)
     lines += ["", _mapping_summary(parity), ""]
     for pair, block in parity["pairs"].items():
         lines += [f"### {TITLES[pair]}", ""]

@@ -42,6 +42,9 @@ def test_every_layer_of_pte_and_tflite_is_identical(exported):
     # against the PyTorch graph the runtimes are close, not exact (float conv, then requantization)
     assert all(r["max_steps"] <= 1 for r in result["pairs"]["pytorch_vs_pte"]["rows"])
     assert exported.manifest["verification"]["parity_passed"] is True
+    # each op on its own (teacher-forced) is within a step of PyTorch in both runtimes
+    for rt in ("pte", "tflite"):
+        assert result["local_check"][rt]["passed"] and result["local_check"][rt]["layers"] == 7
     report = (exported.out / "report.md").read_text()
     assert "## Layer-by-layer parity" in report and "identical on all 7 layers" in report
     for pair in parity.PAIRS:
@@ -89,6 +92,14 @@ def test_a_perturbed_tflite_is_caught_at_its_layer(exported, tmp_path):
     passed, failures, status = parity.check(result, max_steps=0, max_steps_float=1)
     assert not passed and failures[0].startswith("layer `conv2` (conv2d+relu)")
     assert [s["state"] for s in status][:3] == ["ok", "ok", "FAILED"]
+    # teacher-forced, the fault stays where it is: conv2 of the .tflite is off by itself, and the layers after it,
+    # computed from its own (wrong) conv2, match it again; the .pte is fine op by op
+    local = parity.check_local(result, max_steps=1)
+    assert local["pte"]["passed"] and not local["tflite"]["passed"]
+    assert local["tflite"]["failures"][0].startswith("layer `conv2` (conv2d+relu)")
+    forced = {r["layer"]: r for r in result["local"]["tflite"]["rows"]}
+    carried = {r["layer"]: r for r in result["pairs"]["pytorch_vs_tflite"]["rows"]}
+    assert forced["max_pool2d"]["max_steps"] <= 1 < carried["max_pool2d"]["max_steps"]
     # a generous allowance lets it through: the check reads the setting
     big = rows["conv2"]["max_steps"]
     assert parity.check(result, max_steps=max(r["max_steps"] for r in rows.values()), max_steps_float=big)[0]

@@ -1,0 +1,76 @@
+"""converters.verify: the thresholds an artifact is held to, and the rounding floor that teacher-forced parity earns."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from converters.verify import Thresholds, rounding_floor, verify
+from pipeline.stages import Pipeline
+
+ARTIFACT = {"reference": "quantized", "quant": "int8", "backend": "tflite", "checks": {}}
+PASSED_LOCAL = {"passed": True, "layers": 7, "max_steps": 1,
+                "worst": {"layer": "avgpool", "op": "adaptive_avg_pool2d", "max_steps": 1, "equal_share": 0.8}}
+
+
+def _logits(predictions: np.ndarray) -> np.ndarray:
+    return np.eye(10, dtype=np.float32)[predictions]
+
+
+def _case(disagree: int, newly_wrong: int = 0):
+    """1000 images; the reference is right on 950. The artifact answers differently on `disagree` of the
+    reference's 50 mistakes (so its accuracy is the same) and gets `newly_wrong` of its right answers wrong."""
+    labels = np.arange(1000) % 10
+    ref = labels.copy()
+    ref[:50] = (labels[:50] + 1) % 10
+    art = ref.copy()
+    art[:disagree] = (labels[:disagree] + 2) % 10
+    art[50:50 + newly_wrong] = (labels[50:50 + newly_wrong] + 3) % 10
+    return _logits(art), _logits(ref), labels
+
+
+def test_rounding_floor_lowers_only_the_agreement_threshold():
+    logits, ref, labels = _case(disagree=12)  # agreement 98.8%, accuracy unchanged
+    plain = verify(ARTIFACT, logits, ref, labels, Thresholds())
+    assert not plain["passed"] and len(plain["failures"]) == 1 and "agreement" in plain["failures"][0]
+    floor = rounding_floor(PASSED_LOCAL, 100, Thresholds())
+    assert floor["min_agreement"] == 0.98 and "teacher-forced" in floor["why"] and "`avgpool`" in floor["why"]
+    held = verify(ARTIFACT, logits, ref, labels, Thresholds(), rounding=floor)
+    assert held["passed"] and held["min_agreement"] == 0.98 and "teacher-forced" in held["loosened"]
+    # the floor is a floor: further below it still fails
+    assert not verify(ARTIFACT, *_case(disagree=25), Thresholds(), rounding=floor)["passed"]
+    # and the accuracy check against the reference still holds: 12 right answers lost is 1.2 pp
+    lost = verify(ARTIFACT, *_case(disagree=0, newly_wrong=12), Thresholds(), rounding=floor)
+    assert not lost["passed"] and any("below the quantized reference" in f for f in lost["failures"])
+
+
+def test_no_floor_without_passing_teacher_forced_parity():
+    assert rounding_floor({**PASSED_LOCAL, "passed": False}, 100, Thresholds()) is None
+    assert rounding_floor({}, 100, Thresholds()) is None
+    # a rounding floor at or above the plain threshold is no loosening at all
+    assert rounding_floor(PASSED_LOCAL, 100, Thresholds(min_agreement=0.97, rounding_agreement=0.98)) is None
+
+
+def _manifest(local_passed: bool, sha: str = "abc") -> dict:
+    artifact = {**ARTIFACT, "scheme": {"tag": "int8"}, "sha256": "abc",
+                "verification": {"passed": False, "failures": ["top-1 agreement ..."], "method": "LiteRT",
+                                 "images": 1000, "seconds": 1.0, "basis": {"sha256": "abc"}}}
+    return {"artifacts": {"m.tflite": artifact},
+            "parity": {"images": 100, "scheme": {"tag": "int8"}, "files": {"m.tflite": sha},
+                       "local_check": {"tflite": {**PASSED_LOCAL, "passed": local_passed}}}}
+
+
+def _accept(manifest: dict) -> dict:
+    logits, ref, labels = _case(disagree=12)
+    thresholds = Thresholds()
+    artifact = manifest["artifacts"]["m.tflite"]
+    recheck = {"m.tflite": lambda rounding: verify(artifact, logits, ref, labels, thresholds, None, rounding)}
+    Pipeline._accept_rounding(SimpleNamespace(manifest=manifest), recheck, thresholds)
+    return artifact["verification"]
+
+
+def test_verify_stage_accepts_rounding_only_on_the_bytes_parity_cleared():
+    held = _accept(_manifest(local_passed=True))
+    assert held["passed"] and "teacher-forced" in held["loosened"]
+    assert held["method"] == "LiteRT" and held["basis"] == {"sha256": "abc"}  # what the first run recorded stays
+    assert not _accept(_manifest(local_passed=False))["passed"]
+    assert not _accept(_manifest(local_passed=True, sha="other bytes"))["passed"]
