@@ -41,7 +41,7 @@ RESULTS = "results.json"
 THROUGHPUT_BATCH = 32
 CHILD_TIMEOUT_S = 1800
 # RunConfig fields that belong to this bench run rather than to the run that built OUT.
-BENCH_SETTINGS = ("bench_warmup", "bench_iterations", "bench_seconds", "bench_train_steps")
+BENCH_SETTINGS = ("bench_warmup", "bench_iterations", "bench_seconds", "bench_train_steps", "bench_train_seconds")
 BACKEND_NAMES = {"pytorch": "PyTorch", "executorch": "ExecuTorch (XNNPACK)", "tflite": "LiteRT (TFLite, XNNPACK)",
                  "coreml": "Core ML"}
 THREAD_CONTROL = {
@@ -275,17 +275,18 @@ def add_ratios(rows: list[dict], macs: int | None) -> None:
             tp["gmac_per_s"] = macs * tp["images_per_s"] / 1e9 if macs else None
 
 
-def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dict:
-    """Images/s: recorded by the pipeline's stages; its loop and a bare loop, both timed now on the same model."""
+def training_throughput(workspace: Workspace, manifest: dict, steps: int, seconds: float | None = None) -> dict:
+    """Images/s: recorded by the pipeline's stages; its loop and a bare loop, both timed now on the same model
+    (at most `steps` steps a round, fewer where the rounds would not fit in `seconds`)."""
     cfg, data = workspace.cfg, workspace.data
     stages = manifest.get("stages", {})
     torch.manual_seed(cfg.seed)
     loops = {"fp32": training.fp32_loops(workspace.build_model(len(data.labels)), data, cfg.batch_size, cfg.lr,
-                                         steps, cfg.seed)}
+                                         steps, cfg.seed, seconds=seconds)}
     errors = {"fp32": None, "qat": None}
     try:
         loops["qat"] = training.qat_loops(workspace.fp32_model(), workspace.shape, data, cfg.batch_size, cfg.qat_lr,
-                                          steps, cfg.seed)
+                                          steps, cfg.seed, seconds=seconds)
     except Exception as exc:  # the QAT loops are a bonus; the table says why they are missing
         loops["qat"], errors["qat"] = (None, None), f"{type(exc).__name__}: {exc}"
 
@@ -297,7 +298,7 @@ def training_throughput(workspace: Workspace, manifest: dict, steps: int) -> dic
         return {"pipeline_images_per_s": recorded_by[name], **training.entry(*loops[name]), "error": errors[name]}
 
     return {"batch_size": cfg.batch_size, "threads": torch.get_num_threads(), "warmup_steps": training.WARMUP_STEPS,
-            "rounds": training.ROUNDS, "fp32": entry("train", "fp32"), "qat": entry("qat", "qat")}
+            "rounds": training.ROUNDS, "budget_s": seconds, "fp32": entry("train", "fp32"), "qat": entry("qat", "qat")}
 
 
 def stage_times(manifest: dict) -> list[dict]:
@@ -339,7 +340,7 @@ def bench(cfg) -> bool:
             rows.append(row)
     add_ratios(rows, macs)
     say("bench: bare PyTorch training loops ...")
-    train = training_throughput(workspace, manifest, cfg.bench_train_steps)
+    train = training_throughput(workspace, manifest, cfg.bench_train_steps, cfg.bench_train_seconds)
     results = {
         "schema_version": SCHEMA_VERSION,
         "created": mf.now(),
@@ -351,7 +352,7 @@ def bench(cfg) -> bool:
         "dataset": {k: manifest.get("dataset", {}).get(k) for k in ("name", "source", "n_train", "n_test", "note")},
         "settings": {"warmup": cfg.bench_warmup, "iterations": cfg.bench_iterations, "seconds": cfg.bench_seconds,
                      "throughput_batch": THROUGHPUT_BATCH, "threads": threads,
-                     "train_steps": cfg.bench_train_steps},
+                     "train_steps": cfg.bench_train_steps, "train_seconds": cfg.bench_train_seconds},
         "methods": {"thread_control": THREAD_CONTROL, "rss": RSS_METHOD,
                     "compression_ratio": "fp32 PyTorch state_dict bytes / this model's bytes",
                     "latency": "batch 1, one call from Python per image (input conversion included), "

@@ -133,20 +133,24 @@ def training_section(results: dict) -> list[str]:
     rows = []
     for stage, label in (("fp32", "fp32 training"), ("qat", "QAT fine-tuning")):
         e = t[stage]
+        timed = (f"{e['bare_steps']} × {e.get('rounds', t.get('rounds', 1))}" if e["bare_steps"] else DASH)
         rows.append([label, num(e["pipeline_images_per_s"], ".0f"), num(e.get("pipeline_loop_images_per_s"), ".0f"),
-                     num(e["bare_images_per_s"], ".0f"), num(e["pipeline_vs_bare"], ".2f", "x")])
+                     num(e["bare_images_per_s"], ".0f"), num(e["pipeline_vs_bare"], ".2f", "x"), timed])
     lines = [
         f"Batch {t['batch_size']}, {t['threads']} torch threads, images/s. *Recorded*: what the `train` and `qat` "
         "stages wrote into the manifest (whole epochs, measured when they ran, under whatever load the host had then). "
         f"*Pipeline loop* and *bare loop* are both timed in this run on copies of the same model, batch size and "
-        f"optimizer, in {t.get('rounds', 1)} alternating rounds of {t['fp32']['bare_steps'] or DASH} steps after "
-        f"{t['warmup_steps']} untimed ones (medians shown): the pipeline loop is "
+        "optimizer, in alternating rounds (*timed*: steps per loop and round × rounds) after up to "
+        f"{t['warmup_steps']} untimed steps (medians shown)"
+        + (f"; rounds and steps are cut to fit a budget of {t['budget_s']:g} s per stage (`--bench-train-seconds`)"
+           if t.get("budget_s") else "") + ": the pipeline loop is "
         "`core.train.run_epoch` over a `core.loaders.TrainLoader` (shuffles and normalizes each batch, keeps "
         "loss/accuracy, drives the progress bar); the bare loop is forward, loss, backward, Adam step over batches "
         "normalized beforehand. For QAT both run the model prepared by `prepare_qat_pt2e` as `core.qat` prepares "
         "it. *Pipeline / bare* below 1 is what the pipeline's loop costs.",
         "",
-        *table(["stage", "recorded (img/s)", "pipeline loop (img/s)", "bare loop (img/s)", "pipeline / bare"], rows),
+        *table(["stage", "recorded (img/s)", "pipeline loop (img/s)", "bare loop (img/s)", "pipeline / bare", "timed"],
+               rows),
     ]
     for stage in ("fp32", "qat"):
         if t[stage].get("error"):

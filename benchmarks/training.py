@@ -13,6 +13,11 @@ as this comparison first did, charged that drift, and any warm-up still under wa
 whichever loop ran second. The medians over the rounds are compared, and the CPU time per
 image (the process's user+system time) is kept beside the wall-clock rate, since it does not
 count the time the host's other jobs take.
+
+A time budget (`seconds`) bounds the timed rounds: the first warm-up step of the bare loop is
+timed, and the steps per round, then the rounds (never below 2, so each loop still goes first
+once), then the warm-up are cut until both loops fit. On a large input (mobilenet_v2 at 224 px
+on 2 cores, about 16 s a step of 64 images) 30 steps x 6 rounds x 2 loops would take hours.
 """
 
 from __future__ import annotations
@@ -70,40 +75,64 @@ def pipeline_loop(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Tr
     return _timed(lambda: run_epoch(model, optimizer, loader, epoch, desc="pipeline loop", max_steps=steps)["images"])
 
 
+def fit(step_seconds: float, budget: float | None, steps: int, rounds: int) -> tuple[int, int, int]:
+    """(steps per round, rounds, warm-up steps) whose timed rounds of both loops take at most about `budget`
+    seconds, at `step_seconds` a step; at least 1 step and 2 rounds, whatever the budget. No budget: as asked."""
+    if not budget:
+        return steps, rounds, WARMUP_STEPS
+    per_step = 2 * step_seconds  # one step of each loop
+    fitting = int(budget // (per_step * rounds))
+    if fitting < 1:
+        steps, rounds = 1, max(2, min(rounds, int(budget // per_step) // 2 * 2))
+    else:
+        steps = min(steps, fitting)
+    warmup = WARMUP_STEPS if per_step * WARMUP_STEPS <= budget / 4 else 1
+    return steps, rounds, warmup
+
+
 def compare(model: nn.Module, data: DataBundle, batch_size: int, lr: float, steps: int, seed: int,
-            rounds: int = ROUNDS) -> tuple[dict, dict]:
-    """(bare, pipeline): medians over `rounds` alternating rounds of `steps` steps, each loop on its own copy."""
-    batches = training_batches(data, batch_size, steps, seed)
+            rounds: int = ROUNDS, seconds: float | None = None) -> tuple[dict, dict]:
+    """(bare, pipeline): medians over `rounds` alternating rounds of `steps` steps, each loop on its own copy;
+    with `seconds`, fewer steps and rounds where a step is slow (`fit`)."""
+    batches = training_batches(data, batch_size, max(steps, WARMUP_STEPS), seed)
     loader = TrainLoader(data, batch_size, seed=seed)
     bare_model, piped_model = copy.deepcopy(model), copy.deepcopy(model)
     bare_opt = torch.optim.Adam(bare_model.parameters(), lr=lr)
     piped_opt = torch.optim.Adam(piped_model.parameters(), lr=lr)
-    bare_loop(bare_model, bare_opt, batches[:WARMUP_STEPS])
-    pipeline_loop(piped_model, piped_opt, loader, WARMUP_STEPS, epoch=0)
+    first = bare_loop(bare_model, bare_opt, batches[:1])  # the first warm-up step, timed to fit the budget
+    pipeline_loop(piped_model, piped_opt, loader, 1, epoch=0)
+    asked = steps, rounds
+    steps, rounds, warmup = fit(first["seconds"], seconds, steps, rounds)
+    if warmup > 1:
+        bare_loop(bare_model, bare_opt, batches[1:warmup])
+        pipeline_loop(piped_model, piped_opt, loader, warmup - 1, epoch=0)
+    batches = batches[:steps]
     bare, piped = [], []
     for r in range(rounds):
         runs = [lambda: bare.append(bare_loop(bare_model, bare_opt, batches)),
                 lambda: piped.append(pipeline_loop(piped_model, piped_opt, loader, steps, epoch=r + 1))]
         for run in (runs if r % 2 == 0 else runs[::-1]):
             run()
-    return summary(bare, steps), summary(piped, steps)
+    budget = {"budget_s": seconds, "first_step_s": first["seconds"], "asked": {"steps": asked[0], "rounds": asked[1]},
+              "warmup_steps": warmup}
+    return summary(bare, steps, budget), summary(piped, steps, budget)
 
 
-def summary(runs: list[dict], steps: int) -> dict:
+def summary(runs: list[dict], steps: int, budget: dict | None = None) -> dict:
     return {"images_per_s": statistics.median(r["images_per_s"] for r in runs),
             "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in runs),
-            "rounds": [round(r["images_per_s"], 2) for r in runs], "steps": steps}
+            "rounds": [round(r["images_per_s"], 2) for r in runs], "steps": steps, **(budget or {})}
 
 
 def fp32_loops(model: nn.Module, data: DataBundle, batch_size: int, lr: float, steps: int, seed: int,
-               rounds: int = ROUNDS) -> tuple[dict, dict]:
-    return compare(model, data, batch_size, lr, steps, seed, rounds)
+               rounds: int = ROUNDS, seconds: float | None = None) -> tuple[dict, dict]:
+    return compare(model, data, batch_size, lr, steps, seed, rounds, seconds)
 
 
 def qat_loops(model: nn.Module, shape: tuple[int, ...], data: DataBundle, batch_size: int, lr: float, steps: int,
-              seed: int, rounds: int = ROUNDS) -> tuple[dict, dict]:
+              seed: int, rounds: int = ROUNDS, seconds: float | None = None) -> tuple[dict, dict]:
     """As fp32_loops, on the model prepared for QAT as `core.qat` prepares it."""
-    return compare(qat.prepare(model, shape), data, batch_size, lr, steps, seed, rounds)
+    return compare(qat.prepare(model, shape), data, batch_size, lr, steps, seed, rounds, seconds)
 
 
 def entry(bare: dict | None, piped: dict | None) -> dict:
@@ -116,4 +145,5 @@ def entry(bare: dict | None, piped: dict | None) -> dict:
             "pipeline_vs_bare_cpu_time": bare["cpu_ms_per_image"] / piped["cpu_ms_per_image"],
             "pipeline_cpu_ms_per_image": piped["cpu_ms_per_image"], "bare_cpu_ms_per_image": bare["cpu_ms_per_image"],
             "pipeline_rounds_images_per_s": piped["rounds"], "bare_rounds_images_per_s": bare["rounds"],
-            "bare_steps": bare["steps"]}
+            "bare_steps": bare["steps"], "rounds": len(bare["rounds"]),
+            **{k: bare[k] for k in ("budget_s", "first_step_s", "asked", "warmup_steps") if k in bare}}

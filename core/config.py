@@ -107,7 +107,10 @@ class RunConfig:
     bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count, at most (batch 32: a tenth, at least 3)", "bench")
     bench_seconds: float = _opt(5.0, "time budget per latency measurement: fewer calls than --bench-iterations when "
                                      "a call is slow (at least 10 are timed)", "bench")
-    bench_train_steps: int = _opt(30, "timed steps of the bare and the pipeline training loops", "bench")
+    bench_train_steps: int = _opt(30, "timed steps per round of the bare and the pipeline training loops, at most", "bench")
+    bench_train_seconds: float = _opt(60.0, "time budget of each training-loop comparison (fp32, QAT): fewer steps, "
+                                            "then fewer rounds (at least 1 step, 2 rounds) when a step is slow; "
+                                            "0 = no budget", "bench")
     # quantization study (`mobile-pipeline study`; see study/)
     study_sections: str = _opt("all", "study sections: all, or some of error,sensitivity,mixed,sweep,pruning,wa (or 1-6)", "study")
     study_batches: int = _opt(8, "test batches of 256 for the per-layer activation error (0 = the whole test set)", "study")
@@ -130,7 +133,7 @@ class RunConfig:
         for name, low in (("epochs", 0), ("qat_epochs", 0), ("limit_train", 0), ("limit_test", 0), ("threads", 0),
                           ("qat_max_steps", 0), ("seed", 0), ("max_acc_drop", 0), ("max_quant_drop", 0),
                           ("weight_threshold", 0), ("bench_warmup", 0), ("bench_train_steps", 1),
-                          ("bench_iterations", 1), ("bench_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
+                          ("bench_iterations", 1), ("bench_seconds", 0), ("bench_train_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
                           ("study_batches", 0), ("prune_epochs", 0), ("prune_steps", 0), ("bn_recalibration", 0),
                           ("parity_images", 0), ("max_parity_steps", 0), ("max_parity_steps_float", 0),
                           ("max_local_steps", 0)):

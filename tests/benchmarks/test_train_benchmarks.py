@@ -49,3 +49,21 @@ def test_folder_of_small_images(tmp_path):
     allocated, apparent = streaming.disk_bytes(root)
     assert allocated >= apparent > 0
     assert streaming.make_folder(root, 30, 10) == root  # complete: reused, not rewritten
+
+
+def test_time_budget_cuts_steps_then_rounds_never_below_one_step_and_two_rounds():
+    assert training.fit(0.01, None, 30, 6) == (30, 6, training.WARMUP_STEPS)  # no budget: as asked
+    assert training.fit(0.01, 60.0, 30, 6) == (30, 6, training.WARMUP_STEPS)  # fits
+    assert training.fit(0.5, 60.0, 30, 6) == (10, 6, training.WARMUP_STEPS)  # 60 s / (2 loops × 0.5 s × 6 rounds)
+    assert training.fit(16.0, 60.0, 30, 6) == (1, 2, 1)  # mobilenet_v2 at 224 px: the least that still alternates
+    assert training.fit(16.0, 200.0, 30, 6) == (1, 6, 1)
+
+
+def test_loop_comparison_keeps_to_its_budget():
+    bundle = data.load("mnist-5k", "unused", 1, 28, limit_train=256, limit_test=1)
+    bare, piped = training.fp32_loops(models.build("convnet", 10), bundle, 32, 1e-3, steps=50, seed=0, rounds=4,
+                                      seconds=1e-3)
+    e = training.entry(bare, piped)
+    assert (e["bare_steps"], e["rounds"], e["warmup_steps"]) == (1, 2, 1)
+    assert e["asked"] == {"steps": 50, "rounds": 4} and e["budget_s"] == 1e-3 and e["first_step_s"] > 0
+    assert len(e["bare_rounds_images_per_s"]) == len(e["pipeline_rounds_images_per_s"]) == 2
