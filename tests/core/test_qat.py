@@ -104,3 +104,28 @@ def test_each_calibration_sets_its_own_activation_ranges():
     assert input_scale["percentile"] < 0.5 * input_scale["minmax"]  # the outliers are clipped
     assert input_scale["moving_average"] <= input_scale["minmax"]
     assert len({round(s, 8) for s in input_scale.values()}) == 4
+
+
+def test_float_model_of_qat_weights_gets_its_own_batchnorm_statistics(tmp_path, make_config):
+    """The QAT graph's running averages do not fit the float network of its weights: the float model that Core ML
+    palettizes and the study reads gets statistics re-estimated over training batches, and says so."""
+    from pipeline.stages import Pipeline
+
+    factory = tmp_path / "bn_net.py"
+    factory.write_text("import torch.nn as nn\n\n\ndef build(num_classes, in_channels):\n"
+                       "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+                       "                         nn.Conv2d(8, 16, 3, stride=2), nn.BatchNorm2d(16, momentum=0.01), nn.ReLU(),\n"
+                       "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))\n")
+    pipeline = Pipeline(make_config(tmp_path / "out", model=f"{factory}:build", limit_train=256, limit_test=100,
+                                    quant_mode="qat", qat_max_steps=4, bn_recalibration=3))
+    pipeline.train()
+    pipeline.qat()
+    tag = pipeline.scheme().tag
+    entry = pipeline.manifest["stages"]["quantize"][tag]
+    assert entry["chosen"] == "qat" and entry["float_bn_recalibration"]["batches"] == 3
+    folder = pipeline.quantized_folder(tag)
+    saved = qat.load_float_weights(folder / quantize.FLOAT)
+    graph = quantize.load_program(folder / quantize.UNFOLDED).state_dict()
+    stats = [k for k in saved if k.endswith("running_mean")]
+    assert stats and all(k in graph for k in stats)
+    assert all(not torch.equal(saved[k], graph[k]) for k in stats)  # not the QAT graph's averages
