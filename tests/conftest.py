@@ -52,3 +52,22 @@ def copy_of(exported, tmp_path, make_config):
         return Pipeline(make_config(out, **overrides))
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def calibrated():
+    """calibrated(net, shape, batch=16, scale=2.0) -> `net` prepared for QAT as core.qat prepares it, its observers
+    run on 3 random batches (from the caller's torch seed), in eval mode: what conversion and parity tests start from."""
+    import torch
+
+    from core import qat
+
+    def calibrate(net, shape, batch: int = 16, scale: float = 2.0):
+        prepared = qat.prepare(net, shape)
+        with torch.no_grad():
+            for _ in range(3):
+                prepared(torch.randn(batch, *shape) * scale)
+        prepared.eval()
+        return prepared
+
+    return calibrate

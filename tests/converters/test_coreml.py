@@ -97,7 +97,7 @@ def test_squeeze_excitation_biases_read_back(tmp_path):
             assert torch.allclose(loaded(x), net(x), atol=5e-2), name  # fp16 and 8-bit LUT weights
 
 
-def test_w8a8_package_of_a_hardswish_block_holds_the_graphs_weights(tmp_path):
+def test_w8a8_package_of_a_hardswish_block_holds_the_graphs_weights(tmp_path, calibrated):
     """The rewritten hardswish quantizes its 3 and 1/6 as int8 constants; Core ML folds them into its ops. They are
     not weights: the W8A8 check compares the conv/linear weights and the activation scales, and passes."""
     import torch.nn as nn
@@ -110,12 +110,7 @@ def test_w8a8_package_of_a_hardswish_block_holds_the_graphs_weights(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), HardSwish(), nn.Conv2d(8, 8, 1), HardSwish(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
-    prepared = qat.prepare(net, (3, 8, 8))
-    with torch.no_grad():
-        for _ in range(3):
-            prepared(torch.randn(16, 3, 8, 8) * 2)
-    prepared.eval()
-    program = qat.convert(prepared, fold=True)
+    program = qat.convert(calibrated(net, (3, 8, 8)), fold=True)
     weights, scales = graph_weights_and_scales(program)
     assert [w.shape for w in weights] == [(8, 3, 3, 3), (8, 8, 1, 1), (4, 8)]
     assert any(abs(s - qat.RELU6_SCALE) < 1e-7 for s in scales)  # the relu6 grid is an activation scale
@@ -126,7 +121,7 @@ def test_w8a8_package_of_a_hardswish_block_holds_the_graphs_weights(tmp_path):
     assert checks["quantized_weights"] == 3 and checks["max_relative_weight_diff"] < 2e-3
 
 
-def test_w8a8_check_reads_the_scale_of_a_residual_add_that_coremltools_rescales(tmp_path):
+def test_w8a8_check_reads_the_scale_of_a_residual_add_that_coremltools_rescales(tmp_path, calibrated):
     """coremltools quantizes a residual sum in its first input's steps; the graph's own scale for the sum is
     then on the dequantize that reads it back. The check finds it there, and still misses a scale not in the file."""
     import torch.nn as nn
@@ -148,12 +143,7 @@ def test_w8a8_check_reads_the_scale_of_a_residual_add_that_coremltools_rescales(
 
     torch.manual_seed(0)
     net = Residual().eval()
-    prepared = qat.prepare(net, (3, 8, 8))
-    with torch.no_grad():
-        for _ in range(3):
-            prepared(torch.randn(16, 3, 8, 8) * 2)
-    prepared.eval()
-    program = qat.convert(prepared, fold=True)
+    program = qat.convert(calibrated(net, (3, 8, 8)), fold=True)
     path = tmp_path / "res_w8a8.mlpackage"
     convert_w8a8(ExportSource("res", (3, 8, 8), list("abcd"), [0.5] * 3, [0.25] * 3, net, program=program)).save(str(path))
     add = next(n for n in program.graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target)

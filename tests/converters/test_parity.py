@@ -203,7 +203,7 @@ class _HardSwishBlock(torch.nn.Module):
         return self.fc(self.conv(self.se(self.dw(self.act(self.stem(x))))).mean((2, 3)))
 
 
-def test_relu6_after_add_rounds_once_as_litert_does(tmp_path):
+def test_relu6_after_add_rounds_once_as_litert_does(tmp_path, calibrated):
     """LiteRT fuses relu6 into the ADD before it and rounds once. The PT2E graph (and so the .pte) must do the
     same, or a quarter of MobileNetV3's hardswish values differ by a step between the .pte and the .tflite.
     The squeeze-excitation's MUL (an NHWC map times a broadcast scale) must be read in its own layout."""
@@ -213,11 +213,7 @@ def test_relu6_after_add_rounds_once_as_litert_does(tmp_path):
     from converters.tflite import _int8_config
 
     torch.manual_seed(0)
-    prepared = qat.prepare(_HardSwishBlock(), (3, 16, 16))
-    with torch.no_grad():
-        for _ in range(3):
-            prepared(torch.randn(16, 3, 16, 16) * 2)
-    prepared.eval()
+    prepared = calibrated(_HardSwishBlock(), (3, 16, 16))
     folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
     unfolded.training = False
     # the add's output is quantized once, on the fixed grid of [0, 6], and relu6 keeps that grid
@@ -237,7 +233,7 @@ def test_relu6_after_add_rounds_once_as_litert_does(tmp_path):
     assert result["pairs"]["pte_vs_tflite"]["first_divergence"] is None, result["pairs"]["pte_vs_tflite"]["verdict"]
 
 
-def test_an_activation_fused_away_does_not_take_the_next_blocks_tensor(tmp_path):
+def test_an_activation_fused_away_does_not_take_the_next_blocks_tensor(tmp_path, calibrated):
     """Two hardswish blocks of one shape: LiteRT fuses each relu6 into its ADD, so the relu6 layers have no tensor
     of their own. The second block's ADD has the same scale, zero point and size as the first relu6, but is named
     after its own block: it is not a fit for the first relu6."""
@@ -251,11 +247,7 @@ def test_an_activation_fused_away_does_not_take_the_next_blocks_tensor(tmp_path)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), HardSwish(), torch.nn.Conv2d(8, 8, 1), HardSwish(),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
-    prepared = qat.prepare(net, (3, 8, 8))
-    with torch.no_grad():
-        for _ in range(3):
-            prepared(torch.randn(8, 3, 8, 8) * 2)
-    prepared.eval()
+    prepared = calibrated(net, (3, 8, 8), batch=8)
     folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
     unfolded.training = False
     litert_torch.convert(unfolded, (torch.zeros(1, 3, 8, 8),), quant_config=_int8_config()).export(str(tmp_path / "h.tflite"))
