@@ -88,7 +88,7 @@ include android_demo/android.mk
 include ios_demo/ios.mk
 
 test: $(VENV_STAMP) android-toolchain
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(OUT) .pytest_cache
