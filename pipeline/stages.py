@@ -273,7 +273,7 @@ class Pipeline(Workspace):
         self._save()
         start = time.perf_counter()
         qdevice = for_quantization(self.ctx.device, cfg.device)  # where calibration and QAT run
-        results, accuracy, loader, float_bn = {}, {}, None, None
+        results, accuracy, loader = {}, {}, None
         if self.ctx.is_main:  # PTQ: rank 0 alone calibrates, on the batches one process would use
             ptq = quantize.post_training(model, scheme, data, self.shape, cfg.calib_batches, cfg.batch_size,
                                          device=qdevice)
@@ -287,18 +287,20 @@ class Pipeline(Workspace):
             if not self.ctx.is_main:
                 return  # rank 0 converts, evaluates and writes
             accuracy["qat"] = self._evaluate(results["qat"].program, on_device=False)
-            # The QAT graph's BatchNorm running averages do not fit the float network of its weights (MobileNetV3:
-            # 75% with them, 85% with its own): that model gets statistics of its own, as fp32 did after training
-            float_model = results["qat"].float_model.to(qdevice)
-            float_bn = train.recalibrate_batchnorm(float_model, loader, cfg.bn_recalibration, epoch=10_000)
-            float_model.to("cpu")
-            if float_bn:
-                say(f"qat: {tag}: QAT-trained float weights: BatchNorm statistics of {float_bn['layers']} layers "
-                    f"re-estimated over {float_bn['batches']} training batches (--bn-recalibration)")
         if not self.ctx.is_main:
             return
         chosen = self._choose(scheme, accuracy)
         result = results[chosen]
+        float_bn = None
+        if chosen == "qat":
+            # The QAT graph's BatchNorm running averages do not fit the float network of its weights (MobileNetV3:
+            # 75% with them, 85% with its own): before it is saved, it gets statistics of its own, as fp32 did
+            float_bn = train.recalibrate_batchnorm(result.float_model.to(qdevice), loader, cfg.bn_recalibration,
+                                                   epoch=10_000)
+            result.float_model.to("cpu")
+            if float_bn:
+                say(f"qat: {tag}: QAT-trained float weights: BatchNorm statistics of {float_bn['layers']} layers "
+                    f"re-estimated over {float_bn['batches']} training batches (--bn-recalibration)")
         paths = quantize.save(result, self.shape, self.quantized_folder(tag))
         accuracy.update({"quantized": accuracy[chosen], "chosen": chosen,
                          "float": self._evaluate(result.float_model.eval())})
@@ -314,7 +316,7 @@ class Pipeline(Workspace):
             "images_per_s": qat_run.stats["images_per_s"] if qat_run else None,
             "history": qat_run.stats["history"] if qat_run else [], "compute": compute,
             "synced_across_ranks": qat_run.stats["synced_across_ranks"] if qat_run else None,
-            "float_bn_recalibration": float_bn if chosen == "qat" else None,
+            "float_bn_recalibration": float_bn,
             "wall_time_s": time.perf_counter() - start}
         self._save()
 
