@@ -78,7 +78,8 @@ def table_rows(model: str, out: Path) -> list[dict]:
             "bytes": a.get("bytes"),
             "fp32": acc.get("fp32"), "ptq": per_scheme.get("ptq"), "qat": per_scheme.get("qat"),
             "accuracy": v.get("accuracy"), "agreement": v.get("agreement"), "reference": a.get("reference"),
-            "min_agreement": v.get("min_agreement"), "loosened": v.get("loosened"), "passed": v.get("passed"), "outside_fast_path": outside_fast_path(a),
+            "min_agreement": v.get("min_agreement"), "loosened": v.get("loosened"), "passed": v.get("passed"),
+            "outside_fast_path": outside_fast_path(a),
             "export_s": a.get("export_seconds"), "p50_ms_1thread": latency.get(file),
         })
     if "pytorch_fp32" in latency:

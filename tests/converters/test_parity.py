@@ -153,7 +153,7 @@ class _Block(torch.nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_module_activations_map_to_fused_tflite_tensors(tmp_path):
+def test_module_activations_map_to_fused_tflite_tensors(tmp_path, calibrated):
     """litert-torch fuses ReLU6 into the conv before it: the conv's own output has no tensor, the ReLU6's has."""
     import litert_torch
 
@@ -162,11 +162,7 @@ def test_module_activations_map_to_fused_tflite_tensors(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     torch.manual_seed(0)
-    prepared = qat.prepare(_Block(), (3, 8, 8))
-    with torch.no_grad():
-        for _ in range(3):
-            prepared(torch.randn(4, 3, 8, 8))
-    prepared.eval()
+    prepared = calibrated(_Block(), (3, 8, 8), batch=4, scale=1.0)
     folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
     unfolded.training = False
     litert_torch.convert(unfolded, (torch.zeros(1, 3, 8, 8),), quant_config=_int8_config()).export(str(tmp_path / "b.tflite"))

@@ -1,7 +1,7 @@
 """A torchvision network through the whole pipeline at 32 px: train, QAT, export to all three runtimes, verify.
 
 MobileNetV3-small is the one that needs the most: hardswish and hardsigmoid rewrites, squeeze-excitation,
-relu6 on its fixed grid, BatchNorm with momentum 0.01. A few steps on 512 digits: the numbers are checked
+relu6 on its fixed grid, BatchNorm with momentum 0.01. A few epochs on 2,048 digits: the numbers are checked
 for what they mean (files agree with their references), not for how well the network learned.
 """
 
