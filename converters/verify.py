@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core import statistics
 from core.data import DataBundle
 from core.evaluate import agreement, compare
 
@@ -16,10 +18,31 @@ from .base import ExportSource
 
 @dataclass
 class Thresholds:
+    """Effect sizes an artifact is held to; `confidence` is the level of the interval that decides each one
+    (core/statistics.py): a check fails only when its whole interval lies beyond its threshold."""
     min_agreement: float = 0.995
     max_acc_drop_pp: float = 0.5  # against the artifact's own PyTorch reference
     max_quant_drop_pp: float = 2.0  # a quantized artifact against fp32 (and PTQ): the cost of quantization
     rounding_agreement: float = 0.98  # the floor for an int8 file whose every layer teacher-forced parity clears
+    confidence: float = statistics.CONFIDENCE
+
+    @classmethod
+    def from_config(cls, cfg) -> "Thresholds":
+        return cls(cfg.min_agreement, cfg.max_acc_drop, cfg.max_quant_drop, cfg.rounding_agreement, cfg.confidence)
+
+    def basis(self) -> list[float]:
+        """What a verification result depends on, besides the files and the test set."""
+        return [self.min_agreement, self.max_acc_drop_pp, self.max_quant_drop_pp, self.rounding_agreement,
+                self.confidence]
+
+    def smallest_test_set(self) -> int:
+        """Images needed before perfect agreement can show `min_agreement` at all (fewer: only gross errors fail).
+        With every answer agreeing, the exact interval's lower end is ((1 - confidence) / 2) ** (1 / n)."""
+        if self.min_agreement <= 0:
+            return 1
+        if self.min_agreement >= 1:
+            return 10**9  # no finite test set shows 100%
+        return math.ceil(math.log((1 - self.confidence) / 2) / math.log(self.min_agreement))
 
 
 def run_artifact(path: Path, artifact: dict, source: ExportSource, data: DataBundle, batch_size: int = 256) -> tuple[np.ndarray, str]:
@@ -45,41 +68,71 @@ def rounding_floor(local: dict, images: int, thresholds: Thresholds) -> dict | N
 
 
 def verify(artifact: dict, logits: np.ndarray, reference: np.ndarray, labels, thresholds: Thresholds,
-           baselines: dict[str, float] | None = None, rounding: dict | None = None) -> dict:
-    """Metrics of one artifact against its reference, with the failures spelled out.
+           baselines: dict[str, np.ndarray | None] | None = None, rounding: dict | None = None) -> dict:
+    """Metrics and verdicts of one artifact against its reference, with the failures spelled out.
 
-    `baselines` are the PyTorch test accuracies of the fp32 model and, where it ran, of PTQ. A quantized
-    artifact (anything but fp32) that falls more than `max_quant_drop_pp` below one of them fails,
-    even when it matches its own reference: a reference broken by quantization must not vouch for it.
+    Every check is paired on the same test images and decided by an interval (core/statistics.py): a check
+    fails only when the data show it beyond its threshold; one whose interval straddles the threshold is
+    "not distinguishable" with these images, reported as such and not a failure.
+
+    `baselines` are the per-image right/wrong answers of the fp32 model and, where it ran, of PTQ. A quantized
+    artifact (anything but fp32) whose drop below one of them is shown beyond `max_quant_drop_pp` fails, even
+    when it matches its own reference: a reference broken by quantization must not vouch for it.
     `rounding` (from `rounding_floor`) lowers the agreement threshold only; the accuracy checks still hold.
     """
+    labels = np.asarray(labels)
     metrics = compare(logits, reference, labels)
-    drop_pp = 100.0 * (metrics["reference_accuracy"] - metrics["accuracy"])
-    failures = []
+    n, conf = len(labels), thresholds.confidence
+    answers, ref_answers = np.asarray(logits).argmax(1), np.asarray(reference).argmax(1)
+    correct, ref_correct = answers == labels, ref_answers == labels
     floor = (artifact.get("checks") or {}).get("agreement_floor")  # a runtime that computes differently by design
     min_agreement = min(thresholds.min_agreement, floor["min_agreement"]) if floor else thresholds.min_agreement
     if rounding:
         min_agreement = min(min_agreement, rounding["min_agreement"])
-    if metrics["agreement"] < min_agreement - 1e-9:
-        failures.append(f"top-1 agreement with the {artifact['reference']} reference is {100 * metrics['agreement']:.2f}% "
-                        f"< {100 * min_agreement:.2f}%")
-    if drop_pp > thresholds.max_acc_drop_pp + 1e-9 and not floor:  # a drop of exactly the allowance passes
-        failures.append(f"accuracy {100 * metrics['accuracy']:.2f}% is {drop_pp:.2f} pp below the "
-                        f"{artifact['reference']} reference ({100 * metrics['reference_accuracy']:.2f}%), "
-                        f"allowed {thresholds.max_acc_drop_pp} pp")
+    ref = artifact["reference"]
+    checks = [(statistics.agreement_verdict(int((answers == ref_answers).sum()), n, min_agreement, conf,
+                                            f"agreement with {ref}"),
+               lambda v: f"top-1 agreement with the {ref} reference is {100 * v.observed:.2f}% "
+                         f"({_ci(v)}) < {100 * min_agreement:.2f}%")]
+    if not floor:
+        checks.append((statistics.drop_verdict(ref_correct, correct, thresholds.max_acc_drop_pp / 100, conf,
+                                               f"accuracy drop vs {ref}"),
+                       lambda v: f"accuracy {100 * metrics['accuracy']:.2f}% is {100 * v.observed:.2f} pp below the "
+                                 f"{ref} reference ({100 * metrics['reference_accuracy']:.2f}%; {_ci(v, 'pp')}), "
+                                 f"allowed {thresholds.max_acc_drop_pp} pp"))
     quant_drops = {}
     if artifact["quant"] != "fp32":
         for name, base in (baselines or {}).items():
             if base is None:
                 continue
-            quant_drops[name] = 100.0 * (base - metrics["accuracy"])
-            if quant_drops[name] > thresholds.max_quant_drop_pp + 1e-9:
-                failures.append(f"accuracy {100 * metrics['accuracy']:.2f}% is {quant_drops[name]:.2f} pp below "
-                                f"{name} ({100 * base:.2f}%): quantization costs more than --max-quant-drop "
-                                f"{thresholds.max_quant_drop_pp} pp")
-    return {**metrics, "accuracy_drop_pp": drop_pp, "quant_drop_pp": quant_drops, "passed": not failures,
-            "failures": failures, "min_agreement": min_agreement,
+            verdict = statistics.drop_verdict(base, correct, thresholds.max_quant_drop_pp / 100, conf,
+                                              f"quantization cost vs {name}")
+            quant_drops[name] = 100.0 * verdict.observed
+            checks.append((verdict, lambda v, name=name: (
+                f"accuracy {100 * metrics['accuracy']:.2f}% is {100 * v.observed:.2f} pp below {name} "
+                f"({100 * (metrics['accuracy'] + v.observed):.2f}%; {_ci(v, 'pp')}): quantization costs more "
+                f"than --max-quant-drop {thresholds.max_quant_drop_pp} pp")))
+    failures = [say_failure(v) for v, say_failure in checks if v.failed]
+    undecided = [f"{v.name}: {_value(v)} vs {_value(v, v.threshold)}{v.noise_note()}"
+                 for v, _ in checks if v.outcome == "inconclusive"]
+    outcome = "failed" if failures else "within noise" if undecided else "shown"
+    return {**metrics, "accuracy_drop_pp": 100.0 * (metrics["reference_accuracy"] - metrics["accuracy"]),
+            "quant_drop_pp": quant_drops, "passed": not failures, "failures": failures, "outcome": outcome,
+            "undecided": undecided, "verdicts": [v.to_dict() for v, _ in checks], "confidence": conf, "images": n,
+            "min_agreement": min_agreement,
             "loosened": "; ".join(f["why"] for f in (floor, rounding) if f) or None}
+
+
+def _value(verdict: statistics.Verdict, value: float | None = None) -> str:
+    value = verdict.observed if value is None else value
+    return f"{100 * value:.2f} pp" if verdict.method.startswith("Newcombe") else f"{100 * value:.2f}%"
+
+
+def _ci(verdict: statistics.Verdict, unit: str = "%") -> str:
+    """'95% CI [96.62, 99.64]%, n=300' (with McNemar's p for a paired accuracy difference)."""
+    p = f", McNemar p={verdict.p_value:.2g}" if verdict.p_value is not None else ""
+    return (f"{100 * verdict.confidence:g}% CI [{100 * verdict.low:.2f}, {100 * verdict.high:.2f}]"
+            f"{'' if unit == '%' else ' '}{unit}, n={verdict.n}{p}")
 
 
 def cross_agreement(logits_by_file: dict[str, np.ndarray], artifacts: dict[str, dict]) -> dict:

@@ -102,6 +102,9 @@ class RunConfig:
     rounding_agreement: float = _opt(0.98, "lowest top-1 agreement accepted for an int8 .pte or .tflite whose every "
                                            "layer passes --max-local-steps (the rest is rounding carried through "
                                            "the network); the accuracy checks still hold", "verify")
+    confidence: float = _opt(0.95, "confidence level of each verdict's interval: a check fails only when its whole "
+                                   "interval lies beyond the threshold, and is 'not distinguishable' when it "
+                                   "straddles it; also the level of the PTQ-vs-QAT McNemar test under auto", "verify")
     # host benchmark
     bench_warmup: int = _opt(20, "warm-up calls before each batch-1 latency measurement (at most --bench-seconds / 4 of them)", "bench")
     bench_iterations: int = _opt(200, "timed batch-1 calls per model and thread count, at most (batch 32: a tenth, at least 3)", "bench")
@@ -162,6 +165,8 @@ class RunConfig:
         for name in ("min_agreement", "rounding_agreement"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{_flag(name)} is a fraction in [0, 1], got {getattr(self, name)}")
+        if not 0.5 <= self.confidence < 1.0:
+            problems.append(f"--confidence is a level in [0.5, 1), e.g. 0.95, got {self.confidence}")
         problems += self._compute_problems()
         if problems:
             raise ConfigError("; ".join(problems))

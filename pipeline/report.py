@@ -45,19 +45,55 @@ def export_table(manifest: dict) -> list[str]:
 
 
 def accuracy_table(manifest: dict) -> list[str]:
-    """fp32, PTQ and QAT side by side for every scheme in OUT, and which one was exported."""
+    """fp32, PTQ and QAT side by side for every scheme in OUT, which one was exported, and the paired test that
+    decided it under --quant-mode auto."""
     acc = manifest.get("accuracy", {})
     stages = manifest.get("stages", {}).get("quantize", {})
-    lines = ["| scheme | fp32 | PTQ | QAT | exported | its float weights |", "|---|---:|---:|---:|---|---:|"]
+    lines = ["| scheme | fp32 | PTQ | QAT | PTQ vs QAT (exact McNemar) | exported | its float weights |",
+             "|---|---:|---:|---:|---|---|---:|"]
     for tag, entry in sorted(stages.items()):
         a = acc.get(tag) or {}
         summary = (entry.get("scheme") or {}).get("summary", tag)
-        warn = " ⚠ QAT below PTQ" if a.get("qat") is not None and a["qat"] < a.get("ptq", 0) else ""
+        test = a.get("choice")
+        if test:
+            significant = test["p"] < test.get("alpha", 0.05)
+            versus = (f"{test['only_first']} vs {test['only_second']} images, p = {test['p']:.2g}, n = {test['n']}"
+                      + (" (significant)" if significant else " (within noise)"))
+        else:
+            versus, significant = "–", False
+        warn = " ⚠ PTQ significantly better" if significant and a.get("qat") is not None and a["qat"] < a.get("ptq", 0) else ""
         lines.append(f"| `{tag}`: {summary} | {_pct(acc.get('fp32'))} | {_pct(a.get('ptq'))} | {_pct(a.get('qat'))} | "
-                     f"{(a.get('chosen') or '–').upper()}{warn} | {_pct(a.get('float'))} |")
+                     f"{versus} | {(a.get('chosen') or '–').upper()}{warn} | {_pct(a.get('float'))} |")
     if not stages:
-        lines.append(f"| – | {_pct(acc.get('fp32'))} | – | – | – | – |")
+        lines.append(f"| – | {_pct(acc.get('fp32'))} | – | – | – | – | – |")
     return lines
+
+
+def verdict_table(manifest: dict) -> list[str]:
+    """Each check of each file: what was observed, its interval, the threshold and what the data show."""
+    rows = []
+    for file, a in sorted(manifest.get("artifacts", {}).items()):
+        for v in (a.get("verification") or {}).get("verdicts", []):
+            pp = v["method"].startswith("Newcombe")
+            unit, fmt = (" pp", "{:.2f}") if pp else ("%", "{:.2f}")
+            value = lambda x: fmt.format(100 * x) + unit
+            shown = {"pass": "shown within", "fail": "**shown beyond: fails**", "inconclusive": "not distinguishable"}[v["outcome"]]
+            if v["outcome"] == "inconclusive":
+                shown += (f" (~{v['needed']:,} images would decide)" if v.get("needed") else " (no size decides)")
+            p = "–" if v.get("p_value") is None else f"{v['p_value']:.2g}"
+            rows.append(f"| `{file}` | {v['name']} | {value(v['observed'])} | [{value(v['low'])}, {value(v['high'])}] | "
+                        f"{'≤' if pp else '≥'} {value(v['threshold'])} | {v['n']} | {v['method']} | {p} | {shown} |")
+    if not rows:
+        return []
+    level = next(iter(a["verification"]["confidence"] for a in manifest["artifacts"].values()
+                      if (a.get("verification") or {}).get("confidence")), 0.95)
+    return ["## Verdicts", "",
+            f"Every check compares answers on the same test images. Agreement: Clopper-Pearson interval; an accuracy "
+            f"drop: Newcombe's interval for paired proportions, with the exact McNemar p of 'no difference'. All "
+            f"intervals at {100 * level:g}% (--confidence). A check fails only when its whole interval lies beyond "
+            "its threshold; one that straddles it is not distinguishable with these images, and does not fail.", "",
+            "| artifact | check | observed | interval | threshold | n | method | p | verdict |",
+            "|---|---|---:|---|---|---:|---|---:|---|", *rows, ""]
 
 
 def quantization_error_table(manifest: dict) -> list[str]:
@@ -151,6 +187,8 @@ def export_report(manifest: dict) -> str:
         "the file's weights but not Core ML's kernels; on macOS `MLModel.predict` runs it.",
         "",
         *export_table(manifest),
+        "",
+        *verdict_table(manifest),
     ]
     loosened = {f: a["verification"]["loosened"] for f, a in sorted(manifest.get("artifacts", {}).items())
                 if (a.get("verification") or {}).get("loosened")}

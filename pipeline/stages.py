@@ -26,10 +26,10 @@ from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
 from core.console import say
 from core.device import check_amp, for_quantization
-from core.evaluate import accuracy, predict
+from core.evaluate import predict
 from core.export_check import check_exportable
 from core.recipe import Recipe
-from core import schemes
+from core import schemes, statistics
 from core.schemes import Scheme
 from core.workspace import CHECKPOINT, Workspace
 
@@ -138,10 +138,21 @@ class Pipeline(Workspace):
 
     def _evaluate(self, fn, on_device: bool = True) -> float:
         """Test accuracy; float models run on the training device, quantized programs on the CPU."""
+        return float(self._answers(fn, on_device).mean())
+
+    def _answers(self, fn, on_device: bool = True) -> np.ndarray:
+        """Per test image: is fn's top-1 answer right? What the paired verdicts compare (core/statistics.py)."""
         device = self.ctx.device if on_device else None
         if device is not None and isinstance(fn, torch.nn.Module):
             fn = fn.to(device)
-        return accuracy(predict(fn, self.data, device=device), self.data.test_labels.numpy())
+        return predict(fn, self.data, device=device).argmax(1) == self.data.test_labels.numpy()
+
+    def _record_answers(self, name: str, correct: np.ndarray) -> None:
+        self.manifest.setdefault("per_image", {})[name] = statistics.pack(correct)
+
+    def recorded_answers(self, name: str) -> np.ndarray | None:
+        """Per-image right/wrong answers `train` ("fp32") or `qat` ("<tag>:ptq", "<tag>:qat") recorded, if any."""
+        return statistics.unpack((self.manifest.get("per_image") or {}).get(name), len(self.data.test_labels))
 
     def _retire(self, files: list[str], why: str) -> None:
         """Move outputs of an older model out of the way, into OUT/stale/<its run id>/; never delete them."""
@@ -200,7 +211,7 @@ class Pipeline(Workspace):
         model = self.checked_model()  # a model that cannot work stops here, before anything is rewritten
         keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
         self._retire(self._downstream_of("train") + keep, "train")
-        self.manifest.update({"accuracy": {}, "artifacts": {}, "backends": {}, "verification": {}})
+        self.manifest.update({"accuracy": {}, "artifacts": {}, "backends": {}, "verification": {}, "per_image": {}})
         self.manifest.pop("parity", None)  # it compared the old model's files
         self.manifest["stages"] = {"train": {"status": "running", "key": key}}
         self._save()
@@ -214,7 +225,8 @@ class Pipeline(Workspace):
             return
         if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
-        fp32_acc = self._evaluate(result.model.eval())
+        fp32_correct = self._answers(result.model.eval())
+        fp32_acc = float(fp32_correct.mean())
         result.model.to("cpu")
         _, module_rewrites, float_diff = rewrites.apply(result.model, self.shape)
         say(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
@@ -227,6 +239,7 @@ class Pipeline(Workspace):
                       "rewrites": module_rewrites + self.graph_rewrites, "rewrite_float_diff": float_diff},
             "accuracy": {"fp32": fp32_acc},
         })
+        self._record_answers("fp32", fp32_correct)
         self.manifest["stages"] = {"train": {
             "status": "done", "key": key, "checkpoint": str(CHECKPOINT), "sha256": atomic.sha256(ckpt),
             "epochs_done": result.epochs_done, "images_per_s": result.images_per_s, "history": result.history,
@@ -273,11 +286,12 @@ class Pipeline(Workspace):
         self._save()
         start = time.perf_counter()
         qdevice = for_quantization(self.ctx.device, cfg.device)  # where calibration and QAT run
-        results, accuracy, loader = {}, {}, None
+        results, accuracy, answers, loader = {}, {}, {}, None
         if self.ctx.is_main:  # PTQ: rank 0 alone calibrates, on the batches one process would use
             ptq = quantize.post_training(model, scheme, data, self.shape, cfg.calib_batches, cfg.batch_size,
                                          device=qdevice)
-            results["ptq"], accuracy["ptq"] = ptq, self._evaluate(ptq.program, on_device=False)
+            results["ptq"], answers["ptq"] = ptq, self._answers(ptq.program, on_device=False)
+            accuracy["ptq"] = float(answers["ptq"].mean())
         if scheme.trainable and scheme.mode in ("auto", "qat"):
             train.seed_everything(cfg.seed)
             schedule = self.schedule()
@@ -286,10 +300,11 @@ class Pipeline(Workspace):
                                                   recipe=Recipe.from_config(cfg))
             if not self.ctx.is_main:
                 return  # rank 0 converts, evaluates and writes
-            accuracy["qat"] = self._evaluate(results["qat"].program, on_device=False)
+            answers["qat"] = self._answers(results["qat"].program, on_device=False)
+            accuracy["qat"] = float(answers["qat"].mean())
         if not self.ctx.is_main:
             return
-        chosen = self._choose(scheme, accuracy)
+        chosen, accuracy["choice"] = self._choose(scheme, accuracy, answers)
         result = results[chosen]
         float_bn = None
         if chosen == "qat":
@@ -306,6 +321,8 @@ class Pipeline(Workspace):
                          "float": self._evaluate(result.float_model.eval())})
         result.float_model.to("cpu")
         self.manifest["accuracy"][tag] = accuracy
+        for name, correct in answers.items():
+            self._record_answers(f"{tag}:{name}", correct)
         qat_run = results.get("qat")
         compute = self.compute(loader) if loader else dataclasses.replace(self.ctx, device=qdevice).describe()
         self.manifest["stages"]["quantize"][tag] = {
@@ -320,22 +337,30 @@ class Pipeline(Workspace):
             "wall_time_s": time.perf_counter() - start}
         self._save()
 
-    def _choose(self, scheme: Scheme, accuracy: dict) -> str:
-        """PTQ or QAT: what --quant-mode asks for, or under auto the one with the higher test accuracy."""
+    def _choose(self, scheme: Scheme, accuracy: dict, answers: dict) -> tuple[str, dict | None]:
+        """PTQ or QAT: what --quant-mode asks for, or under auto QAT unless PTQ is significantly better on the same
+        test images (exact McNemar test at 1 - --confidence); the test is returned for the manifest."""
         fp32, ptq, qat_acc = self.manifest["accuracy"]["fp32"], accuracy["ptq"], accuracy.get("qat")
         line = f"qat: {scheme.tag}: test accuracy fp32 {fp32:.4f} | PTQ {ptq:.4f}"
         if qat_acc is None:
             say(f"{line} (QAT not run: {'--quant-mode ptq' if scheme.mode == 'ptq' else 'post-training scheme'})")
-            return "ptq"
-        say(f"{line} | QAT {qat_acc:.4f}")
-        if qat_acc < ptq:
-            say(f"WARNING: QAT ({qat_acc:.4f}) is below PTQ ({ptq:.4f}) for {scheme.tag}: QAT fine-tuning made this "
-                  "network worse (PT2E QAT is known to fall below float on some networks, e.g. MobileNetV3). "
-                  + ("Exporting PTQ (--quant-mode auto)." if scheme.mode == "auto" else
-                     "Exporting QAT as --quant-mode qat asks; consider --quant-mode auto or ptq."))
+            return "ptq", None
+        test = statistics.mcnemar(answers["ptq"], answers["qat"])
+        alpha = 1.0 - self.cfg.confidence
+        test["alpha"] = alpha
+        ptq_better = ptq > qat_acc and test["p"] < alpha
+        noise = (f"PTQ right on {test['only_first']} images QAT gets wrong, QAT on {test['only_second']}: "
+                 f"p = {test['p']:.2g}, n = {test['n']}")
+        noisy = ptq > qat_acc and not ptq_better  # PTQ ahead, by no more than the two could differ by chance
+        say(f"{line} | QAT {qat_acc:.4f}" + (f" (PTQ ahead within noise: {noise}; keeping QAT)" if noisy else ""))
+        if ptq_better:
+            say(f"WARNING: PTQ ({ptq:.4f}) is significantly better than QAT ({qat_acc:.4f}) for {scheme.tag} ({noise}): "
+                "QAT fine-tuning made this network worse (PT2E QAT is known to fall below float on some networks, "
+                "e.g. MobileNetV3). " + ("Exporting PTQ (--quant-mode auto)." if scheme.mode == "auto" else
+                                          "Exporting QAT as --quant-mode qat asks; consider --quant-mode auto or ptq."))
         if scheme.mode == "auto":
-            return "qat" if qat_acc >= ptq else "ptq"
-        return scheme.mode
+            return ("ptq" if ptq_better else "qat"), test
+        return scheme.mode, test
 
     # ---- export and verify ---------------------------------------------------------
     def export_source(self, scheme: Scheme | None = None):
@@ -416,8 +441,7 @@ class Pipeline(Workspace):
         stage = self.quant_stage(tag) if tag else self._stage("train")
         return {"sha256": artifact.get("sha256"), "reference_sha256": stage.get("sha256"),
                 "reference_chosen": stage.get("chosen"), "images": len(self.data.test_labels),
-                "thresholds": [thresholds.min_agreement, thresholds.max_acc_drop_pp, thresholds.max_quant_drop_pp,
-                               thresholds.rounding_agreement]}
+                "thresholds": thresholds.basis()}
 
     def verify(self, backends: list[str] | None = None, sources: dict | None = None, reuse: bool = False) -> bool:
         """Run each artifact over the whole test set; compare it with its PyTorch reference, and its accuracy with
@@ -429,8 +453,7 @@ class Pipeline(Workspace):
         from converters.verify import Thresholds, cross_agreement, run_artifact, verify
 
         data, labels = self.data, self.data.test_labels.numpy()
-        cfg, acc = self.cfg, self.manifest["accuracy"]
-        thresholds = Thresholds(cfg.min_agreement, cfg.max_acc_drop, cfg.max_quant_drop, cfg.rounding_agreement)
+        thresholds = Thresholds.from_config(self.cfg)
         sources = dict(sources or {})
         ref_logits: dict[tuple, np.ndarray] = {}
         logits_by_file, recheck = {}, {}
@@ -468,24 +491,25 @@ class Pipeline(Workspace):
                 artifact["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
                 say(f"[x] verify: {file}: could not run it: {exc}; re-run `export --force` to rebuild it")
                 continue
-            baselines = {"fp32": acc.get("fp32"), "ptq": (acc.get(tag) or {}).get("ptq") if tag else None}
+            baselines = self._baselines(tag, source, ref_logits, labels)
             result = verify(artifact, logits, ref_logits[reference], labels, thresholds, baselines)
-            result.update({"method": method, "images": len(labels), "seconds": time.perf_counter() - start,
-                           "basis": basis})
+            result.update({"method": method, "seconds": time.perf_counter() - start, "basis": basis})
             artifact["verification"] = result
             logits_by_file[file] = logits
             recheck[file] = lambda rounding, a=artifact, lg=logits, ref=ref_logits[reference], b=baselines: verify(
                 a, lg, ref, labels, thresholds, b, rounding)
-            mark = "✓" if result["passed"] else "x"
-            say(f"[{mark}] verify: {file}: accuracy {result['accuracy']:.4f}, agreement with {artifact['reference']} "
-                  f"{result['agreement']:.4f}, max |dlogit| {result['max_abs_logit_diff']:.4g} ({method})")
-            for failure in result["failures"]:
-                say(f"    FAILED: {file}: {failure}")
+            say_verdict(file, result, f"max |dlogit| {result['max_abs_logit_diff']:.4g} ({method})")
+        smallest = thresholds.smallest_test_set()
+        if len(labels) < smallest:
+            say(f"verify: WARNING: {len(labels)} test images cannot show {100 * thresholds.min_agreement:g}% agreement "
+                f"even when every answer agrees (that takes {smallest:,} at {100 * thresholds.confidence:g}% "
+                "confidence): only gross errors can fail here; verify on more test images (--limit-test)")
         previous = self.manifest.get("verification", {})
         self.manifest["verification"] = {
             "thresholds": {"min_agreement": thresholds.min_agreement, "max_acc_drop_pp": thresholds.max_acc_drop_pp,
                            "max_quant_drop_pp": thresholds.max_quant_drop_pp,
-                           "rounding_agreement": thresholds.rounding_agreement},
+                           "rounding_agreement": thresholds.rounding_agreement, "confidence": thresholds.confidence},
+            "images": len(labels), "smallest_test_set": smallest,
             "cross_backend": {**previous.get("cross_backend", {}),
                               **cross_agreement(logits_by_file, self.manifest["artifacts"])},
         }
@@ -502,6 +526,20 @@ class Pipeline(Workspace):
             ok &= parity_ok
         self._save()
         return ok
+
+    def _baselines(self, tag: str | None, source, ref_logits: dict, labels: np.ndarray) -> dict:
+        """Per-image answers a quantized file's accuracy is compared with: fp32, and PTQ of its scheme."""
+        if tag is None:
+            return {}
+        fp32 = self.recorded_answers("fp32")
+        if fp32 is None:  # an OUT trained before answers were recorded: ask the fp32 model again
+            if ("fp32", None) not in ref_logits:
+                ref_logits[("fp32", None)] = predict(source.fp32_model, self.data)
+            fp32 = ref_logits[("fp32", None)].argmax(1) == labels
+        ptq = self.recorded_answers(f"{tag}:ptq")
+        if ptq is None and self.quant_stage(tag).get("chosen") == "ptq" and ("quantized", tag) in ref_logits:
+            ptq = ref_logits[("quantized", tag)].argmax(1) == labels  # PTQ is the quantized reference itself
+        return {"fp32": fp32, "ptq": ptq}
 
     def _accept_rounding(self, recheck: dict, thresholds) -> None:
         """Hold again, at the rounding floor, each int8 .pte/.tflite that failed top-1 agreement and whose every
@@ -524,11 +562,7 @@ class Pipeline(Workspace):
             redone = again(floor)
             redone.update({k: result[k] for k in ("method", "images", "seconds", "basis")})
             artifact["verification"] = redone
-            mark = "✓" if redone["passed"] else "x"
-            say(f"[{mark}] verify: {file}: top-1 agreement {100 * redone['agreement']:.2f}% held to the rounding floor "
-                f"{100 * floor['min_agreement']:.2f}%: {floor['why']}")
-            for failure in redone["failures"]:
-                say(f"    FAILED: {file}: {failure}")
+            say_verdict(file, redone, f"held to the rounding floor {100 * floor['min_agreement']:.2f}%: {floor['why']}")
 
     def _source_for(self, tag: str | None):
         """The converters' input for an artifact's scheme (by tag), or the fp32 baselines' (None)."""
@@ -576,3 +610,18 @@ class Pipeline(Workspace):
             for f, a in chosen.items()]})
         say(f"bundle: {len(chosen)} models, labels and {n} test images -> {dest}")
         return dest
+
+
+def say_verdict(file: str, result: dict, detail: str) -> None:
+    """One console line per verified file: accuracy, agreement with its interval and n, and the outcome; a line
+    per failure after it."""
+    agreement = next((v for v in result.get("verdicts", []) if v["method"] == "Clopper-Pearson"), None)
+    interval = (f" [{100 * agreement['low']:.2f}, {100 * agreement['high']:.2f}]% of n={agreement['n']}"
+                if agreement else "")
+    outcome = result.get("outcome", "")
+    if outcome == "within noise":
+        outcome = "within noise: " + "; ".join(result["undecided"])
+    say(f"[{'✓' if result['passed'] else 'x'}] verify: {file}: accuracy {result['accuracy']:.4f}, agreement "
+        f"{100 * result['agreement']:.2f}%{interval}, {outcome}; {detail}")
+    for failure in result["failures"]:
+        say(f"    FAILED: {file}: {failure}")
