@@ -21,6 +21,7 @@ import numpy as np
 from core import io as atomic
 from core import manifest as mf
 from core.console import say
+from core.statistics import unpack as unpack_answers
 from core.workspace import ExportSource
 
 from . import quant
@@ -97,7 +98,7 @@ def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines:
     from core.evaluate import predict
 
     cfg = study.cfg
-    thresholds = Thresholds(cfg.min_agreement, cfg.max_acc_drop, cfg.max_quant_drop)
+    thresholds = Thresholds.from_config(cfg)
     references = {"quantized": source.program, "fp32": source.fp32_model, "float": source.float_model}
     logits_of: dict[str, np.ndarray] = {}
     ok = True
@@ -218,8 +219,9 @@ def baseline(study: Study) -> list[dict]:
     missing = [n for n in wanted if n not in {r["backend"] for r in rows}]
     if missing:
         made, failures = export_variant(study, "baseline", study.source(), backends=missing)
-        acc = study.ws.manifest.get("accuracy", {}).get(study.scheme.tag, {})
-        verify_rows(study, made, study.source(), {"fp32": study.fp32_accuracy, "ptq": acc.get("ptq")})
+        ptq = unpack_answers((study.ws.manifest.get("per_image") or {}).get(f"{study.scheme.tag}:ptq"),
+                                len(study.labels))  # None in an OUT quantized before answers were recorded
+        verify_rows(study, made, study.source(), {"fp32": study.fp32_answers, "ptq": ptq})
         rows += made
     study.baseline_rows = rows
     return rows

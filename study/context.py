@@ -14,7 +14,7 @@ from converters.coreml import NBITS
 from core import io as atomic
 from core.config import FIELDS, RunConfig
 from core.console import say
-from core.evaluate import accuracy, predict
+from core.evaluate import predict
 from core.schemes import Scheme
 from core.workspace import CHECKPOINT, ExportSource, Workspace
 
@@ -102,7 +102,7 @@ class Study:
     started: float = field(default_factory=time.perf_counter)
     _ptq: dict = field(default_factory=dict)
     _source: ExportSource | None = None
-    _fp32_acc: float | None = None
+    _fp32_answers: np.ndarray | None = None
     _fp32: torch.nn.Module | None = None
     _layers: list[str] | None = None
     baseline_rows: list[dict] | None = None  # OUT's own model in every runtime (artifacts.baseline)
@@ -163,21 +163,33 @@ class Study:
         return self.ws.manifest["accuracy"][self.scheme.tag]["chosen"]
 
     def accuracy(self, fn) -> float:
-        return accuracy(predict(fn, self.data), self.labels)
+        return float(self.answers(fn).mean())
+
+    def answers(self, fn) -> np.ndarray:
+        """Per test image: is fn's top-1 answer right? (What the paired verdicts compare.)"""
+        return predict(fn, self.data).argmax(1) == self.labels
+
+    @property
+    def fp32_answers(self) -> np.ndarray:
+        if self._fp32_answers is None:
+            self._fp32_answers = self.answers(self.fp32_model())
+        return self._fp32_answers
 
     @property
     def fp32_accuracy(self) -> float:
-        if self._fp32_acc is None:
-            self._fp32_acc = self.accuracy(self.fp32_model())
-        return self._fp32_acc
+        return float(self.fp32_answers.mean())
 
     def ptq_accuracy(self, keep_float: tuple[str, ...] | set[str] = ()) -> float:
         """Test accuracy of PTQ of the scheme with the given layers left float (cached by the set of layers)."""
+        return float(self.ptq_answers(keep_float).mean())
+
+    def ptq_answers(self, keep_float: tuple[str, ...] | set[str] = ()) -> np.ndarray:
+        """Per test image, is PTQ of the scheme with the given layers left float right? (cached by the set)"""
         key = frozenset(keep_float)
         if key not in self._ptq:
             ordered = tuple(n for n in self.layers if n in key)
             program = quant.ptq_program(self.fp32_model(), self.data, self.shape, self.cfg, self.scheme, ordered)
-            self._ptq[key] = self.accuracy(program)
+            self._ptq[key] = self.answers(program)
         return self._ptq[key]
 
     def path(self, *parts: str) -> Path:

@@ -1,8 +1,8 @@
 """Section 3: automatic mixed precision, applied the same way in every runtime.
 
 `--keep-float auto:PP` walks the sensitivity ranking and leaves layers float, most sensitive
-first, until PTQ is within PP percentage points of fp32 (the fewest layers that reach it along
-the ranking). `--keep-float NAME,...` names them. The choice is quantized the way OUT's model was
+first, until the test set no longer shows PTQ more than PP percentage points below fp32 (a paired
+interval on the same images, core/statistics.py; the fewest layers that reach it along the ranking). `--keep-float NAME,...` names them. The choice is quantized the way OUT's model was
 (QAT with the `qat` stage's schedule, or PTQ, whichever the stage kept; core.quantize with
 `keep_float`), then goes through every converter's `export_scheme` with the explicit
 `float_layers` option:
@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 
 from converters.coreml import weight_const
-from core import train
+from core import statistics, train
 from core.console import say
 
 from . import artifacts, quant, sensitivity
@@ -28,12 +28,25 @@ from .context import Study
 
 
 def choose(study: Study) -> dict:
-    """The layers to keep float, and the PTQ accuracy after each one is added (the trace)."""
-    fp32, keep = study.fp32_accuracy, study.keep
+    """The layers to keep float, and the PTQ accuracy after each one is added (the trace).
+
+    Under auto:PP a layer is added while the data show PTQ more than PP below fp32: the paired verdict on the
+    same test images (core/statistics.py) fails. A drop above PP by no more than the images can resolve does
+    not buy another float layer; the trace records each verdict."""
+    fp32, keep = study.fp32_answers, study.keep
+    confidence = getattr(study.cfg, "confidence", statistics.CONFIDENCE)
 
     def point(kept: list[str]) -> dict:
-        acc = study.ptq_accuracy(set(kept))
-        return {"kept": list(kept), "ptq_accuracy": acc, "drop_pp": 100 * (fp32 - acc)}
+        answers = study.ptq_answers(set(kept))
+        row = {"kept": list(kept), "ptq_accuracy": float(answers.mean()),
+               "drop_pp": 100 * (float(fp32.mean()) - float(answers.mean()))}
+        if keep.auto_pp is not None:
+            verdict = statistics.drop_verdict(fp32, answers, keep.auto_pp / 100, confidence, "PTQ drop vs fp32")
+            row["verdict"] = verdict.to_dict()
+        return row
+
+    def beyond_budget(row: dict) -> bool:
+        return row["verdict"]["outcome"] == "fail"
 
     if keep.auto_pp is None:
         return {"mode": "explicit" if keep.names else "none", "budget_pp": None, "chosen": list(keep.names),
@@ -42,12 +55,12 @@ def choose(study: Study) -> dict:
     kept: list[str] = []
     trace = [point(kept)]
     for layer in ranking:
-        if trace[-1]["drop_pp"] <= keep.auto_pp + 1e-9:
+        if not beyond_budget(trace[-1]):
             break
         kept.append(layer)
         trace.append(point(kept))
     return {"mode": "auto", "budget_pp": keep.auto_pp, "chosen": kept, "trace": trace, "ranking": ranking,
-            "reached": trace[-1]["drop_pp"] <= keep.auto_pp + 1e-9}
+            "reached": not beyond_budget(trace[-1])}
 
 
 def run(study: Study) -> dict:
@@ -67,7 +80,7 @@ def run(study: Study) -> dict:
     result["quantized_accuracy"] = study.accuracy(source.program)
     result["qat_steps"] = made.stats.get("steps", 0)
     rows, result["failures"] = artifacts.export_variant(study, "mixed", source, float_layers=chosen, parts=("scheme",))
-    ok = artifacts.verify_rows(study, rows, source, {"fp32": study.fp32_accuracy})
+    ok = artifacts.verify_rows(study, rows, source, {"fp32": study.fp32_answers})
     base = artifacts.baseline(study)
     for row in rows:
         full = next((b for b in base if b["backend"] == row["backend"] and b["quant"] == row["quant"].removesuffix("_mixed")), None)

@@ -103,19 +103,25 @@ def _sensitivity(r: dict, results: dict) -> list[str]:
     return lines
 
 
+def _interval(point: dict) -> str:
+    v = point.get("verdict")
+    return f"[{100 * v['low']:.2f}, {100 * v['high']:.2f}], n={v['n']}" if v else "–"
+
+
 def _mixed(r: dict, results: dict) -> list[str]:
     c = r["choice"]
     if c["mode"] == "auto":
-        head = (f"`--keep-float auto:{c['budget_pp']}`: layers are kept float in the sensitivity order until PTQ is "
-                f"within {c['budget_pp']} pp of fp32" + ("" if c.get("reached") in (True, None) else
-                                                          " (not reached even with every layer float)") + ".")
+        head = (f"`--keep-float auto:{c['budget_pp']}`: layers are kept float in the sensitivity order until the test "
+                f"set no longer shows PTQ more than {c['budget_pp']} pp below fp32 (paired interval on the same images)"
+                + ("" if c.get("reached") in (True, None) else " (not reached even with every layer float)") + ".")
     elif c["mode"] == "explicit":
         head = f"`--keep-float {','.join(c['chosen'])}`."
     else:
         head = "`--keep-float none`."
     lines = [head, "", "Selection (PTQ, simulated):", ""]
-    lines += table(["layers kept float", "PTQ accuracy", "drop vs fp32 (pp)"],
-                   [[", ".join(t["kept"]) or "none", pct(t["ptq_accuracy"]), pp(t["drop_pp"])] for t in c["trace"]])
+    lines += table(["layers kept float", "PTQ accuracy", "drop vs fp32 (pp)", "interval (pp)", "vs budget"],
+                   [[", ".join(t["kept"]) or "none", pct(t["ptq_accuracy"]), pp(t["drop_pp"]), _interval(t),
+                     (t.get("verdict") or {}).get("outcome", "–")] for t in c["trace"]])
     if r.get("note"):
         return lines + [f"Result: {r['note']}.", ""]
     how = (f"QAT with those layers float ({r.get('qat_steps')} steps, the `qat` stage's schedule)"

@@ -43,7 +43,7 @@ def run(study: Study) -> dict:
         rows.append(artifacts.derived_row(study, path, fp16, f"linear{nbits}", {"weight_ops": compress.weight_ops(path)}))
         print(f"[✓] study: Core ML {study.rel(path)}")
     # Thresholds are applied as in `verify`, but a sweep is a measurement: failing rows show the limit, not a bug.
-    artifacts.verify_rows(study, rows, weights, {"fp32": study.fp32_accuracy}, measurement=True)
+    artifacts.verify_rows(study, rows, weights, {"fp32": study.fp32_answers}, measurement=True)
     table = []
     for r in rows:
         kind, bits = ("fp16", 16) if r["quant"] == "fp16" else \

@@ -42,7 +42,7 @@ def run(study: Study) -> dict:
         path = compress.palettize(fp16["path"], out_dir / f"{stem}_pal{cfg.nbits}.mlpackage", cfg, cfg.nbits)
         pal = artifacts.derived_row(study, path, {**fp16, "reference": "float"}, f"pal{cfg.nbits}",
                                     {"weight_ops": compress.weight_ops(path)})
-        ok = artifacts.verify_rows(study, [pal], fp32_source, {"fp32": study.fp32_accuracy})
+        ok = artifacts.verify_rows(study, [pal], fp32_source, {"fp32": study.fp32_answers})
         base.append(pal)
     entry = study.ws.manifest["accuracy"][study.scheme.tag]
     variants = {"baseline": {"rows": base, "float_accuracy": study.fp32_accuracy, "failures": failures,
@@ -53,7 +53,8 @@ def run(study: Study) -> dict:
         say(f"study: pruning ({method})")
         train.seed_everything(cfg.seed)
         pruned = pruning.PRUNERS[method](study.fp32_model(), study.data, study.shape, cfg)
-        float_acc = study.accuracy(pruned.model)
+        float_answers = study.answers(pruned.model)
+        float_acc = float(float_answers.mean())
         train.seed_everything(cfg.seed)
         hold = pruning.hold_masks(pruned.masks) if pruned.masks else None
         made = quant.quantized(pruned.model, study.data, study.shape, cfg, study.scheme, "qat", each_step=hold)
@@ -64,7 +65,7 @@ def run(study: Study) -> dict:
         fp16 = next((r for r in rows if r["backend"] == "coreml" and r["quant"] == "fp16"), None)
         if fp16 and method == "unstructured":
             rows += coreml_sparse(study, fp16, method, target=None)
-        ok &= artifacts.verify_rows(study, rows, source, {"fp32": float_acc})
+        ok &= artifacts.verify_rows(study, rows, source, {"fp32": float_answers})
         ok &= not failures
         sources[method] = source
         variants[method] = {
@@ -76,7 +77,7 @@ def run(study: Study) -> dict:
     fp16 = next((r for r in base if r["backend"] == "coreml" and r["quant"] == "fp16"), None)
     if fp16:  # Core ML's post-training magnitude pruning of the baseline, for comparison (no fine-tuning)
         extra = coreml_sparse(study, fp16, "baseline_coreml", target=cfg.sparsity)
-        artifacts.verify_rows(study, extra, fp32_source, {"fp32": study.fp32_accuracy}, measurement=True)
+        artifacts.verify_rows(study, extra, fp32_source, {"fp32": study.fp32_answers}, measurement=True)
         variants["baseline"]["coreml_post_training"] = extra
     latency = measure(study, variants, sources)
     return {"variants": {name: {**{k: v for k, v in v.items() if k not in ("rows", "coreml_post_training")},

@@ -75,7 +75,7 @@ def run(study: Study) -> dict:
         source = quant.variant(artifacts.variant_source(study.source(), scheme=sch), result,
                                study.root / "wa" / "quantized" / sch.tag)
         got, failed = artifacts.export_variant(study, "wa", source, backends=[runtime], parts=("scheme",))
-        artifacts.verify_rows(study, got, source, {"fp32": study.fp32_accuracy})
+        artifacts.verify_rows(study, got, source, {"fp32": study.fp32_answers})
         made += got
         failures.update(failed)
         sources[sch.tag] = source

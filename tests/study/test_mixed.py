@@ -2,15 +2,23 @@
 
 from types import SimpleNamespace
 
+import numpy as np
+
 from study.context import KeepFloat
 from study.mixed import choose
 
 
-def fake_study(accuracies: dict, ranking: list[str], budget: float | None, names=()):
-    """A study whose PTQ accuracies are known: accuracies[frozenset of float layers]."""
-    return SimpleNamespace(fp32_accuracy=0.90, keep=KeepFloat(budget, tuple(names)), layers=ranking,
-                           ptq_accuracy=lambda kept: accuracies[frozenset(kept)],
-                           sensitivity={"ranking": ranking, "layers": []})
+def answers(accuracy: float, n: int) -> np.ndarray:
+    """Right on the first accuracy * n images: each PTQ variant loses a subset of fp32's right answers."""
+    return np.arange(n) < round(accuracy * n)
+
+
+def fake_study(accuracies: dict, ranking: list[str], budget: float | None, names=(), n: int = 10_000):
+    """A study whose PTQ answers are known: accuracies[frozenset of float layers], on n images (10,000: enough
+    that 0.7 pp is shown beyond a 0.5 pp budget and 0.3 pp is not)."""
+    return SimpleNamespace(fp32_answers=answers(0.90, n), keep=KeepFloat(budget, tuple(names)), layers=ranking,
+                           ptq_answers=lambda kept: answers(accuracies[frozenset(kept)], n),
+                           cfg=SimpleNamespace(confidence=0.95), sensitivity={"ranking": ranking, "layers": []})
 
 
 def test_auto_keeps_the_fewest_most_sensitive_layers():
@@ -26,6 +34,15 @@ def test_auto_keeps_the_fewest_most_sensitive_layers():
     assert c["chosen"] == ["b", "a", "c"] and c["reached"] is False
     c = choose(fake_study(acc, ["b", "a", "c"], budget=None, names=("a",)))
     assert c["mode"] == "explicit" and c["chosen"] == ["a"] and len(c["trace"]) == 2
+
+
+def test_auto_does_not_buy_a_float_layer_for_a_drop_within_noise():
+    """0.7 pp above a 0.5 pp budget on 10,000 images is shown; on 500 images (4 images) it is not."""
+    acc = {frozenset(): 0.880, frozenset({"b"}): 0.893, frozenset({"b", "a"}): 0.897}
+    c = choose(fake_study(acc, ["b", "a"], budget=0.5, n=500))
+    assert c["chosen"] == ["b"] and c["reached"]
+    verdict = c["trace"][-1]["verdict"]
+    assert verdict["outcome"] == "inconclusive" and verdict["n"] == 500 and verdict["observed"] > 0.005
 
 
 def test_mixed_precision_in_every_runtime(section):
