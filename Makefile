@@ -22,7 +22,7 @@ LAUNCH    = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCH
 BENCH_TRAIN_ARGS  ?=
 BENCH_STREAM_ARGS ?=
 
-.PHONY: setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models fashion-mnist-data study test clean distclean
+.PHONY: test-cpus setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models fashion-mnist-data study test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,15 @@ include ios_demo/ios.mk
 
 test: $(VENV_STAMP) android-toolchain
 	$(PY) -m pytest -q --durations=25 tests
+
+# The verdicts another CPU could move (tests marked cpu_sensitive), once per forced ATen CPU capability:
+# results must not depend on AVX2 vs AVX-512. ATen ignores a capability the CPU lacks (it falls back to its best).
+CPU_CAPABILITIES ?= avx2 default
+test-cpus: $(VENV_STAMP)
+	@set -e; for cap in $(CPU_CAPABILITIES); do \
+		echo "== ATEN_CPU_CAPABILITY=$$cap: tests marked cpu_sensitive"; \
+		ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -m cpu_sensitive tests; \
+	done
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -71,3 +71,26 @@ def calibrated():
         return prepared
 
     return calibrate
+
+
+@pytest.fixture(scope="session")
+def conv2_off_by_many_steps(exported, tmp_path_factory):
+    """The int8 .tflite of the fixture's QAT graph with every conv2 weight moved 40 int8 steps up."""
+    import copy
+
+    import litert_torch
+    import torch
+
+    from converters.tflite import _int8_config
+    from core import quantize
+
+    graph = copy.deepcopy(quantize.load_program(exported.quantized_folder("int8") / quantize.UNFOLDED))
+    quant = torch.ops.quantized_decomposed.quantize_per_channel.default
+    q = next(n for n in graph.graph.nodes if n.target == quant and n.args[0].target == "conv2.weight")
+    weight, scales = graph.get_parameter(q.args[0].target), getattr(graph, q.args[1].target)
+    with torch.no_grad():
+        weight += 40 * scales.view(-1, 1, 1, 1)
+    graph.training = False
+    path = tmp_path_factory.mktemp("broken") / "convnet_tflite_int8.tflite"
+    litert_torch.convert(graph, (torch.zeros(1, 1, 28, 28),), quant_config=_int8_config()).export(str(path))
+    return path

@@ -5,6 +5,8 @@ import torch
 from converters import ConversionError
 from converters.coreml import CoreMLConverter, palettized_file, fold_batchnorm, load_into, lut_checks, read_weights
 
+pytestmark = pytest.mark.cpu_sensitive  # re-run under forced CPU capabilities (make test-cpus)
+
 
 def test_palettized_package_has_4bit_luts_and_shrank(exported):
     artifact = exported.manifest["artifacts"]["convnet_coreml_pal4.mlpackage"]

@@ -11,6 +11,8 @@ from converters.layers import capture_pytorch, is_quantize, opname, quantized_la
 from core import io as atomic
 from core import qat, quantize
 
+pytestmark = pytest.mark.cpu_sensitive  # re-run under forced CPU capabilities (make test-cpus)
+
 LAYERS = ["input", "conv1", "conv2", "max_pool2d", "flatten", "fc1", "fc2"]
 
 

@@ -9,6 +9,8 @@ from converters.coreml import op_histogram
 from core.schemes import Scheme
 from pipeline.stages import Pipeline
 
+pytestmark = pytest.mark.cpu_sensitive  # re-run under forced CPU capabilities (make test-cpus)
+
 # (settings, backends that support the scheme): PTQ keeps it quick; the default scheme is in the session fixture.
 SCHEMES = [
     (dict(weight_granularity="per_tensor"), "executorch,tflite,coreml"),

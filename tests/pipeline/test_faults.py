@@ -59,6 +59,7 @@ def test_a_five_image_dataset_is_refused_before_training(tmp_path, capsys):
     assert code == 2 and "before they see any batch" in err and "5 training images" in err
 
 
+@pytest.mark.cpu_sensitive
 def test_a_chance_level_int8_model_fails_verification_and_is_not_bundled(copy_of, tmp_path, capsys):
     """The state `--qat-epochs 0` used to reach: ranges that never saw data, converted anyway."""
     pipeline = copy_of(backends="tflite")
