@@ -613,15 +613,24 @@ class Pipeline(Workspace):
 
 
 def say_verdict(file: str, result: dict, detail: str) -> None:
-    """One console line per verified file: accuracy, agreement with its interval and n, and the outcome; a line
-    per failure after it."""
-    agreement = next((v for v in result.get("verdicts", []) if v["method"] == "Clopper-Pearson"), None)
-    interval = (f" [{100 * agreement['low']:.2f}, {100 * agreement['high']:.2f}]% of n={agreement['n']}"
-                if agreement else "")
-    outcome = result.get("outcome", "")
-    if outcome == "within noise":
-        outcome = "within noise: " + "; ".join(result["undecided"])
+    """One console line per verified file: accuracy, agreement with its interval and n, and what the data show
+    (every check within its threshold, or which are within noise and about how many images would decide them);
+    a line per failure after it. The manifest and report.md hold each verdict in full."""
+    verdicts = result.get("verdicts", [])
+    agreement = next((v for v in verdicts if v["method"] == "Clopper-Pearson"), None)
+    interval = f" [{100 * agreement['low']:.2f}, {100 * agreement['high']:.2f}]%, n={agreement['n']}" if agreement else ""
+    undecided = [v for v in verdicts if v["outcome"] == "inconclusive"]
+    if not result["passed"]:
+        outcome = "FAILED"
+    elif undecided:
+        needed = [v["needed"] for v in undecided if v.get("needed")]
+        names = [v["name"] if v["name"].startswith("quantization") else v["name"].split(" with ")[0].split(" vs ")[0]
+                 for v in undecided]
+        outcome = (f"within noise on {', '.join(names)}"
+                   + (f" (~{max(needed):,} images would decide)" if needed else ""))
+    else:
+        outcome = "every check shown within its threshold" if verdicts else ""
     say(f"[{'✓' if result['passed'] else 'x'}] verify: {file}: accuracy {result['accuracy']:.4f}, agreement "
-        f"{100 * result['agreement']:.2f}%{interval}, {outcome}; {detail}")
+        f"{100 * result['agreement']:.2f}%{interval}: {outcome}; {detail}")
     for failure in result["failures"]:
         say(f"    FAILED: {file}: {failure}")
