@@ -7,6 +7,8 @@ from converters import ConversionError
 from converters.executorch import ExecuTorchConverter, delegation_checks, lower
 from converters.verify import run_artifact
 
+pytestmark = pytest.mark.cpu_sensitive  # re-run under forced CPU capabilities (make test-cpus)
+
 
 def test_int8_pte_is_fully_delegated_and_int8(exported):
     checks = exported.manifest["artifacts"]["convnet_xnnpack_int8.pte"]["checks"]
@@ -21,7 +23,8 @@ def test_int8_pte_is_fully_delegated_and_int8(exported):
 def test_pte_runs_and_agrees_with_the_qat_reference(exported):
     v = exported.manifest["artifacts"]["convnet_xnnpack_int8.pte"]["verification"]
     assert v["passed"] and v["method"] == "executorch.runtime"
-    assert v["images"] == 300 and v["agreement"] >= 0.995
+    agreement = next(x for x in v["verdicts"] if x["method"] == "Clopper-Pearson")
+    assert v["images"] == 300 and agreement["outcome"] != "fail"  # the verdict, not a one-image margin
     source = exported.export_source()
     artifact = exported.manifest["artifacts"]["convnet_xnnpack_int8.pte"]
     logits, _ = run_artifact(exported.out / "convnet_xnnpack_int8.pte", artifact, source, exported.data)

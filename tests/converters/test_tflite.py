@@ -1,6 +1,9 @@
 import numpy as np
+import pytest
 
 from converters.verify import run_artifact
+
+pytestmark = pytest.mark.cpu_sensitive  # re-run under forced CPU capabilities (make test-cpus)
 
 
 def test_int8_tflite_is_fully_int8(exported):
