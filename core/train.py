@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,27 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} holds no model state; delete it or rerun with --force")
     return state
+
+
+EXPLODED_LOSS_FACTOR = 10.0  # an epoch's mean loss this many times a uniform guess's (ln classes): diverged
+
+
+def divergence(history: list[dict], classes: int) -> str | None:
+    """Why the fp32 training loss diverged (a non-finite or exploding epoch loss), or None when it did not.
+
+    A network that guesses uniformly scores ln(classes); an epoch whose mean loss is many times that
+    (or inf/nan) has left any useful region, whatever the test accuracy then happens to be."""
+    limit = EXPLODED_LOSS_FACTOR * math.log(max(classes, 2))
+    for h in history:
+        loss = h.get("loss")
+        if loss is None:
+            continue
+        if not math.isfinite(loss):
+            return f"the training loss of epoch {h['epoch']} is {loss}"
+        if loss > limit:
+            return (f"the training loss exploded: epoch {h['epoch']} averaged {loss:.4g}, more than {limit:.3g} "
+                    f"({EXPLODED_LOSS_FACTOR:g} x ln {classes}, the loss of a uniform guess)")
+    return None
 
 
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainLoader, epoch: int, desc: str,

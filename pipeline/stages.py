@@ -26,7 +26,7 @@ from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
 from core.console import say
 from core.device import check_amp, for_quantization
-from core.evaluate import accuracy, predict
+from core.evaluate import accuracy, better_than_chance, predict
 from core.export_check import check_exportable
 from core.recipe import Recipe
 from core import schemes
@@ -196,6 +196,7 @@ class Pipeline(Workspace):
         if not cfg.force and not cfg.resume and self._done("train", key) and stage.get("epochs_done") == cfg.epochs:
             self.checkpoint_state()  # an overwritten or corrupt checkpoint is an error, never silently reused
             say(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
+            self.require_sound_model()
             return
         model = self.checked_model()  # a model that cannot work stops here, before anything is rewritten
         keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
@@ -215,6 +216,7 @@ class Pipeline(Workspace):
         if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
         fp32_acc = self._evaluate(result.model.eval())
+        chance = better_than_chance(round(fp32_acc * len(data.test_labels)), len(data.test_labels), len(data.labels))
         result.model.to("cpu")
         _, module_rewrites, float_diff = rewrites.apply(result.model, self.shape)
         say(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
@@ -230,9 +232,36 @@ class Pipeline(Workspace):
         self.manifest["stages"] = {"train": {
             "status": "done", "key": key, "checkpoint": str(CHECKPOINT), "sha256": atomic.sha256(ckpt),
             "epochs_done": result.epochs_done, "images_per_s": result.images_per_s, "history": result.history,
-            "bn_recalibration": result.bn_recalibration,
+            "bn_recalibration": result.bn_recalibration, "better_than_chance": chance,
+            "diverged": train.divergence(result.history, len(data.labels)),
             "compute": self.compute(loader), "wall_time_s": time.perf_counter() - start}}
         self._save()
+        self.require_sound_model()
+
+    def require_sound_model(self) -> None:
+        """StageError unless the trained fp32 model beats chance significantly on its test set and its training
+        loss did not diverge: every later stage (qat, export, bundle) refuses a broken model, before it writes."""
+        stage = self._stage("train")
+        if stage.get("status") != "done" or "fp32" not in self.manifest.get("accuracy", {}):
+            return  # not trained: the stage that needs the model says so
+        data, cfg = self.data, self.cfg
+        n = len(data.test_labels)
+        chance = better_than_chance(round(self.manifest["accuracy"]["fp32"] * n), n, len(data.labels))
+        problems = []
+        diverged = train.divergence(stage.get("history") or [], len(data.labels))
+        if diverged:
+            problems.append(diverged)
+        if not chance["passed"]:
+            problems.append(
+                f"it is not significantly better than chance on its test set: {chance['correct']} of {n} correct "
+                f"(accuracy {chance['correct'] / max(n, 1):.4f}, chance {chance['chance']:.4f} for {chance['classes']} "
+                f"classes; one-sided binomial test p = {chance['p_value']:.3g}, needs p < {chance['alpha']:g})")
+        if problems:
+            small = "raise --limit-test (too few test images to tell), " if n < 30 else ""
+            raise StageError(f"the fp32 model in {self.out / CHECKPOINT} is broken: {'; and '.join(problems)}. "
+                             f"qat, export and bundle refuse it. {small.capitalize()}{'l' if small else 'L'}ower --lr "
+                             f"(it is {cfg.lr:g}), train more --epochs (it is {cfg.epochs}), or check the data and "
+                             "labels; then rerun `train --force`")
 
     # ---- quantize (the `qat` command) -------------------------------------------------
     def scheme(self) -> Scheme:
@@ -246,6 +275,7 @@ class Pipeline(Workspace):
         """Quantize the fp32 model with the configured scheme: PTQ, QAT where the scheme trains, and keep the
         better under --quant-mode auto. Other schemes already in OUT stay as they are."""
         cfg, data = self.cfg, self.data
+        self.require_sound_model()
         scheme, key = self.scheme(), self.quant_key()
         tag, entry = scheme.tag, self.quant_stage(scheme.tag)
         if not cfg.force and entry.get("status") == "done" and entry.get("key") == key:
@@ -357,6 +387,7 @@ class Pipeline(Workspace):
         """
         import converters
 
+        self.require_sound_model()
         scheme = self.scheme()
         source, ok = self.export_source(scheme), True
         selected = converters.select(self.cfg.backends)
@@ -546,6 +577,7 @@ class Pipeline(Workspace):
     # ---- demo apps -----------------------------------------------------------------
     def bundle(self, platform: str, dest: Path | None = None) -> Path:
         """Copy the verified, intact artifacts, labels, a test sample and their input specs into a demo app."""
+        self.require_sound_model()
         dest = Path(dest or APP_DIRS[platform])
         formats = APP_FORMATS[platform]
         chosen = {f: a for f, a in self.manifest["artifacts"].items()

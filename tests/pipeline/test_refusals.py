@@ -1,0 +1,66 @@
+"""Faults and bad input, second round: a broken model stops the pipeline, and a command that refuses, or has
+nothing to do, leaves OUT byte-identical (issue 27)."""
+
+from pathlib import Path
+
+from core import io as atomic
+from core.workspace import CHECKPOINT
+from pipeline import cli
+
+TINY = ["--dataset", "mnist-5k", "--limit-train", "256", "--limit-test", "100", "--epochs", "1", "--batch-size", "32"]
+
+
+def main(capsys, *args):
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def snapshot(out: Path) -> dict:
+    """sha256 of every file under OUT, by path; the command logs and the lock's note excepted (every command writes
+    those). Equal snapshots before and after a command mean it changed nothing in OUT."""
+    out = Path(out)
+    if not out.exists():
+        return {}
+    return {str(p.relative_to(out)): atomic.sha256(p) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != atomic.LOCK_FILE and p.relative_to(out).parts[0] != "logs"}
+
+
+def assert_unchanged(out: Path, before: dict) -> None:
+    after = snapshot(out)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a refused command changed {changed}"
+
+
+# ---- 1. a broken fp32 model stops the pipeline before anything is quantized, exported or bundled -------
+def test_a_diverged_model_is_refused_by_train_and_every_later_stage(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = main(capsys, "train", *TINY, "--lr", "10", "--out", str(out))
+    assert code == 2
+    assert "is broken" in err and "the training loss exploded" in err and "ower --lr (it is 10)" in err
+    assert "not significantly better than chance" in err and "of 100 correct" in err and "binomial test p =" in err
+    before = snapshot(out)
+    for command in (["qat"], ["export"], ["bundle", "android", "--dest", str(tmp_path / "assets")]):
+        code, _, err = main(capsys, *command, *TINY, "--lr", "10", "--out", str(out))
+        assert code == 2 and "is broken" in err, (command, err)
+        assert_unchanged(out, before)
+    assert not (out / "quantized").exists() and not (tmp_path / "assets").exists()
+
+
+def test_too_few_test_images_to_beat_chance_is_refused(tmp_path, capsys):
+    code, _, err = main(capsys, "train", *TINY, "--limit-test", "1", "--out", str(tmp_path))
+    assert code == 2 and "not significantly better than chance" in err and "Raise --limit-test" in err
+
+
+def test_zero_epochs_without_weights_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = main(capsys, "train", *TINY, "--epochs", "0", "--out", str(out))
+    assert code == 2 and "--epochs 0 without --weights or --pretrained" in err
+    assert not out.exists()
+
+
+def test_a_trained_tiny_model_passes_the_chance_test(exported):
+    stage = exported.manifest["stages"]["train"]
+    assert stage["better_than_chance"]["passed"] and stage["better_than_chance"]["p_value"] < 1e-6
+    assert stage["diverged"] is None
+    exported.require_sound_model()
