@@ -91,6 +91,15 @@ def divergence(history: list[dict], classes: int) -> str | None:
     return None
 
 
+def resumable(checkpoint: Path, key: str) -> dict:
+    """The checkpoint `--resume` continues, or CheckpointError when it is corrupt or of other settings."""
+    state = load_checkpoint(checkpoint)
+    if state.get("key") != key:
+        raise CheckpointError(f"checkpoint {checkpoint} was trained with other settings "
+                              "(dataset, model, batch size, lr, recipe or seed differ); drop --resume or use another --out")
+    return state
+
+
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainLoader, epoch: int, desc: str,
               max_steps: int = 0, on_step=None, *, loss_fn=F.cross_entropy, precision: Precision | None = None) -> dict:
     """One pass over this process's shard of the shuffled training set; returns loss, accuracy and images/s.
@@ -151,10 +160,7 @@ def train_fp32(model: nn.Module, loader: TrainLoader, *, epochs: int, lr: float,
     precision = Precision(ctx.device, amp)
     start_epoch, history = 0, []
     if resume and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("key") != key:
-            raise CheckpointError(f"checkpoint {checkpoint} was trained with other settings "
-                                  "(dataset, model, batch size, lr, recipe or seed differ); drop --resume or use another --out")
+        state = resumable(checkpoint, key)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

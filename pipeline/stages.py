@@ -143,14 +143,14 @@ class Pipeline(Workspace):
             fn = fn.to(device)
         return accuracy(predict(fn, self.data, device=device), self.data.test_labels.numpy())
 
-    def _retire(self, files: list[str], why: str) -> None:
+    def _retire(self, files: list[str], why: str, which: str = "that no longer match the settings") -> None:
         """Move outputs of an older model out of the way, into OUT/stale/<its run id>/; never delete them."""
         if distributed.env_rank() != 0:
             return  # under torchrun rank 0 alone touches OUT
         stale = self.out / "stale" / (self.manifest.get("run_id") or "unknown-run")
         moved = atomic.move_aside([self.out / f for f in files], stale)
         if moved:
-            say(f"{why}: moved {len(moved)} file(s) that no longer match the settings to {stale}")
+            say(f"{why}: moved {len(moved)} file(s) {which} to {stale}")
 
     def _downstream_of(self, stage: str) -> list[str]:
         """Files in OUT that were made from the result of `stage` (artifacts, reports, bench results)."""
@@ -193,14 +193,19 @@ class Pipeline(Workspace):
         cfg, data = self.cfg, self.data
         key, stage = self.train_key(), self._stage("train")
         ckpt = self.out / CHECKPOINT
-        if not cfg.force and not cfg.resume and self._done("train", key) and stage.get("epochs_done") == cfg.epochs:
+        # --resume of a run that already finished with these settings has nothing to do: the same as a plain rerun
+        if not cfg.force and self._done("train", key) and stage.get("epochs_done") == cfg.epochs:
             self.checkpoint_state()  # an overwritten or corrupt checkpoint is an error, never silently reused
             say(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
             self.require_sound_model()
             return
         model = self.checked_model()  # a model that cannot work stops here, before anything is rewritten
+        if cfg.resume and ckpt.exists():  # a corrupt checkpoint, or one of other settings: refused before anything moves
+            train.resumable(ckpt, key)
         keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
-        self._retire(self._downstream_of("train") + keep, "train")
+        same = stage.get("key") == key
+        self._retire(self._downstream_of("train") + keep, "train",
+                     "made from the earlier training run" if same else "that no longer match the settings")
         self.manifest.update({"accuracy": {}, "artifacts": {}, "backends": {}, "verification": {}})
         self.manifest.pop("parity", None)  # it compared the old model's files
         self.manifest["stages"] = {"train": {"status": "running", "key": key}}

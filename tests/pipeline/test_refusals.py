@@ -64,3 +64,36 @@ def test_a_trained_tiny_model_passes_the_chance_test(exported):
     assert stage["better_than_chance"]["passed"] and stage["better_than_chance"]["p_value"] < 1e-6
     assert stage["diverged"] is None
     exported.require_sound_model()
+
+
+# ---- 2. a command that refuses, or has nothing to do, changes nothing ---------------------------------
+def _settings(pipeline) -> list[str]:
+    cfg = pipeline.cfg
+    return ["--dataset", cfg.dataset, "--limit-train", str(cfg.limit_train), "--limit-test", str(cfg.limit_test),
+            "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--qat-max-steps", str(cfg.qat_max_steps),
+            "--calib-batches", str(cfg.calib_batches), "--out", str(pipeline.out)]
+
+
+def test_resume_from_a_corrupt_checkpoint_moves_nothing(copy_of, capsys):
+    pipeline = copy_of()
+    (pipeline.out / CHECKPOINT).write_bytes(b"not a checkpoint")
+    before = snapshot(pipeline.out)
+    code, out, err = main(capsys, "train", "--resume", "--epochs", "2", *_settings(pipeline)[:4], *_settings(pipeline)[6:])
+    assert code == 2 and "corrupt" in err and str(pipeline.out / CHECKPOINT) in err
+    assert "moved" not in out
+    assert_unchanged(pipeline.out, before)
+
+
+def test_resume_of_a_finished_run_is_a_no_op(copy_of, capsys):
+    pipeline = copy_of()
+    before = snapshot(pipeline.out)
+    code, out, _ = main(capsys, "train", "--resume", *_settings(pipeline))
+    assert code == 0 and "train: reusing" in out and "moved" not in out
+    assert_unchanged(pipeline.out, before)
+
+
+def test_retraining_with_the_same_settings_does_not_say_they_changed(copy_of, capsys):
+    pipeline = copy_of()
+    code, out, _ = main(capsys, "train", "--force", *_settings(pipeline))
+    assert code == 0 and "made from the earlier training run" in out
+    assert "no longer match the settings" not in out
