@@ -3,6 +3,8 @@ nothing to do, leaves OUT byte-identical (issue 27)."""
 
 from pathlib import Path
 
+import pytest
+
 from core import io as atomic
 from core.workspace import CHECKPOINT
 from pipeline import cli
@@ -97,3 +99,12 @@ def test_retraining_with_the_same_settings_does_not_say_they_changed(copy_of, ca
     code, out, _ = main(capsys, "train", "--force", *_settings(pipeline))
     assert code == 0 and "made from the earlier training run" in out
     assert "no longer match the settings" not in out
+
+
+# ---- 3. an empty --out ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("out", ["", "   "])
+def test_an_empty_out_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, out):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = main(capsys, "train", *TINY, "--out", out)
+    assert code == 2 and "--out is empty" in err and "OUT=" in err
+    assert list(tmp_path.iterdir()) == []
