@@ -108,3 +108,34 @@ def test_an_empty_out_is_refused_before_anything_is_written(tmp_path, monkeypatc
     code, _, err = main(capsys, "train", *TINY, "--out", out)
     assert code == 2 and "--out is empty" in err and "OUT=" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- 4. a model file that exits the program when imported -----------------------------------------------
+FACTORY = ("import torch.nn as nn\n\n\ndef build(num_classes, in_channels):\n"
+           "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+
+
+@pytest.mark.parametrize("prelude, message", [
+    ("import sys\nsys.exit(0)\n", "called sys.exit() (exit code 0)"),
+    ("import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('--depth', type=int)\n"
+     "parser.parse_args()\n", "parsed the command line with argparse"),
+])
+@pytest.mark.parametrize("command", ["train", "qat", "export"])
+def test_a_model_file_that_exits_at_import_is_named(tmp_path, monkeypatch, capsys, prelude, message, command):
+    path = tmp_path / "nets.py"
+    path.write_text(prelude + FACTORY)
+    out = tmp_path / "out"
+    args = [command, *TINY, "--model", f"{path}:build", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", ["mobile-pipeline", *args])
+    code, _, err = main(capsys, *args)
+    assert code == 2 and str(path) in err and message in err and "__main__" in err
+    assert snapshot(out) == {}
+
+
+def test_a_factory_that_exits_is_named(tmp_path):
+    from core import models
+
+    path = tmp_path / "nets.py"
+    path.write_text(FACTORY.replace("    return", "    raise SystemExit(3)\n    return"))
+    with pytest.raises(models.ModelError, match=r"the model factory called sys.exit\(\) \(exit code 3\)"):
+        models.build(f"{path}:build", 10, in_channels=1)
