@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,17 +52,41 @@ def seed_everything(seed: int) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint of state dicts, tensors (RNG states too) and plain values only: what
+    torch.load(weights_only=True) reads back. Anything that would need pickled code is refused here."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"checkpoint {path} would hold objects that need code to load; only state dicts, "
+                              f"tensors and plain values belong in it ({_needs_code(exc) or exc})") from exc
     atomic.write_bytes(path, buffer.getvalue())
 
 
+def _needs_code(exc: BaseException) -> str | None:
+    """The line of torch's weights_only refusal that names the global (code) a pickle asked for; None: not that."""
+    return next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+
+
 def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint with torch.load(weights_only=True): tensors and plain values only, so a crafted file
+    (an OUT from a CI cache or a colleague) cannot run code here; one that needs more is refused, not loaded."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; run `train` first")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _needs_code(exc):
+            raise CheckpointError(
+                f"checkpoint {path} needs pickled code to load ({_needs_code(exc)}); it was not loaded, since loading "
+                "it could run that code. Checkpoints this pipeline writes hold only tensors and plain values: "
+                "this one was written by something else, or by an older version. Rerun `train --force` to train "
+                "again (the file is kept aside in OUT/stale/)") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
+                              "delete it or rerun with --force to train again") from exc
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
                               "delete it or rerun with --force to train again") from exc

@@ -139,3 +139,47 @@ def test_a_factory_that_exits_is_named(tmp_path):
     path.write_text(FACTORY.replace("    return", "    raise SystemExit(3)\n    return"))
     with pytest.raises(models.ModelError, match=r"the model factory called sys.exit\(\) \(exit code 3\)"):
         models.build(f"{path}:build", 10, in_channels=1)
+
+
+# ---- 6. a checkpoint that would run code is refused, never loaded -------------------------------------
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("command", [["qat", "--force"], ["train", "--resume"], ["export"]])
+def test_a_checkpoint_that_would_run_code_is_refused(copy_of, tmp_path, capsys, command):
+    import json
+
+    import torch
+
+    pipeline = copy_of()
+    ckpt, marker = pipeline.out / CHECKPOINT, tmp_path / "code-ran"
+    state = torch.load(ckpt, weights_only=True)
+    state["meta"]["payload"] = _RunsCode(marker)
+    torch.save(state, ckpt)
+    manifest = json.loads((pipeline.out / "manifest.json").read_text())  # as whoever crafted it would
+    manifest["stages"]["train"]["sha256"] = atomic.sha256(ckpt)
+    (pipeline.out / "manifest.json").write_text(json.dumps(manifest))
+    for artifact in [p for p in pipeline.out.glob("*.tflite")]:
+        artifact.unlink()  # export must rebuild, so it needs the checkpoint
+    before = snapshot(pipeline.out)
+    code, _, err = main(capsys, *command, *_settings(pipeline), "--backends", "tflite")
+    assert code == 2 and f"checkpoint {ckpt} needs pickled code to load" in err and "posix.system" in err
+    assert "train --force" in err
+    assert not marker.exists()
+    if command[0] != "export":  # export records the files it found missing before it rebuilds
+        assert_unchanged(pipeline.out, before)
+
+
+def test_a_checkpoint_of_plain_values_only_is_written(tmp_path):
+    from core.train import CheckpointError, save_checkpoint
+
+    with pytest.raises(CheckpointError, match="need code to load"):
+        save_checkpoint(tmp_path / "fp32.pt", {"model": {}, "meta": {"payload": _RunsCode(tmp_path / "m")}})
+    assert not (tmp_path / "fp32.pt").exists()
