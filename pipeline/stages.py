@@ -25,6 +25,7 @@ from core import manifest as mf
 from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
 from core.console import say
+from core.data import DataError
 from core.device import check_amp, for_quantization
 from core.evaluate import accuracy, better_than_chance, predict
 from core.export_check import check_exportable
@@ -202,6 +203,8 @@ class Pipeline(Workspace):
         model = self.checked_model()  # a model that cannot work stops here, before anything is rewritten
         if cfg.resume and ckpt.exists():  # a corrupt checkpoint, or one of other settings: refused before anything moves
             train.resumable(ckpt, key)
+        if getattr(data, "streamed", False):  # read only after the last epoch: a bad test image is found now instead
+            say(f"data: {data.check_readable('test')} test images decode")
         keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
         same = stage.get("key") == key
         self._retire(self._downstream_of("train") + keep, "train",
@@ -213,9 +216,15 @@ class Pipeline(Workspace):
         meta = {"model": cfg.model, "labels": data.labels, "mean": data.mean, "std": data.std, "input_shape": list(self.shape)}
         start = time.perf_counter()
         loader = self.train_loader(train.shuffle_seed(cfg.seed))
-        result = train.train_fp32(model, loader, epochs=cfg.epochs, lr=cfg.lr, checkpoint=ckpt, key=key, meta=meta,
-                                  resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp, sync_bn=cfg.sync_bn,
-                                  bn_batches=cfg.bn_recalibration)
+        try:
+            result = train.train_fp32(model, loader, epochs=cfg.epochs, lr=cfg.lr, checkpoint=ckpt, key=key, meta=meta,
+                                      resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp,
+                                      sync_bn=cfg.sync_bn, bn_batches=cfg.bn_recalibration)
+        except DataError as exc:
+            if not ckpt.exists():
+                raise
+            raise DataError(f"{exc} (the epochs finished so far are in {ckpt}: after fixing the file, "
+                            "`train --resume` continues from the last of them)") from None
         if not self.ctx.is_main:
             return
         if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint

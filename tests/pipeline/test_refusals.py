@@ -183,3 +183,52 @@ def test_a_checkpoint_of_plain_values_only_is_written(tmp_path):
     with pytest.raises(CheckpointError, match="need code to load"):
         save_checkpoint(tmp_path / "fp32.pt", {"model": {}, "meta": {"payload": _RunsCode(tmp_path / "m")}})
     assert not (tmp_path / "fp32.pt").exists()
+
+
+# ---- 7. a bad file in a streamed image folder -------------------------------------------------------------
+def _folder(root: Path, per_class: int = 12) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    for split, n in (("train", per_class), ("test", per_class // 2)):
+        for label, level in (("dark", 40), ("bright", 200)):
+            d = root / split / label
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.full((16, 16), level + i, np.uint8)).save(d / f"img{i:03d}.png")
+    return root
+
+
+def _truncated_png(path: Path) -> None:
+    good = (path.parent / "img000.png").read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+
+
+@pytest.mark.parametrize("split, name, write", [
+    ("test", "x.jpg", lambda p: p.write_text("not an image")),
+    ("test", "cut.png", _truncated_png),
+    ("train", "cut.png", _truncated_png),
+])
+def test_a_bad_file_in_a_streamed_folder_is_named_before_training(tmp_path, capsys, split, name, write):
+    root = _folder(tmp_path / "data")
+    bad = root / split / "dark" / name
+    write(bad)
+    out = tmp_path / "out"
+    code, _, err = main(capsys, "train", "--dataset", f"imagefolder:{root}", "--loader", "stream", "--workers", "2",
+                        "--stats-images", "4", "--epochs", "1", "--batch-size", "4", "--out", str(out))
+    assert code == 2 and f"cannot read image {bad}" in err, err
+    assert "Traceback" not in err and "worker" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / CHECKPOINT).exists()
+
+
+def test_macos_appledouble_files_are_skipped_with_a_note(tmp_path, capsys):
+    from core import data, loaders
+
+    root = _folder(tmp_path / "data")
+    for split in ("train", "test"):
+        (root / split / "dark" / "._img000.png").write_bytes(b"\x00\x05\x16\x07 Mac OS X")
+    streamed = loaders.open_imagefolder(root, 1, 16, workers=2, stats_images=0)
+    memory = data.load(f"imagefolder:{root}", "unused", 1, 16)
+    assert len(streamed.train_labels) == len(memory.train_labels) == 24
+    assert streamed.check_readable("test") == len(memory.test_labels) == 12
+    assert "skipped 1 macOS AppleDouble file(s)" in capsys.readouterr().out
