@@ -26,7 +26,7 @@ from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
 from core.console import say
 from core.data import DataError
-from core.device import check_amp, for_quantization
+from core.device import check_amp, check_input_memory, for_quantization
 from core.evaluate import accuracy, better_than_chance, predict
 from core.export_check import check_exportable
 from core.recipe import Recipe
@@ -68,6 +68,7 @@ def run_by_every_rank(stage):
 
 class Pipeline(Workspace):
     def __init__(self, cfg: RunConfig):
+        check_input_memory(models.input_shape(cfg.model, cfg.image_size, cfg.dataset), cfg.batch_size)
         atomic.ensure_writable_dir(Path(cfg.out))
         super().__init__(cfg)
         if cfg.threads:

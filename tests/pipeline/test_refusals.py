@@ -232,3 +232,26 @@ def test_macos_appledouble_files_are_skipped_with_a_note(tmp_path, capsys):
     assert len(streamed.train_labels) == len(memory.train_labels) == 24
     assert streamed.check_readable("test") == len(memory.test_labels) == 12
     assert "skipped 1 macOS AppleDouble file(s)" in capsys.readouterr().out
+
+
+# ---- 8. an input size whose activations cannot fit in memory -------------------------------------------
+def test_an_absurd_image_size_is_refused_before_anything_is_built(tmp_path, monkeypatch, capsys):
+    def no_data(*a, **k):
+        raise AssertionError("data was loaded before the image size was checked")
+
+    monkeypatch.setattr("core.data.load", no_data)
+    path = tmp_path / "nets.py"
+    path.write_text(FACTORY)
+    out = tmp_path / "out"
+    code, _, err = main(capsys, "train", *TINY, "--model", f"{path}:build", "--image-size", "100000", "--out", str(out))
+    assert code == 2 and "--image-size 100000 cannot work here" in err and "GiB" in err
+    assert snapshot(out) == {}
+
+
+def test_the_input_memory_check_is_a_lower_bound_of_the_batch():
+    from core.config import ConfigError
+    from core.device import check_input_memory
+
+    check_input_memory((3, 224, 224), 64, available=64 * 3 * 224 * 224 * 4)  # just fits
+    with pytest.raises(ConfigError, match="--image-size 224 cannot work here"):
+        check_input_memory((3, 224, 224), 64, available=64 * 3 * 224 * 224 * 4 - 1)
