@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import distributed
 from . import io as atomic
-from .console import say, terminal
+from .console import StageClock, say, terminal
 from .device import Precision
 from .loaders import TrainLoader
 from .recipe import Recipe
@@ -126,7 +126,8 @@ def resumable(checkpoint: Path, key: str) -> dict:
 
 
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainLoader, epoch: int, desc: str,
-              max_steps: int = 0, on_step=None, *, loss_fn=F.cross_entropy, precision: Precision | None = None) -> dict:
+              max_steps: int = 0, on_step=None, *, loss_fn=F.cross_entropy, precision: Precision | None = None,
+              clock: StageClock | None = None) -> dict:
     """One pass over this process's shard of the shuffled training set; returns loss, accuracy and images/s.
 
     Under torchrun the figures are summed over all processes (images/s is the job's throughput).
@@ -155,6 +156,8 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainL
         correct += (logits.argmax(1) == labels).sum()
         loss_sum += loss.detach().to(sum_dtype) * len(labels)
         bar.update(len(labels))
+        if clock is not None and ctx.is_main:
+            clock.step()
         if not bar.disable and time.perf_counter() - last_shown >= 1.0:
             last_shown = time.perf_counter()
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}",
@@ -199,9 +202,11 @@ def train_fp32(model: nn.Module, loader: TrainLoader, *, epochs: int, lr: float,
     model = distributed.unwrap(net)
     loss_fn = recipe.loss_fn()
     recalibrated = None
+    clock = StageClock("train", (epochs - start_epoch) * loader.steps_per_epoch,
+                       f"check --epochs ({epochs:,} of {loader.steps_per_epoch:,} steps each)")
     for epoch in range(start_epoch, epochs):
         stats = run_epoch(net, optimizer, loader, epoch, desc=f"fp32 epoch {epoch + 1}/{epochs}", loss_fn=loss_fn,
-                          precision=precision)
+                          precision=precision, clock=clock)
         scheduler.step()
         history.append({"epoch": epoch + 1, **stats})
         if epoch + 1 == epochs:

@@ -255,3 +255,24 @@ def test_the_input_memory_check_is_a_lower_bound_of_the_batch():
     check_input_memory((3, 224, 224), 64, available=64 * 3 * 224 * 224 * 4)  # just fits
     with pytest.raises(ConfigError, match="--image-size 224 cannot work here"):
         check_input_memory((3, 224, 224), 64, available=64 * 3 * 224 * 224 * 4 - 1)
+
+
+# ---- 9. a stage of absurd length says so after its first steps ---------------------------------------
+def test_a_billion_epochs_get_an_estimate_and_a_warning(tmp_path, monkeypatch, capsys):
+    from core import train
+    from core.console import StageClock
+
+    class Stopped(StageClock):  # stops the run once the estimate is out, as a user reading it would
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "min_steps": 3})
+
+        def step(self):
+            super().step()
+            if self.done:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "StageClock", Stopped)
+    code, out, _ = main(capsys, "train", *TINY, "--epochs", "1000000000", "--out", str(tmp_path))
+    assert code == 130
+    assert "train: 3 steps took" in out and "all 8,000,000,000 steps should take about" in out and "years" in out
+    assert "warning: train would run for about" in out and "check --epochs (1,000,000,000 of 8 steps each)" in out
