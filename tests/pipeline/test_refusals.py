@@ -276,3 +276,33 @@ def test_a_billion_epochs_get_an_estimate_and_a_warning(tmp_path, monkeypatch, c
     assert code == 130
     assert "train: 3 steps took" in out and "all 8,000,000,000 steps should take about" in out and "years" in out
     assert "warning: train would run for about" in out and "check --epochs (1,000,000,000 of 8 steps each)" in out
+
+
+# ---- 5. every temporary file under OUT ------------------------------------------------------------------
+def test_export_inspection_scratch_files_stay_under_out(copy_of, tmp_path, monkeypatch):
+    """The .pte inspection (flatc) and the ETDump profile write scratch files: under OUT, named .tmp.*, so a run
+    killed there leaves nothing outside OUT and the next run's recovery removes what it left."""
+    import contextlib
+
+    import torch
+
+    from converters.executorch import weight_quantization
+    from converters.parity_capture import xnnpack_float_kernels
+
+    pipeline = copy_of()
+    pte = pipeline.out / "convnet_xnnpack_int8.pte"
+    seen = []
+    real = atomic.scratch_dir
+
+    @contextlib.contextmanager
+    def spy(beside):
+        with real(beside) as folder:
+            seen.append(folder)
+            yield folder
+
+    monkeypatch.setattr(atomic, "scratch_dir", spy)
+    assert weight_quantization(pte)
+    xnnpack_float_kernels(pte, torch.zeros(1, *pipeline.shape))
+    assert len(seen) == 2 and all(f.parent == pipeline.out and f.name.startswith(atomic.TMP_PREFIX) for f in seen)
+    assert not [p for p in pipeline.out.iterdir() if p.name.startswith(atomic.TMP_PREFIX)]
+    assert atomic.recover(pipeline.out) == []
