@@ -199,7 +199,6 @@ def weight_quantization(path: Path) -> list[dict]:
     """
     import json
     import re
-    import tempfile
     from importlib import resources
 
     from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
@@ -209,7 +208,8 @@ def weight_quantization(path: Path) -> list[dict]:
     program = deserialize_pte_binary(Path(path).read_bytes()).program
     schema = resources.files("executorch.backends.xnnpack.serialization") / "schema.fbs"
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with atomic.scratch_dir(path) as tmp:  # under OUT: a killed run's leftovers are cleaned by the next one
+        tmp = str(tmp)
         (Path(tmp) / "schema.fbs").write_bytes(schema.read_bytes())
         for i, blob in enumerate(program.backend_delegate_data):
             data = blob.data

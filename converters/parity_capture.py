@@ -102,14 +102,12 @@ def layer_program(folded: torch.fx.GraphModule, layers: list[Layer], input_shape
 
 def xnnpack_float_kernels(pte: Path, image: torch.Tensor) -> list[str]:
     """XNNPACK kernels of the shipped .pte that compute in float (from its ETDump profile), e.g. 'Hardswish (NC, F32)'."""
-    import tempfile
-
     from executorch.devtools import Inspector
     from executorch.runtime import Runtime
 
     program = Runtime.get().load_program(str(pte), enable_etdump=True, debug_buffer_size=1 << 20)
     program.load_method("forward").execute([image[:1].contiguous()])
-    with tempfile.TemporaryDirectory() as tmp:
+    with atomic.scratch_dir(pte) as tmp:  # under OUT: a killed run's leftovers are cleaned by the next one
         dump, buffer = os.path.join(tmp, "run.etdp"), os.path.join(tmp, "debug.bin")
         program.write_etdump_result_to_file(dump, buffer)
         names = {e.name for block in Inspector(etdump_path=dump, debug_buffer_path=buffer).event_blocks

@@ -148,6 +148,13 @@ class RunConfig:
         for name in ("lr", "qat_lr", "prune_lr"):
             if not getattr(self, name) > 0:
                 problems.append(f"{_flag(name)} must be > 0, got {getattr(self, name)}")
+        if isinstance(self.out, str) and not self.out.strip():
+            problems.append(f"--out is empty ({self.out!r}): it would write into the current directory; name the "
+                            "output folder, e.g. --out artifacts (for make: OUT=artifacts, not an empty OUT=)")
+        if self.epochs == 0 and not self.weights and not self.pretrained:
+            problems.append("--epochs 0 without --weights or --pretrained would keep the network's random initial "
+                            "weights (a model at chance level); train at least 1 epoch, or start from --weights FILE "
+                            "(or --pretrained for a torchvision:NAME model)")
         if self.batch_size < 2:
             problems.append(f"--batch-size must be >= 2 (QAT export needs a batch of 2), got {self.batch_size}")
         if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:

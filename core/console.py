@@ -98,3 +98,56 @@ def capture(log_path: Path, verbose: bool = False) -> Iterator[Path]:
                 _terminal.close()
             _terminal, _log = None, None
             log.close()
+
+
+ABSURD_SECONDS = 24 * 3600  # a stage expected to take longer than this gets a warning
+LONG_SECONDS = 60.0  # a stage expected to take longer than this gets an estimate
+
+
+def duration(seconds: float) -> str:
+    """3.2 s, 4.5 min, 2.1 h, 3.0 days, 1.2e+05 years."""
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size if unit != "years" else seconds >= size:
+            value = seconds / size
+            return f"{value:.3g} {unit}" if value < 1e4 else f"{value:.2g} {unit}"
+    return f"{seconds:.1f} s"
+
+
+class StageClock:
+    """After the first steps of a long stage, say how long the whole stage should take, and warn when that is
+    absurd (more than a day): a mistyped `--epochs 1000000000` shows at once, not after the weekend.
+
+    The first step is not timed (it pays for warm-up); the estimate comes once `min_steps` more steps or
+    `min_seconds` have passed, and only when the stage has steps left and takes a minute or more."""
+
+    def __init__(self, stage: str, total_steps: int, hint: str = "", *, min_steps: int = 20, min_seconds: float = 5.0,
+                 clock=None):
+        import time
+
+        self.stage, self.total, self.hint = stage, total_steps, hint
+        self.min_steps, self.min_seconds = min_steps, min_seconds
+        self.clock = clock or time.perf_counter
+        self.steps, self.start, self.done = 0, None, False
+        self.estimate: float | None = None
+
+    def step(self) -> None:
+        if self.done:
+            return
+        self.steps += 1
+        if self.steps == 1:
+            self.start = self.clock()
+            return
+        timed, elapsed = self.steps - 1, self.clock() - self.start
+        if timed < self.min_steps and elapsed < self.min_seconds:
+            return
+        self.done = True
+        if self.steps >= self.total:
+            return
+        self.estimate = elapsed / timed * self.total
+        if self.estimate < LONG_SECONDS:
+            return  # a short stage needs no estimate
+        say(f"{self.stage}: {timed} steps took {elapsed:.1f} s; all {self.total:,} steps should take about "
+            f"{duration(self.estimate)}")
+        if self.estimate > ABSURD_SECONDS:
+            say(f"warning: {self.stage} would run for about {duration(self.estimate)}, more than a day"
+                + (f"; {self.hint}" if self.hint else "") + " (Ctrl-C stops it)")

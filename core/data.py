@@ -266,19 +266,40 @@ def check_labels(bundle: DataBundle) -> None:
                         f"({len(bundle.labels)} labelled); a classifier needs at least 2. Add images of other classes")
 
 
-def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
-    from torchvision.datasets import ImageFolder
+def index_imagefolder(split: Path):
+    """torchvision's ImageFolder over `split`, listing the image files only (read_image decodes them).
 
+    macOS AppleDouble files (`._img000.png`: Finder metadata that copies from a Mac leave beside each
+    file) carry an image extension but are no images: they are skipped, with a note."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    skipped = []
+
+    def is_image(path: str) -> bool:
+        if Path(path).name.startswith("._"):
+            skipped.append(path)
+            return False
+        return path.lower().endswith(IMG_EXTENSIONS)
+
+    try:
+        ds = ImageFolder(str(split), loader=str, is_valid_file=is_image)
+    except FileNotFoundError as exc:
+        raise DataError(f"{split} holds no images in its class folders ({exc}); "
+                        "put .png/.jpg files in <class>/ folders") from exc
+    if skipped:
+        say(f"data: skipped {len(skipped)} macOS AppleDouble file(s) in {split} (e.g. {skipped[0]}): "
+            "Finder metadata named like images, not images")
+    if not ds.samples:
+        raise DataError(f"{split} holds no images")
+    return ds
+
+
+def _imagefolder(root: Path, channels: int, size: int) -> DataBundle:
     train_dir, test_dir = imagefolder_splits(root)
 
     def read(split: Path):
-        try:
-            ds = ImageFolder(str(split), loader=str)  # list the files only; read_image decodes them
-        except FileNotFoundError as exc:
-            raise DataError(f"{split} holds no images in its class folders ({exc}); "
-                            "put .png/.jpg files in <class>/ folders") from exc
-        if not ds.samples:
-            raise DataError(f"{split} holds no images")
+        ds = index_imagefolder(split)
         data = torch.as_tensor(np.stack([read_image(Path(p), channels, size) for p, _ in ds.samples]))
         data = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
         return ds.classes, data, torch.as_tensor(ds.targets, dtype=torch.int64)

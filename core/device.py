@@ -122,3 +122,31 @@ class Precision:
     def load_state_dict(self, state: dict | None) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this host can still give (Linux: MemAvailable; elsewhere: physical memory); None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_input_memory(shape: tuple[int, int, int], batch_size: int, available: int | None = None) -> None:
+    """Refuse an input size whose float32 training batch alone cannot fit in memory (a lower bound: every layer's
+    activations come on top), before any data or model is built. ConfigError names --image-size."""
+    available = available_memory_bytes() if available is None else available
+    c, h, w = shape
+    needed = batch_size * c * h * w * 4
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"--image-size {h} cannot work here: one batch of {batch_size} {c}x{h}x{w} float32 inputs alone needs "
+            f"{needed / 2**30:,.1f} GiB and {available / 2**30:,.1f} GiB of memory are available (each layer's "
+            "activations come on top); pick a smaller --image-size (or --batch-size)")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -19,7 +20,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 TMP_PREFIX = ".tmp."
 OLD_PREFIX = ".old."
@@ -98,6 +99,20 @@ def atomic_write(path: Path, write: Callable[[Path], None], size_hint: int = 0) 
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
     return path
+
+
+@contextlib.contextmanager
+def scratch_dir(beside: Path) -> Iterator[Path]:
+    """A temporary folder next to `beside` (a file in OUT), named `.tmp.scratch.*` so that `recover` removes it if
+    a kill leaves it behind; the system's temporary folder only when that folder cannot be written."""
+    try:
+        tmp = tempfile.mkdtemp(dir=Path(beside).parent, prefix=f"{TMP_PREFIX}scratch.")
+    except OSError:
+        tmp = tempfile.mkdtemp(prefix="mobile-pipeline-")
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove(path: Path) -> None:

@@ -29,6 +29,19 @@ from .distributed import Context
 STATS_BATCH = 256
 
 
+def decoded(loader: DataLoader) -> Iterator:
+    """Iterate a DataLoader whose workers decode image files: a file they cannot read ends in the one-line
+    DataError that names it (as on the in-memory path), not in the worker's wrapped traceback."""
+    try:
+        yield from loader
+    except datasets.DataError as exc:
+        text = str(exc)
+        if "Traceback" not in text:
+            raise
+        found = [line for line in text.splitlines() if line.startswith(("core.data.DataError: ", "DataError: "))]
+        raise datasets.DataError(found[-1].split(": ", 1)[1] if found else text.strip().splitlines()[-1]) from None
+
+
 class FolderDataset(Dataset):
     """(uint8 CxHxW image, label) pairs decoded from image files on demand."""
 
@@ -111,8 +124,13 @@ class StreamingData:
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
         loader = DataLoader(dataset, batch_sampler=BatchSampler(order, batch_size, drop_last=False),
                             num_workers=self.workers)
-        for images, labels in loader:
+        for images, labels in decoded(loader):
             yield self.normalize(images), labels
+
+    def check_readable(self, split: str = "test", batch_size: int = STATS_BATCH) -> int:
+        """Decode every image of `split` once (DataError naming the first file that cannot be read); the test set
+        is checked before training, since it is read only after the last epoch. Returns how many were read."""
+        return sum(len(labels) for _, labels in self.batches(split, batch_size))
 
 
 def streams(dataset: str, loader: str) -> bool:
@@ -126,22 +144,9 @@ def streams(dataset: str, loader: str) -> bool:
 def open_imagefolder(root: Path, channels: int, size: int, *, limit_train: int = 0, limit_test: int = 0,
                      workers: int = 2, stats_images: int = 2000, seed: int = 0) -> StreamingData:
     """Index `root/train` and `root/test` (or val/) without decoding them; measure mean/std on a sample."""
-    from torchvision.datasets import ImageFolder
-
     root = Path(root)
     train_dir, test_dir = datasets.imagefolder_splits(root)
-
-    def index(split: Path):
-        try:
-            ds = ImageFolder(str(split), loader=str)  # list the files only; workers decode them
-        except FileNotFoundError as exc:
-            raise datasets.DataError(f"{split} holds no images in its class folders ({exc}); "
-                                     "put .png/.jpg files in <class>/ folders") from exc
-        if not ds.samples:
-            raise datasets.DataError(f"{split} holds no images")
-        return ds
-
-    train, test = index(train_dir), index(test_dir)
+    train, test = datasets.index_imagefolder(train_dir), datasets.index_imagefolder(test_dir)
     if test.classes != train.classes:
         raise datasets.DataError(f"{root}: train classes {train.classes} differ from test classes {test.classes}")
     if limit_train < 0 or limit_test < 0:
@@ -169,7 +174,7 @@ def measure_normalization(dataset: FolderDataset, sample: int, seed: int, worker
     total = squares = None
     count = 0
     loader = DataLoader(dataset, batch_sampler=BatchSampler(indices, STATS_BATCH, drop_last=False), num_workers=workers)
-    for images, _ in loader:
+    for images, _ in decoded(loader):
         x = images.to(torch.int64)
         s, q = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
         total, squares = (s, q) if total is None else (total + s, squares + q)
@@ -242,7 +247,7 @@ class TrainLoader:
         if self.streamed:
             self.loader.generator.manual_seed(self.seed + epoch)  # worker seeds: a function of seed and epoch
             device = self.ctx.device
-            for images, labels in self.loader:
+            for images, labels in decoded(self.loader):
                 images = images.to(device, non_blocking=True)
                 yield self.normalize(images), labels.to(device, non_blocking=True)
             return

@@ -14,6 +14,7 @@ Every source gives an ordinary `nn.Module` that maps a float NCHW batch to logit
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
@@ -131,6 +132,28 @@ def _torchvision(full: str, arch: str) -> ModelSource:
     return ModelSource(full, "torchvision", build, 3, TORCHVISION_SIZE, min_side, True)
 
 
+@contextlib.contextmanager
+def user_code(full: str, what: str):
+    """Run the user's model code: an error it raises, or an exit it takes (sys.exit, or argparse rejecting the
+    pipeline's command line at import), becomes a ModelError that names the model and what it did."""
+    try:
+        yield
+    except (ModelError, KeyboardInterrupt, GeneratorExit):
+        raise
+    except SystemExit as exc:
+        frames, tb = [], exc.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        how = ("parsed the command line with argparse, which rejected the pipeline's own arguments and exited"
+               if any(Path(f).name == "argparse.py" for f in frames) else "called sys.exit()")
+        raise ModelError(f"{full}: {what} {how} (exit code {exc.code!r}), stopping the pipeline; the pipeline imports "
+                         "this file and calls its factory, so keep command-line handling and exits under "
+                         "`if __name__ == \"__main__\":`") from None
+    except BaseException as exc:
+        raise ModelError(f"{full}: {what} raised {type(exc).__name__}: {exc}") from exc
+
+
 def _check_factory(full: str, obj, what: str) -> Callable:
     if not callable(obj):
         raise ModelError(f"{full}: {what} is a {type(obj).__name__}, not a callable; the factory must be "
@@ -140,10 +163,13 @@ def _check_factory(full: str, obj, what: str) -> Callable:
 
 def _factory_from_module(full: str, module_name: str, attr: str) -> Callable:
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ModelError(f"{full}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
-                         "check the name and that it is on PYTHONPATH") from exc
+        with user_code(full, f"importing module {module_name!r}"):
+            module = importlib.import_module(module_name)
+    except ModelError as exc:
+        if not isinstance(exc.__cause__, ImportError):
+            raise
+        raise ModelError(f"{full}: cannot import module {module_name!r} ({type(exc.__cause__).__name__}: "
+                         f"{exc.__cause__}); check the name and that it is on PYTHONPATH") from exc.__cause__
     if not hasattr(module, attr):
         raise ModelError(f"{full}: module {module_name!r} has no {attr!r}")
     return _check_factory(full, getattr(module, attr), f"{module_name}.{attr}")
@@ -156,10 +182,8 @@ def _factory_from_file(full: str, path: Path, attr: str) -> Callable:
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
-        try:
+        with user_code(full, f"running {path}"):
             spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ModelError(f"{full}: running {path} failed ({type(exc).__name__}: {exc})") from exc
         sys.modules[module_name] = module
     module = sys.modules[module_name]
     if not hasattr(module, attr):
@@ -191,12 +215,8 @@ def build(name: str, num_classes: int, weights: str | Path | None = None, *, in_
     if pretrained:
         model = _pretrained(src, num_classes)
     else:
-        try:
+        with user_code(name, "the model factory"):
             model = src.factory(num_classes, channels)
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"{name}: the model factory raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(model, nn.Module):
             raise ModelError(f"{name}: the model factory returned a {type(model).__name__}, not a torch.nn.Module")
     if weights:
@@ -258,11 +278,14 @@ def check_forward(model: nn.Module, name: str, shape: tuple[int, int, int], num_
     """The model must map a [2, C, H, W] batch to [2, num_classes] logits."""
     x = torch.zeros(2, *shape)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), user_code(name, "the model's forward"):
             y = model.eval()(x)
-    except Exception as exc:
-        raise ModelError(f"{name} cannot take a {list(x.shape)} input ({type(exc).__name__}: {exc}); "
-                         "check --image-size and the channels your model expects") from exc
+    except ModelError as exc:
+        if exc.__cause__ is None:  # it exited the program: the message says so
+            raise
+        cause = exc.__cause__
+        raise ModelError(f"{name} cannot take a {list(x.shape)} input ({type(cause).__name__}: {cause}); "
+                         "check --image-size and the channels your model expects") from cause
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, num_classes):
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ModelError(f"{name} must return logits of shape (batch, {num_classes}); it returned {got}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from tqdm import tqdm
 
 from . import distributed
 from . import io as atomic
-from .console import say, terminal
+from .console import StageClock, say, terminal
 from .device import Precision
 from .loaders import TrainLoader
 from .recipe import Recipe
@@ -50,17 +52,41 @@ def seed_everything(seed: int) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint of state dicts, tensors (RNG states too) and plain values only: what
+    torch.load(weights_only=True) reads back. Anything that would need pickled code is refused here."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"checkpoint {path} would hold objects that need code to load; only state dicts, "
+                              f"tensors and plain values belong in it ({_needs_code(exc) or exc})") from exc
     atomic.write_bytes(path, buffer.getvalue())
 
 
+def _needs_code(exc: BaseException) -> str | None:
+    """The line of torch's weights_only refusal that names the global (code) a pickle asked for; None: not that."""
+    return next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+
+
 def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint with torch.load(weights_only=True): tensors and plain values only, so a crafted file
+    (an OUT from a CI cache or a colleague) cannot run code here; one that needs more is refused, not loaded."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; run `train` first")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _needs_code(exc):
+            raise CheckpointError(
+                f"checkpoint {path} needs pickled code to load ({_needs_code(exc)}); it was not loaded, since loading "
+                "it could run that code. Checkpoints this pipeline writes hold only tensors and plain values: "
+                "this one was written by something else, or by an older version. Rerun `train --force` to train "
+                "again (the file is kept aside in OUT/stale/)") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
+                              "delete it or rerun with --force to train again") from exc
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
                               "delete it or rerun with --force to train again") from exc
@@ -69,8 +95,39 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+EXPLODED_LOSS_FACTOR = 10.0  # an epoch's mean loss this many times a uniform guess's (ln classes): diverged
+
+
+def divergence(history: list[dict], classes: int) -> str | None:
+    """Why the fp32 training loss diverged (a non-finite or exploding epoch loss), or None when it did not.
+
+    A network that guesses uniformly scores ln(classes); an epoch whose mean loss is many times that
+    (or inf/nan) has left any useful region, whatever the test accuracy then happens to be."""
+    limit = EXPLODED_LOSS_FACTOR * math.log(max(classes, 2))
+    for h in history:
+        loss = h.get("loss")
+        if loss is None:
+            continue
+        if not math.isfinite(loss):
+            return f"the training loss of epoch {h['epoch']} is {loss}"
+        if loss > limit:
+            return (f"the training loss exploded: epoch {h['epoch']} averaged {loss:.4g}, more than {limit:.3g} "
+                    f"({EXPLODED_LOSS_FACTOR:g} x ln {classes}, the loss of a uniform guess)")
+    return None
+
+
+def resumable(checkpoint: Path, key: str) -> dict:
+    """The checkpoint `--resume` continues, or CheckpointError when it is corrupt or of other settings."""
+    state = load_checkpoint(checkpoint)
+    if state.get("key") != key:
+        raise CheckpointError(f"checkpoint {checkpoint} was trained with other settings "
+                              "(dataset, model, batch size, lr, recipe or seed differ); drop --resume or use another --out")
+    return state
+
+
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainLoader, epoch: int, desc: str,
-              max_steps: int = 0, on_step=None, *, loss_fn=F.cross_entropy, precision: Precision | None = None) -> dict:
+              max_steps: int = 0, on_step=None, *, loss_fn=F.cross_entropy, precision: Precision | None = None,
+              clock: StageClock | None = None) -> dict:
     """One pass over this process's shard of the shuffled training set; returns loss, accuracy and images/s.
 
     Under torchrun the figures are summed over all processes (images/s is the job's throughput).
@@ -99,6 +156,8 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: TrainL
         correct += (logits.argmax(1) == labels).sum()
         loss_sum += loss.detach().to(sum_dtype) * len(labels)
         bar.update(len(labels))
+        if clock is not None and ctx.is_main:
+            clock.step()
         if not bar.disable and time.perf_counter() - last_shown >= 1.0:
             last_shown = time.perf_counter()
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}",
@@ -129,10 +188,7 @@ def train_fp32(model: nn.Module, loader: TrainLoader, *, epochs: int, lr: float,
     precision = Precision(ctx.device, amp)
     start_epoch, history = 0, []
     if resume and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("key") != key:
-            raise CheckpointError(f"checkpoint {checkpoint} was trained with other settings "
-                                  "(dataset, model, batch size, lr, recipe or seed differ); drop --resume or use another --out")
+        state = resumable(checkpoint, key)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -146,9 +202,11 @@ def train_fp32(model: nn.Module, loader: TrainLoader, *, epochs: int, lr: float,
     model = distributed.unwrap(net)
     loss_fn = recipe.loss_fn()
     recalibrated = None
+    clock = StageClock("train", (epochs - start_epoch) * loader.steps_per_epoch,
+                       f"check --epochs ({epochs:,} of {loader.steps_per_epoch:,} steps each)")
     for epoch in range(start_epoch, epochs):
         stats = run_epoch(net, optimizer, loader, epoch, desc=f"fp32 epoch {epoch + 1}/{epochs}", loss_fn=loss_fn,
-                          precision=precision)
+                          precision=precision, clock=clock)
         scheduler.step()
         history.append({"epoch": epoch + 1, **stats})
         if epoch + 1 == epochs:

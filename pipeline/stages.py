@@ -25,8 +25,9 @@ from core import manifest as mf
 from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
 from core.console import say
-from core.device import check_amp, for_quantization
-from core.evaluate import predict
+from core.data import DataError
+from core.device import check_amp, check_input_memory, for_quantization
+from core.evaluate import better_than_chance, predict
 from core.export_check import check_exportable
 from core.recipe import Recipe
 from core import schemes, statistics
@@ -67,6 +68,7 @@ def run_by_every_rank(stage):
 
 class Pipeline(Workspace):
     def __init__(self, cfg: RunConfig):
+        check_input_memory(models.input_shape(cfg.model, cfg.image_size, cfg.dataset), cfg.batch_size)
         atomic.ensure_writable_dir(Path(cfg.out))
         super().__init__(cfg)
         if cfg.threads:
@@ -154,14 +156,14 @@ class Pipeline(Workspace):
         """Per-image right/wrong answers `train` ("fp32") or `qat` ("<tag>:ptq", "<tag>:qat") recorded, if any."""
         return statistics.unpack((self.manifest.get("per_image") or {}).get(name), len(self.data.test_labels))
 
-    def _retire(self, files: list[str], why: str) -> None:
+    def _retire(self, files: list[str], why: str, which: str = "that no longer match the settings") -> None:
         """Move outputs of an older model out of the way, into OUT/stale/<its run id>/; never delete them."""
         if distributed.env_rank() != 0:
             return  # under torchrun rank 0 alone touches OUT
         stale = self.out / "stale" / (self.manifest.get("run_id") or "unknown-run")
         moved = atomic.move_aside([self.out / f for f in files], stale)
         if moved:
-            say(f"{why}: moved {len(moved)} file(s) that no longer match the settings to {stale}")
+            say(f"{why}: moved {len(moved)} file(s) {which} to {stale}")
 
     def _downstream_of(self, stage: str) -> list[str]:
         """Files in OUT that were made from the result of `stage` (artifacts, reports, bench results)."""
@@ -204,13 +206,21 @@ class Pipeline(Workspace):
         cfg, data = self.cfg, self.data
         key, stage = self.train_key(), self._stage("train")
         ckpt = self.out / CHECKPOINT
-        if not cfg.force and not cfg.resume and self._done("train", key) and stage.get("epochs_done") == cfg.epochs:
+        # --resume of a run that already finished with these settings has nothing to do: the same as a plain rerun
+        if not cfg.force and self._done("train", key) and stage.get("epochs_done") == cfg.epochs:
             self.checkpoint_state()  # an overwritten or corrupt checkpoint is an error, never silently reused
             say(f"train: reusing {ckpt} ({cfg.epochs} epochs, test accuracy {self.manifest['accuracy']['fp32']:.4f})")
+            self.require_sound_model()
             return
         model = self.checked_model()  # a model that cannot work stops here, before anything is rewritten
+        if cfg.resume and ckpt.exists():  # a corrupt checkpoint, or one of other settings: refused before anything moves
+            train.resumable(ckpt, key)
+        if getattr(data, "streamed", False):  # read only after the last epoch: a bad test image is found now instead
+            say(f"data: {data.check_readable('test')} test images decode")
         keep = [] if cfg.resume else [str(CHECKPOINT)]  # --resume continues the checkpoint; a new run keeps the old one aside
-        self._retire(self._downstream_of("train") + keep, "train")
+        same = stage.get("key") == key
+        self._retire(self._downstream_of("train") + keep, "train",
+                     "made from the earlier training run" if same else "that no longer match the settings")
         self.manifest.update({"accuracy": {}, "artifacts": {}, "backends": {}, "verification": {}, "per_image": {}})
         self.manifest.pop("parity", None)  # it compared the old model's files
         self.manifest["stages"] = {"train": {"status": "running", "key": key}}
@@ -218,15 +228,22 @@ class Pipeline(Workspace):
         meta = {"model": cfg.model, "labels": data.labels, "mean": data.mean, "std": data.std, "input_shape": list(self.shape)}
         start = time.perf_counter()
         loader = self.train_loader(train.shuffle_seed(cfg.seed))
-        result = train.train_fp32(model, loader, epochs=cfg.epochs, lr=cfg.lr, checkpoint=ckpt, key=key, meta=meta,
-                                  resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp, sync_bn=cfg.sync_bn,
-                                  bn_batches=cfg.bn_recalibration)
+        try:
+            result = train.train_fp32(model, loader, epochs=cfg.epochs, lr=cfg.lr, checkpoint=ckpt, key=key, meta=meta,
+                                      resume=cfg.resume, recipe=Recipe.from_config(cfg), amp=cfg.amp,
+                                      sync_bn=cfg.sync_bn, bn_batches=cfg.bn_recalibration)
+        except DataError as exc:
+            if not ckpt.exists():
+                raise
+            raise DataError(f"{exc} (the epochs finished so far are in {ckpt}: after fixing the file, "
+                            "`train --resume` continues from the last of them)") from None
         if not self.ctx.is_main:
             return
         if result.epochs_done == 0:  # epochs == 0: keep the initial weights as the checkpoint
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
         fp32_correct = self._answers(result.model.eval())
         fp32_acc = float(fp32_correct.mean())
+        chance = better_than_chance(int(fp32_correct.sum()), len(data.test_labels), len(data.labels))
         result.model.to("cpu")
         _, module_rewrites, float_diff = rewrites.apply(result.model, self.shape)
         say(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
@@ -243,9 +260,36 @@ class Pipeline(Workspace):
         self.manifest["stages"] = {"train": {
             "status": "done", "key": key, "checkpoint": str(CHECKPOINT), "sha256": atomic.sha256(ckpt),
             "epochs_done": result.epochs_done, "images_per_s": result.images_per_s, "history": result.history,
-            "bn_recalibration": result.bn_recalibration,
+            "bn_recalibration": result.bn_recalibration, "better_than_chance": chance,
+            "diverged": train.divergence(result.history, len(data.labels)),
             "compute": self.compute(loader), "wall_time_s": time.perf_counter() - start}}
         self._save()
+        self.require_sound_model()
+
+    def require_sound_model(self) -> None:
+        """StageError unless the trained fp32 model beats chance significantly on its test set and its training
+        loss did not diverge: every later stage (qat, export, bundle) refuses a broken model, before it writes."""
+        stage = self._stage("train")
+        if stage.get("status") != "done" or "fp32" not in self.manifest.get("accuracy", {}):
+            return  # not trained: the stage that needs the model says so
+        data, cfg = self.data, self.cfg
+        n = len(data.test_labels)
+        chance = better_than_chance(round(self.manifest["accuracy"]["fp32"] * n), n, len(data.labels))
+        problems = []
+        diverged = train.divergence(stage.get("history") or [], len(data.labels))
+        if diverged:
+            problems.append(diverged)
+        if not chance["passed"]:
+            problems.append(
+                f"it is not significantly better than chance on its test set: {chance['correct']} of {n} correct "
+                f"(accuracy {chance['correct'] / max(n, 1):.4f}, chance {chance['chance']:.4f} for {chance['classes']} "
+                f"classes; one-sided binomial test p = {chance['p_value']:.3g}, needs p < {chance['alpha']:g})")
+        if problems:
+            small = "raise --limit-test (too few test images to tell), " if n < 30 else ""
+            raise StageError(f"the fp32 model in {self.out / CHECKPOINT} is broken: {'; and '.join(problems)}. "
+                             f"qat, export and bundle refuse it. {small.capitalize()}{'l' if small else 'L'}ower --lr "
+                             f"(it is {cfg.lr:g}), train more --epochs (it is {cfg.epochs}), or check the data and "
+                             "labels; then rerun `train --force`")
 
     # ---- quantize (the `qat` command) -------------------------------------------------
     def scheme(self) -> Scheme:
@@ -259,6 +303,7 @@ class Pipeline(Workspace):
         """Quantize the fp32 model with the configured scheme: PTQ, QAT where the scheme trains, and keep the
         better under --quant-mode auto. Other schemes already in OUT stay as they are."""
         cfg, data = self.cfg, self.data
+        self.require_sound_model()
         scheme, key = self.scheme(), self.quant_key()
         tag, entry = scheme.tag, self.quant_stage(scheme.tag)
         if not cfg.force and entry.get("status") == "done" and entry.get("key") == key:
@@ -382,6 +427,7 @@ class Pipeline(Workspace):
         """
         import converters
 
+        self.require_sound_model()
         scheme = self.scheme()
         source, ok = self.export_source(scheme), True
         selected = converters.select(self.cfg.backends)
@@ -580,6 +626,7 @@ class Pipeline(Workspace):
     # ---- demo apps -----------------------------------------------------------------
     def bundle(self, platform: str, dest: Path | None = None) -> Path:
         """Copy the verified, intact artifacts, labels, a test sample and their input specs into a demo app."""
+        self.require_sound_model()
         dest = Path(dest or APP_DIRS[platform])
         formats = APP_FORMATS[platform]
         chosen = {f: a for f, a in self.manifest["artifacts"].items()
