@@ -52,3 +52,28 @@ def test_fallback_fails_export_unless_allowed(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(exported.cfg, "allow_fallback", True)
     artifacts = ExecuTorchConverter().export_baseline(source, tmp_path, exported.cfg)
     assert artifacts[0].checks["non_delegated_ops"] and (tmp_path / "convnet_xnnpack_fp32.pte").exists()
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """A BatchNorm2d subclass as timm's BatchNormAct2d is written: it bumps its own step counter and calls
+    F.batch_norm, then an activation. torchao drops the counter's add_ only for the exact nn.BatchNorm2d."""
+
+    def forward(self, x):
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return torch.relu(nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                                   self.training, self.momentum, self.eps))
+
+
+def test_batchnorm_counters_of_a_subclass_never_reach_the_int8_pte(calibrated):
+    """The train-mode QAT export records `num_batches_tracked.add_(1)`; it must not survive into the program."""
+    from core import qat
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), _BatchNormAct(8), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4))
+    prepared = calibrated(net, (1, 32, 32), batch=4)
+    program, table = lower(qat.convert(prepared, fold=True), (1, 32, 32))
+    checks = delegation_checks(program, table, "int8")
+    assert checks["non_delegated_ops"] == {} and checks["fully_delegated"], checks["non_delegated_ops"]
+    assert checks["int8_compute_ops"] == checks["compute_ops"] == 2
