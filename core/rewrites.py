@@ -11,6 +11,8 @@ quantizer and the delegates take:
   and mul.
 - In the exported graph: `mean(x, [2, 3])` -> `mean(x, [2, 3], keepdim=True)` then a reshape
   (XNNPACK delegates the mean only with keepdim), and `split`/`chunk` -> one `slice` per piece.
+- In the exported graph (core/graph_prep.py): no-op slices and aliases removed, nearest upsampling
+  by an integer factor as concatenations and reshapes, integer scalars of float arithmetic made float.
 - In the exported graph: BatchNorm's training-only counter (`num_batches_tracked.add_(1)`, in
   any BatchNorm class or subclass, e.g. timm's BatchNormAct2d) is removed when nothing in the
   graph reads the counter. A train-mode export records it; torchao drops it only for the exact
@@ -29,6 +31,8 @@ import operator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .graph_prep import prepare as prepare_graph
 
 FLOAT_TOLERANCE = 1e-4  # max |difference| / max |output| allowed between original and rewritten, in float
 
@@ -163,6 +167,7 @@ def graph_rewrites(gm: torch.fx.GraphModule) -> list[dict]:
     """Rewrite a torch.export graph module in place; returns what was changed (from, to, count, why)."""
     aten = torch.ops.aten
     counters = drop_training_counters(gm)
+    prepared = prepare_graph(gm)  # no-op slices and aliases, nearest upsampling, int scalars: checked in float
     counts = {"mean keepdim + reshape": 0, "split/chunk -> slices": 0}
     graph = gm.graph
     for node in list(graph.nodes):
@@ -206,4 +211,4 @@ def graph_rewrites(gm: torch.fx.GraphModule) -> list[dict]:
     if counters:
         done.append({"from": f"BatchNorm {COUNTER}.add_", "to": "removed", "count": counters,
                      "why": "training-only step counter; nothing in the graph reads it"})
-    return done
+    return prepared + done

@@ -77,3 +77,29 @@ def test_batchnorm_counters_of_a_subclass_never_reach_the_int8_pte(calibrated):
     checks = delegation_checks(program, table, "int8")
     assert checks["non_delegated_ops"] == {} and checks["fully_delegated"], checks["non_delegated_ops"]
     assert checks["int8_compute_ops"] == checks["compute_ops"] == 2
+
+
+def test_noop_slice_nearest_upsampling_and_int_scalars_are_delegated(calibrated, ghost_gate, tmp_path):
+    """GhostNetV2's no-op slice (alias_copy), its nearest upsampling and RepViT's `/ 2` (an int64 constant cast by
+    a dim-order copy) stayed outside XNNPACK; prepared, both the fp32 and the int8 program are one delegate, and
+    the int8 .tflite of the same graph takes the same form."""
+    import litert_torch
+
+    from converters.tflite import _int8_config, inspect
+    from core import qat
+
+    torch.manual_seed(0)
+    shape = (1, 32, 32)
+    program, table = lower(ghost_gate().eval(), shape)
+    assert delegation_checks(program, table, "fp32")["non_delegated_ops"] == {}
+    prepared = calibrated(ghost_gate(), shape, batch=8)
+    program, table = lower(qat.convert(prepared, fold=True), shape)
+    checks = delegation_checks(program, table, "int8")
+    assert checks["non_delegated_ops"] == {} and checks["int8_compute_ops"] == checks["compute_ops"] == 6
+    unfolded = qat.convert(prepared, fold=False)
+    unfolded.training = False
+    litert_torch.convert(unfolded, (torch.zeros(1, *shape),), quant_config=_int8_config()).export(str(tmp_path / "g.tflite"))
+    tflite_checks, _ = inspect(tmp_path / "g.tflite")
+    assert "RESIZE_NEAREST_NEIGHBOR" not in tflite_checks["ops"] and tflite_checks["ops"]["CONCATENATION"] == 3
+    # only the head's `/ 2` is float (XNNPACKQuantizer has no pattern for a divide; the .pte runs it in fp32 too)
+    assert tflite_checks["float_ops"] == {"MUL": 1}, tflite_checks["ops"]
