@@ -25,7 +25,7 @@ from . import int8_constraints
 from .export_check import export_training_graph
 from .loaders import TrainLoader
 from .recipe import Recipe
-from .rewrites import graph_rewrites
+from .rewrites import COUNTER, graph_rewrites
 from .schemes import Scheme
 from .snapping import snap_to_grid
 
@@ -410,9 +410,16 @@ def convert(prepared: torch.fx.GraphModule, fold: bool = True, in_place: bool = 
 
 
 def float_weights(prepared: torch.fx.GraphModule, model: nn.Module) -> dict:
-    """The QAT-trained float weights, keyed as in the original model (the export keeps the names)."""
-    names = set(model.state_dict())
+    """The QAT-trained float weights, keyed as in the original model (the export keeps the names).
+
+    BatchNorm step counters are not in the QAT graph (core.rewrites drops their updates, and with them
+    the unread buffers); the model's own counters are kept for them."""
+    own = model.state_dict()
+    names = set(own)
     state = {k: v.detach().clone() for k, v in prepared.state_dict().items() if k in names}
+    for k in names - set(state):
+        if k.rpartition(".")[2] == COUNTER:
+            state[k] = own[k].detach().clone()
     missing = names - set(state)
     if missing:
         raise QuantError(f"QAT graph lost the weights {sorted(missing)}")

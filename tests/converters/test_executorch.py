@@ -73,6 +73,7 @@ def test_batchnorm_counters_of_a_subclass_never_reach_the_int8_pte(calibrated):
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), _BatchNormAct(8), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(8, 4))
     prepared = calibrated(net, (1, 32, 32), batch=4)
+    assert set(qat.float_weights(prepared, net)) == set(net.state_dict())  # the counter too, from the model
     program, table = lower(qat.convert(prepared, fold=True), (1, 32, 32))
     checks = delegation_checks(program, table, "int8")
     assert checks["non_delegated_ops"] == {} and checks["fully_delegated"], checks["non_delegated_ops"]
