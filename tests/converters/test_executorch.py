@@ -41,6 +41,12 @@ def test_fallback_is_detected():
     checks = delegation_checks(program, table, "fp32")
     assert not checks["fully_delegated"]
     assert any("cumsum" in op for op in checks["non_delegated_ops"])
+    op = next(op for op in checks["non_delegated_ops"] if "cumsum" in op)
+    assert checks["outside_layers"][op] == ["`2` (CumsumHead)"]  # the module path and class of the layer
+    from converters.executorch import fallback_message
+
+    message = fallback_message("m.pte", checks)
+    assert f"{op} ×1 in `2` (CumsumHead)" in message and "XNNPACK" in message and "--allow-fallback" in message
 
 
 def test_fallback_fails_export_unless_allowed(exported, tmp_path, monkeypatch):
