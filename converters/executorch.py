@@ -46,9 +46,7 @@ class ExecuTorchConverter(Converter):
         checks = delegation_checks(program, table, quant)
         print(f"[executorch] {file}: delegation\n{format_table(table)}")
         if checks["non_delegated_ops"] and not options.allow_fallback:
-            raise ConversionError(
-                f"{file}: ops left outside XNNPACK would run on slow portable kernels: "
-                f"{checks['non_delegated_ops']}; pass --allow-fallback to accept them")
+            raise ConversionError(fallback_message(file, checks))
         if scheme is not None:
             quantized_check(file, scheme, checks, float_layers(options, scheme))
         buffer = program.to_executorch().buffer
@@ -123,9 +121,38 @@ def delegation_checks(program, table: list[dict], quant: str) -> dict:
         "quantized_activation_ops": activations,
         "int8_compute_ops": min(weights, activations) if quant != "fp32" else 0,
         "fully_delegated": not fallbacks and bool(delegates),
+        "outside_layers": outside_layers(graph_module),
         "quantization": quant,
         "delegation": [r for r in table if r["op"] not in PLUMBING],
     }
+
+
+def outside_layers(graph_module: torch.fx.GraphModule) -> dict[str, list[str]]:
+    """Per op left outside the delegates: the layers (module path and class) it comes from, in graph order."""
+    found: dict[str, list[str]] = {}
+    for node in graph_module.graph.nodes:
+        op = getattr(node.target, "__name__", str(node.target)).replace(".", "_")
+        if node.op != "call_function" or op in PLUMBING:
+            continue
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        path, kind = stack[-1] if stack else ("", "")
+        kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+        layer = f"`{path}` ({kind.rpartition('.')[2]})" if path else "the model's own forward()"
+        layers = found.setdefault(op, [])
+        if layer not in layers:
+            layers.append(layer)
+    return found
+
+
+def fallback_message(file: str, checks: dict, shown: int = 2) -> str:
+    """Why the program is refused: each op XNNPACK (ExecuTorch) did not take, with the layers it comes from."""
+    parts = []
+    for op, count in checks["non_delegated_ops"].items():
+        layers = checks.get("outside_layers", {}).get(op, [])
+        more = f" and {len(layers) - shown} more" if len(layers) > shown else ""
+        parts.append(f"{op} ×{count}" + (f" in {', '.join(layers[:shown])}{more}" if layers else ""))
+    return (f"{file}: ExecuTorch's XNNPACK delegate does not take {'; '.join(parts)}: these would run on slow "
+            "portable kernels; rewrite or replace those layers, or pass --allow-fallback to accept them")
 
 
 def summarize_stored(rows: list[dict]) -> dict:

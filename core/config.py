@@ -29,9 +29,9 @@ class RunConfig:
     # data and model
     dataset: str = _opt("mnist", "mnist | fashion-mnist | cifar10 | mnist-5k | imagefolder:PATH", "data")
     data_dir: str = _opt("data", "where datasets are found or downloaded", "data")
-    model: str = _opt("convnet", "convnet | cifarcnn | torchvision:NAME | MODULE:FACTORY | path/to/file.py:FACTORY", "data")
+    model: str = _opt("convnet", "convnet | cifarcnn | torchvision:NAME | timm:NAME | MODULE:FACTORY | path/to/file.py:FACTORY", "data")
     weights: str | None = _opt(None, "optional state_dict (.pt) to initialise the model from", "data")
-    pretrained: bool = _opt(False, "torchvision:NAME only: start from torchvision's ImageNet weights, new head", "data")
+    pretrained: bool = _opt(False, "torchvision:NAME or timm:NAME: start from the published ImageNet weights, new head", "data")
     image_size: int | None = _opt(None, "input side in pixels (default: the model's own)", "data")
     limit_train: int = _opt(0, "use only the first N training images (0 = all)", "data")
     limit_test: int = _opt(0, "use only the first N test images (0 = all)", "data")

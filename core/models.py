@@ -6,6 +6,10 @@
 - `torchvision:NAME`, any classification builder of `torchvision.models` (`mobilenet_v2`,
   `resnet18`, `efficientnet_b0`, ...), its head sized to the dataset's classes. With
   `--pretrained`, torchvision's default ImageNet weights are loaded and only the head is new;
+- `timm:NAME`, any model of `timm.list_models()` (`efficientnet_lite0`, `mobilenetv4_conv_small`,
+  ...), built by `timm.create_model` with the dataset's classes and channels (`in_chans`). With
+  `--pretrained`, timm's default weights for NAME are loaded (timm adapts the stem to the
+  channels and leaves the head new when the classes differ);
 - `MODULE:FACTORY` (an importable module) or `path/to/file.py:FACTORY`: a callable
   `FACTORY(num_classes: int, in_channels: int) -> nn.Module` of the user's.
 
@@ -105,13 +109,16 @@ def source(name: str) -> ModelSource:
         return BUILTINS[name]
     if name.startswith("torchvision:"):
         return _torchvision(name, name.split(":", 1)[1])
+    if name.startswith("timm:"):
+        return _timm(name, name.split(":", 1)[1])
     if ":" in name:
         where, _, factory = name.rpartition(":")
         if where.endswith(".py") or "/" in where or "\\" in where:
             return ModelSource(name, "file", _factory_from_file(name, Path(where), factory), None, None)
         return ModelSource(name, "module", _factory_from_module(name, where, factory), None, None)
     raise ModelError(f"unknown model {name!r}; use a built-in ({', '.join(BUILTINS)}), torchvision:NAME "
-                     "(e.g. torchvision:mobilenet_v2), MODULE:FACTORY or path/to/file.py:FACTORY")
+                     "(e.g. torchvision:mobilenet_v2), timm:NAME (e.g. timm:efficientnet_lite0), MODULE:FACTORY "
+                     "or path/to/file.py:FACTORY")
 
 
 def _torchvision(full: str, arch: str) -> ModelSource:
@@ -152,6 +159,24 @@ def user_code(full: str, what: str):
                          "`if __name__ == \"__main__\":`") from None
     except BaseException as exc:
         raise ModelError(f"{full}: {what} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _timm(full: str, arch: str) -> ModelSource:
+    import timm
+
+    if not arch or not timm.is_model(arch):
+        stem = arch.split("_")[0].rstrip("0123456789") or arch
+        candidates = timm.list_models(f"*{stem}*") or timm.list_models()
+        close = difflib.get_close_matches(arch, candidates, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise ModelError(f"{full}: timm has no model {arch!r}{hint} (see timm.list_models('*{stem}*'))")
+    cfg = timm.models.get_pretrained_cfg(arch)
+    size = cfg.input_size[-1] if cfg is not None and cfg.input_size else TORCHVISION_SIZE
+
+    def build(num_classes: int, in_channels: int) -> nn.Module:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+    return ModelSource(full, "timm", build, None, size, 1, True)
 
 
 def _check_factory(full: str, obj, what: str) -> Callable:
@@ -213,7 +238,7 @@ def build(name: str, num_classes: int, weights: str | Path | None = None, *, in_
     src = source(name)
     channels = src.channels or in_channels or 3
     if pretrained:
-        model = _pretrained(src, num_classes)
+        model = _timm_pretrained(src, num_classes, channels) if src.kind == "timm" else _pretrained(src, num_classes)
     else:
         with user_code(name, "the model factory"):
             model = src.factory(num_classes, channels)
@@ -237,8 +262,8 @@ def load_weights(model: nn.Module, name: str, path: Path) -> None:
 def _pretrained(src: ModelSource, num_classes: int) -> nn.Module:
     """torchvision's default ImageNet weights, with only the classifier head replaced."""
     if src.kind != "torchvision":
-        raise ModelError(f"--pretrained loads torchvision's ImageNet weights, so it needs a torchvision:NAME "
-                         f"model, not {src.name}; for your own weights use --weights FILE")
+        raise ModelError(f"--pretrained loads torchvision's or timm's published weights, so it needs a "
+                         f"torchvision:NAME or timm:NAME model, not {src.name}; for your own weights use --weights FILE")
     import torchvision.models as tvm
 
     arch = src.name.split(":", 1)[1]
@@ -253,6 +278,44 @@ def _pretrained(src: ModelSource, num_classes: int) -> nn.Module:
             "(TORCH_HOME moves that folder), then run again") from exc
     replace_head(model, num_classes, IMAGENET_CLASSES)
     return model
+
+
+def timm_weights_source(arch: str) -> tuple[str, Path]:
+    """(where timm downloads the model's default weights from, the local file looked for first).
+
+    The local file sits under torch's hub folder (TORCH_HOME moves it), named after the model, with
+    the download's own extension (.safetensors from the Hugging Face hub, else the URL's)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise ModelError(f"timm:{arch}: timm publishes no pretrained weights for {arch!r}; drop --pretrained, or "
+                         "give your own with --weights FILE")
+    if cfg.hf_hub_id:
+        url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{cfg.hf_hub_filename or 'model.safetensors'}"
+    else:
+        url = cfg.url
+    suffix = Path(url.split("?")[0]).suffix or ".pth"
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / "timm" / f"{arch}{suffix}"
+
+
+def _timm_pretrained(src: ModelSource, num_classes: int, in_channels: int) -> nn.Module:
+    """timm's default weights for the model: from the local file of `timm_weights_source` when it is there,
+    else timm's own download."""
+    import timm
+
+    arch = src.name.split(":", 1)[1]
+    url, local = timm_weights_source(arch)
+    overlay = {"file": str(local)} if local.is_file() else None
+    try:
+        return timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_channels,
+                                 pretrained_cfg_overlay=overlay)
+    except Exception as exc:
+        where = f"from {local}" if overlay else f"(they download from {url})"
+        raise ModelError(
+            f"{src.name}: could not load its pretrained weights {where}: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}. Offline, fetch {url} on another "
+            f"machine and put it at {local} (TORCH_HOME moves that folder), then run again") from exc
 
 
 def replace_head(model: nn.Module, num_classes: int, old_classes: int = IMAGENET_CLASSES) -> str:

@@ -21,10 +21,11 @@ import torch.nn as nn
 from . import distributed
 from .data import DataBundle
 from .console import say
+from . import int8_constraints
 from .export_check import export_training_graph
 from .loaders import TrainLoader
 from .recipe import Recipe
-from .rewrites import graph_rewrites
+from .rewrites import COUNTER, graph_rewrites
 from .schemes import Scheme
 from .snapping import snap_to_grid
 
@@ -108,7 +109,7 @@ def quantizer(is_qat: bool, keep_float: tuple[str, ...] = (), scheme: Scheme | N
     return _annotate_our_way(q)
 
 
-RELU6_SCALE = 6.0 / 255  # int8 in [-128, 127] with zero point -128 covers exactly [0, 6]
+RELU6_SCALE = int8_constraints.RELU6_GRID.scale  # int8 in [-128, 127] with zero point -128 covers exactly [0, 6]
 
 
 def relu6_after_add_in_its_range(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -126,10 +127,9 @@ def relu6_after_add_in_its_range(model: torch.fx.GraphModule) -> torch.fx.GraphM
     6/255 to 4.55/255 before the multiply by 1/6), a second rounding that ExecuTorch and LiteRT
     do not compute alike (one step apart on 2% of the values). Static int8 activations only.
     """
-    from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation,
-                                                     SharedQuantizationSpec)
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
-    key = "quantization_annotation"
+    key = int8_constraints.KEY
     for add in model.graph.nodes:
         if add.op != "call_function" or add.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor):
             continue
@@ -139,34 +139,29 @@ def relu6_after_add_in_its_range(model: torch.fx.GraphModule) -> torch.fx.GraphM
                 or annotation.output_qspec is None or getattr(annotation.output_qspec, "is_dynamic", False)
                 or getattr(annotation.output_qspec, "dtype", None) != torch.int8 or key in users[0].meta):
             continue
-        annotation.output_qspec = FixedQParamsQuantizationSpec(
-            dtype=torch.int8, scale=RELU6_SCALE, zero_point=-128, quant_min=-128, quant_max=127,
-            qscheme=torch.per_tensor_affine)
+        annotation.output_qspec = int8_constraints.fixed_spec(int8_constraints.RELU6_GRID)
         shared, relu6 = SharedQuantizationSpec(add), users[0]
         relu6.meta[key] = QuantizationAnnotation(input_qspec_map={add: shared}, output_qspec=shared, _annotated=True)
-        for reader in relu6.users:  # read relu6's result on its own grid: no requantize between them
-            spec = reader.meta.get(key)
-            if spec is not None and relu6 in spec.input_qspec_map and _static_int8(spec.input_qspec_map[relu6]):
-                spec.input_qspec_map[relu6] = SharedQuantizationSpec(relu6)
+        int8_constraints.read_on_its_grid(relu6)  # no requantize between relu6 and the ops that read it
     return model
 
 
-def _static_int8(spec) -> bool:
-    return getattr(spec, "dtype", None) == torch.int8 and not getattr(spec, "is_dynamic", False)
-
-
 def _annotate_our_way(q):
-    """XNNPACKQuantizer's annotation, with two changes.
+    """XNNPACKQuantizer's annotation, with three changes.
 
     It finds conv+BatchNorm pairs by torch.export-ing 12 small pattern graphs on every prepare (about
     5 s each time on 2 cores); a graph with no batch_norm node cannot match them, so there those
     patterns are skipped: the same annotations, without the exports. And relu6 after an add is
-    quantized once (`relu6_after_add_in_its_range`)."""
+    quantized once (`relu6_after_add_in_its_range`). And the runtimes' int8 constraints
+    (core/int8_constraints.py: fixed output grids, same-scale ops) are put into the graph, so
+    that the .pte and the .tflite made from it compute alike."""
     full, annotate = list(type(q).SUPPORTED_PATTERNS), q.annotate
 
     def annotate_graph(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         q.SUPPORTED_PATTERNS = patterns_for(model, full)
-        return relu6_after_add_in_its_range(annotate(model))
+        model = relu6_after_add_in_its_range(annotate(model))
+        int8_constraints.apply(model, getattr(q, "filter_fn", None))
+        return model
 
     q.annotate = annotate_graph
     return q
@@ -415,9 +410,16 @@ def convert(prepared: torch.fx.GraphModule, fold: bool = True, in_place: bool = 
 
 
 def float_weights(prepared: torch.fx.GraphModule, model: nn.Module) -> dict:
-    """The QAT-trained float weights, keyed as in the original model (the export keeps the names)."""
-    names = set(model.state_dict())
+    """The QAT-trained float weights, keyed as in the original model (the export keeps the names).
+
+    BatchNorm step counters are not in the QAT graph (core.rewrites drops their updates, and with them
+    the unread buffers); the model's own counters are kept for them."""
+    own = model.state_dict()
+    names = set(own)
     state = {k: v.detach().clone() for k, v in prepared.state_dict().items() if k in names}
+    for k in names - set(state):
+        if k.rpartition(".")[2] == COUNTER:
+            state[k] = own[k].detach().clone()
     missing = names - set(state)
     if missing:
         raise QuantError(f"QAT graph lost the weights {sorted(missing)}")

@@ -11,6 +11,13 @@ quantizer and the delegates take:
   and mul.
 - In the exported graph: `mean(x, [2, 3])` -> `mean(x, [2, 3], keepdim=True)` then a reshape
   (XNNPACK delegates the mean only with keepdim), and `split`/`chunk` -> one `slice` per piece.
+- In the exported graph (core/graph_prep.py): no-op slices and aliases removed, nearest upsampling
+  by an integer factor as concatenations and reshapes, integer scalars of float arithmetic made float.
+- In the exported graph: BatchNorm's training-only counter (`num_batches_tracked.add_(1)`, in
+  any BatchNorm class or subclass, e.g. timm's BatchNormAct2d) is removed when nothing in the
+  graph reads the counter. A train-mode export records it; torchao drops it only for the exact
+  nn.BatchNorm2d class, so a subclass's increments reached the int8 program as adds outside
+  XNNPACK. Nothing computed reads it, so the outputs are unchanged.
 
 Module rewrites are checked against the original network in float (`apply`), and every
 rewrite is listed, so the report can say what was changed.
@@ -24,6 +31,8 @@ import operator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .graph_prep import prepare as prepare_graph
 
 FLOAT_TOLERANCE = 1e-4  # max |difference| / max |output| allowed between original and rewritten, in float
 
@@ -127,9 +136,38 @@ def _is(node: torch.fx.Node, *targets) -> bool:
     return node.op == "call_function" and node.target in targets
 
 
+COUNTER = "num_batches_tracked"  # BatchNorm's training-step counter buffer (torch.nn.modules.batchnorm._NormBase)
+
+
+def _in_place(node: torch.fx.Node) -> bool:
+    """An in-place aten op (`add_`, `copy_`, `fill_`, ...): its schema mutates its first argument."""
+    schema = getattr(node.target, "_schema", None)
+    return node.op == "call_function" and schema is not None and bool(schema.arguments) \
+        and schema.arguments[0].alias_info is not None and schema.arguments[0].alias_info.is_write
+
+
+def drop_training_counters(gm: torch.fx.GraphModule) -> int:
+    """Remove in-place updates of BatchNorm `num_batches_tracked` buffers that nothing in the graph reads.
+
+    Matched by the buffer, not the module class: any `_BatchNorm` subclass keeps its counter under
+    that name. Updates whose result is used, or counters some other op reads, are left alone (then
+    the counter is part of the computation, not training bookkeeping). Returns how many were removed.
+    """
+    removed = 0
+    for buffer in [n for n in gm.graph.nodes if n.op == "get_attr" and n.target.rpartition(".")[2] == COUNTER]:
+        updates = list(buffer.users)
+        if updates and all(_in_place(u) and u.args[0] is buffer and not u.users for u in updates):
+            for update in updates:
+                gm.graph.erase_node(update)
+                removed += 1
+    return removed
+
+
 def graph_rewrites(gm: torch.fx.GraphModule) -> list[dict]:
-    """Rewrite a torch.export graph module in place; returns what was changed (op, count)."""
+    """Rewrite a torch.export graph module in place; returns what was changed (from, to, count, why)."""
     aten = torch.ops.aten
+    counters = drop_training_counters(gm)
+    prepared = prepare_graph(gm)  # no-op slices and aliases, nearest upsampling, int scalars: checked in float
     counts = {"mean keepdim + reshape": 0, "split/chunk -> slices": 0}
     graph = gm.graph
     for node in list(graph.nodes):
@@ -168,5 +206,9 @@ def graph_rewrites(gm: torch.fx.GraphModule) -> list[dict]:
             counts["split/chunk -> slices"] += 1
     graph.lint()
     gm.recompile()
-    return [{"from": op.split(" ")[0], "to": op, "count": n, "why": "delegated by XNNPACK in this form"}
+    done = [{"from": op.split(" ")[0], "to": op, "count": n, "why": "delegated by XNNPACK in this form"}
             for op, n in counts.items() if n]
+    if counters:
+        done.append({"from": f"BatchNorm {COUNTER}.add_", "to": "removed", "count": counters,
+                     "why": "training-only step counter; nothing in the graph reads it"})
+    return prepared + done

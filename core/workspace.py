@@ -127,7 +127,7 @@ class Workspace:
 
     def model_file_name(self) -> str:
         """The model's name as it goes into file names: `convnet`, `mobilenet_v2`, `tiny-build` for nets/tiny.py:build."""
-        name = self.cfg.model.split(":", 1)[1] if self.cfg.model.startswith("torchvision:") else self.cfg.model
+        name = self.cfg.model.split(":", 1)[1] if self.cfg.model.startswith(("torchvision:", "timm:")) else self.cfg.model
         if ":" in name:
             where, _, factory = name.rpartition(":")
             name = f"{Path(where).stem}-{factory}"

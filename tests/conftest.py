@@ -94,3 +94,33 @@ def conv2_off_by_many_steps(exported, tmp_path_factory):
     path = tmp_path_factory.mktemp("broken") / "convnet_tflite_int8.tflite"
     litert_torch.convert(graph, (torch.zeros(1, 1, 28, 28),), quant_config=_int8_config()).export(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def ghost_gate():
+    """The class of a tiny network with GhostNetV2's and RepViT's patterns (for graph preparation tests)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class GhostGate(nn.Module):
+        """GhostNetV2's pattern: a concatenation sliced to its own full width (a no-op slice), gated by a sigmoid
+        upsampled (nearest) from half resolution; RepViT's head: two linears averaged with an int divisor."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)
+            self.primary, self.cheap = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.short = nn.Conv2d(8, 8, 1)
+            self.head, self.head_dist = nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = F.relu(self.stem(x))
+            res = self.short(F.avg_pool2d(x, kernel_size=2, stride=2))
+            x1 = self.primary(x)
+            out = torch.cat([x1, self.cheap(x1)], dim=1)
+            x = out[:, :8, :, :] * F.interpolate(torch.sigmoid(res), size=(out.shape[-2], out.shape[-1]), mode="nearest")
+            x = x.mean((2, 3))
+            return (self.head(x) + self.head_dist(x)) / 2
+
+    return GhostGate

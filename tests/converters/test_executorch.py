@@ -44,6 +44,12 @@ def test_fallback_is_detected():
     checks = delegation_checks(program, table, "fp32")
     assert not checks["fully_delegated"]
     assert any("cumsum" in op for op in checks["non_delegated_ops"])
+    op = next(op for op in checks["non_delegated_ops"] if "cumsum" in op)
+    assert checks["outside_layers"][op] == ["`2` (CumsumHead)"]  # the module path and class of the layer
+    from converters.executorch import fallback_message
+
+    message = fallback_message("m.pte", checks)
+    assert f"{op} ×1 in `2` (CumsumHead)" in message and "XNNPACK" in message and "--allow-fallback" in message
 
 
 def test_fallback_fails_export_unless_allowed(exported, tmp_path, monkeypatch):
@@ -55,3 +61,55 @@ def test_fallback_fails_export_unless_allowed(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(exported.cfg, "allow_fallback", True)
     artifacts = ExecuTorchConverter().export_baseline(source, tmp_path, exported.cfg)
     assert artifacts[0].checks["non_delegated_ops"] and (tmp_path / "convnet_xnnpack_fp32.pte").exists()
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """A BatchNorm2d subclass as timm's BatchNormAct2d is written: it bumps its own step counter and calls
+    F.batch_norm, then an activation. torchao drops the counter's add_ only for the exact nn.BatchNorm2d."""
+
+    def forward(self, x):
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return torch.relu(nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                                   self.training, self.momentum, self.eps))
+
+
+def test_batchnorm_counters_of_a_subclass_never_reach_the_int8_pte(calibrated):
+    """The train-mode QAT export records `num_batches_tracked.add_(1)`; it must not survive into the program."""
+    from core import qat
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), _BatchNormAct(8), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4))
+    prepared = calibrated(net, (1, 32, 32), batch=4)
+    assert set(qat.float_weights(prepared, net)) == set(net.state_dict())  # the counter too, from the model
+    program, table = lower(qat.convert(prepared, fold=True), (1, 32, 32))
+    checks = delegation_checks(program, table, "int8")
+    assert checks["non_delegated_ops"] == {} and checks["fully_delegated"], checks["non_delegated_ops"]
+    assert checks["int8_compute_ops"] == checks["compute_ops"] == 2
+
+
+def test_noop_slice_nearest_upsampling_and_int_scalars_are_delegated(calibrated, ghost_gate, tmp_path):
+    """GhostNetV2's no-op slice (alias_copy), its nearest upsampling and RepViT's `/ 2` (an int64 constant cast by
+    a dim-order copy) stayed outside XNNPACK; prepared, both the fp32 and the int8 program are one delegate, and
+    the int8 .tflite of the same graph takes the same form."""
+    import litert_torch
+
+    from converters.tflite import _int8_config, inspect
+    from core import qat
+
+    torch.manual_seed(0)
+    shape = (1, 32, 32)
+    program, table = lower(ghost_gate().eval(), shape)
+    assert delegation_checks(program, table, "fp32")["non_delegated_ops"] == {}
+    prepared = calibrated(ghost_gate(), shape, batch=8)
+    program, table = lower(qat.convert(prepared, fold=True), shape)
+    checks = delegation_checks(program, table, "int8")
+    assert checks["non_delegated_ops"] == {} and checks["int8_compute_ops"] == checks["compute_ops"] == 6
+    unfolded = qat.convert(prepared, fold=False)
+    unfolded.training = False
+    litert_torch.convert(unfolded, (torch.zeros(1, *shape),), quant_config=_int8_config()).export(str(tmp_path / "g.tflite"))
+    tflite_checks, _ = inspect(tmp_path / "g.tflite")
+    assert "RESIZE_NEAREST_NEIGHBOR" not in tflite_checks["ops"] and tflite_checks["ops"]["CONCATENATION"] == 3
+    # only the head's `/ 2` is float (XNNPACKQuantizer has no pattern for a divide; the .pte runs it in fp32 too)
+    assert tflite_checks["float_ops"] == {"MUL": 1}, tflite_checks["ops"]

@@ -62,7 +62,7 @@ def test_pretrained_offline_says_which_file_to_put_where(monkeypatch, tmp_path):
     monkeypatch.setattr(tvm._api.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(ModelError, match=r"mobilenet_v2-7ebf99e0\.pth.*put it at .*hub/checkpoints/mobilenet_v2-7ebf99e0\.pth"):
         models.build("torchvision:mobilenet_v2", 10, pretrained=True)
-    with pytest.raises(ModelError, match="needs a torchvision:NAME model"):
+    with pytest.raises(ModelError, match="needs a torchvision:NAME or timm:NAME model"):
         models.build("convnet", 10, pretrained=True)
 
 
@@ -188,3 +188,52 @@ def test_the_readme_example_factory_works(tmp_path):
     model = models.build(name, 10, in_channels=shape[0])
     models.check_forward(model, name, shape, 10)
     check_exportable(model, name, shape)
+
+
+def test_timm_models_take_the_datasets_classes_and_channels():
+    """timm:NAME builds with timm.create_model: in_chans follows the data (1 for MNIST), the head its classes."""
+    name = "timm:test_efficientnet"  # timm's own tiny test network: fast to build
+    assert models.input_shape(name, 32, "mnist-5k") == (1, 32, 32)
+    assert models.input_shape(name, None, "cifar10") == (3, 160, 160)  # timm's own default size for it
+    model = models.build(name, 5, in_channels=1)
+    models.check_forward(model, name, (1, 32, 32), 5)
+
+
+def test_unknown_timm_name_lists_close_matches():
+    with pytest.raises(ModelError, match=r"timm has no model 'efficientnet_lite9'; did you mean timm:efficientnet_lite"):
+        models.build("timm:efficientnet_lite9", 3)
+
+
+def _timm_offline(monkeypatch):
+    import timm.models._builder as builder
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
+    monkeypatch.setattr(builder, "download_cached_file", offline)
+
+
+def test_timm_pretrained_offline_says_which_file_to_put_where(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _timm_offline(monkeypatch)
+    url = r"https://huggingface\.co/timm/test_efficientnet\.r160_in1k/resolve/main/model\.safetensors"
+    with pytest.raises(ModelError, match=rf"could not load its pretrained weights.*fetch {url}.*put it at "
+                                         rf"{tmp_path}/hub/checkpoints/timm/test_efficientnet\.safetensors"):
+        models.build("timm:test_efficientnet", 10, in_channels=3, pretrained=True)
+
+
+def test_timm_pretrained_loads_the_local_file_with_a_new_head(monkeypatch, tmp_path):
+    """With the weights file where the message says, --pretrained works offline; only the head is new."""
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _timm_offline(monkeypatch)
+    reference = timm.create_model("test_efficientnet", pretrained=False)
+    _, local = models.timm_weights_source("test_efficientnet")
+    local.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(local))
+    model = models.build("timm:test_efficientnet", 6, in_channels=3, pretrained=True)
+    assert torch.equal(model.conv_stem.weight, reference.conv_stem.weight)
+    assert model.get_classifier().out_features == 6

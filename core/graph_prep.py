@@ -1,0 +1,188 @@
+"""Graph preparation before quantization and export: exact rewrites of a torch.export graph.
+
+Each step computes the same values as the graph it replaces, in a form the int8 runtimes delegate:
+
+- no-op slices (`x[:, :C]` where C is already the full size, as GhostNet writes `out[:, :self.out_chs]`)
+  and `alias` ops are removed: ExecuTorch turns them into `alias_copy`, which XNNPACK does not take,
+  and Core ML has no `alias`;
+- nearest upsampling by an integer factor becomes concatenations and reshapes (XNNPACK has no
+  nearest resize; `cat` and `view` it delegates, in float and int8, without new rounding);
+- integer scalars in float arithmetic (`(a + b) / 2`, RepViT's distillation head) become float
+  scalars: ExecuTorch lifts an int scalar to an int64 constant and casts it to float with a
+  `_to_dim_order_copy` that XNNPACK refuses (a dtype conversion), outside the delegate.
+
+`prepare(gm)` runs them all and checks the result against the original graph in float.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+aten = torch.ops.aten
+FLOAT_TOLERANCE = 1e-5  # these steps move no arithmetic: only float noise may differ
+
+ALIASES = (aten.alias.default,)
+SLICES = (aten.slice.Tensor,)
+NEAREST = (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default)
+ARITHMETIC = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.rsub.Scalar,
+              aten.add.Scalar, aten.sub.Scalar, aten.mul.Scalar, aten.div.Scalar)
+
+
+def _call(node: torch.fx.Node, targets) -> bool:
+    return node.op == "call_function" and node.target in targets
+
+
+def _shape(node) -> tuple | None:
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def remove_noop_slices(gm: torch.fx.GraphModule) -> int:
+    """`x[..., 0:n:1]` where n covers the whole dim, and `alias(x)`, replaced by `x`; returns how many."""
+    removed = 0
+    for node in list(gm.graph.nodes):
+        if _call(node, ALIASES):
+            noop = True
+        elif _call(node, SLICES):
+            x, args = node.args[0], list(node.args[1:]) + [None] * (4 - len(node.args))
+            dim, start, end, step = (args[0] if args[0] is not None else node.kwargs.get("dim", 0)), *args[1:4]
+            start = node.kwargs.get("start", start)
+            end, step = node.kwargs.get("end", end), node.kwargs.get("step", step if step is not None else 1)
+            shape = _shape(x)
+            size = shape[dim] if shape is not None else None
+            noop = (start in (None, 0) and step == 1 and (end is None or (_is_int(end) and _is_int(size) and end >= size)))
+        else:
+            continue
+        if noop and _shape(node) == _shape(node.args[0]):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            removed += 1
+    return removed
+
+
+def _meta(node: torch.fx.Node, like: torch.fx.Node, value) -> torch.fx.Node:
+    node.meta = {k: v for k, v in like.meta.items() if k != "val"}
+    if value is not None:
+        node.meta["val"] = value
+    return node
+
+
+def _view(graph, x, shape, like):
+    value = x.meta.get("val")
+    return _meta(graph.call_function(aten.view.default, (x, shape)), like,
+                 value.view(shape) if isinstance(value, torch.Tensor) else None)
+
+
+def _cat(graph, pieces, dim, like):
+    values = [p.meta.get("val") for p in pieces]
+    value = torch.cat(values, dim) if all(isinstance(v, torch.Tensor) for v in values) else None
+    return _meta(graph.call_function(aten.cat.default, (pieces, dim)), like, value)
+
+
+def nearest_as_concat(gm: torch.fx.GraphModule) -> int:
+    """Nearest upsampling of NCHW by integer factors (kh, kw), as concatenations and reshapes; returns how many.
+
+    Width: each pixel is its own row ([N, C, H*W, 1]), kw copies side by side, back to [N, C, H, W*kw].
+    Height: kh copies of each (upsampled) row side by side ([N, C, H, kh*W*kw]) read as kh rows. Every
+    copy is its own reshape node: XNNPACK's concatenation needs distinct inputs.
+    """
+    graph, done = gm.graph, 0
+    for node in list(graph.nodes):
+        if not _call(node, NEAREST):
+            continue
+        x = node.args[0]
+        before, after = _shape(x), _shape(node)
+        if before is None or after is None or len(before) != 4 or not all(_is_int(s) for s in (*before[1:], *after[1:])):
+            continue
+        _, c, h, w = before
+        oh, ow = after[2:]
+        if oh % h or ow % w or (oh // h, ow // w) == (1, 1):
+            continue
+        kh, kw = oh // h, ow // w
+        with graph.inserting_before(node):
+            y = x
+            if kw > 1:
+                pixels = [_view(graph, x, [-1, c, h * w, 1], node) for _ in range(kw)]
+                y = _cat(graph, pixels, 3, node)
+            rows = [_view(graph, y, [-1, c, h, w * kw], node) for _ in range(max(kh, 1))]
+            if kh > 1:
+                out = _view(graph, _cat(graph, rows, 3, node), [-1, c, oh, ow], node)
+            else:
+                out = rows[0]
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        done += 1
+    return done
+
+
+def float_scalars(gm: torch.fx.GraphModule) -> int:
+    """Integer scalar operands of float arithmetic made float (`x / 2` -> `x / 2.0`); returns how many."""
+    done = 0
+    for node in gm.graph.nodes:
+        if not _call(node, ARITHMETIC):
+            continue
+        tensor = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
+        value = tensor.meta.get("val") if tensor is not None else None
+        if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
+            continue
+        if any(_is_int(a) for a in node.args):
+            node.args = tuple(float(a) if _is_int(a) else a for a in node.args)
+            done += 1
+    return done
+
+
+STEPS = (
+    ("no-op slice / alias", "removed", remove_noop_slices,
+     "selects the whole tensor; ExecuTorch makes it an alias_copy that XNNPACK and Core ML do not take"),
+    ("upsample_nearest2d", "cat + reshape", nearest_as_concat,
+     "integer factor; XNNPACK has no nearest resize, and delegates cat and reshape"),
+    ("int scalar in float arithmetic", "float scalar", float_scalars,
+     "an int scalar becomes an int64 constant cast by a _to_dim_order_copy XNNPACK refuses"),
+)
+
+
+def _example(gm: torch.fx.GraphModule) -> tuple | None:
+    inputs = []
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        shape = _shape(node)
+        if shape is None or not all(_is_int(s) for s in shape[1:]):
+            return None
+        inputs.append(torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(len(inputs))))
+    return tuple(inputs)
+
+
+def _run(gm: torch.fx.GraphModule, inputs: tuple) -> torch.Tensor:
+    torch.manual_seed(0)  # dropout in a training graph draws the same masks in both runs
+    with torch.no_grad():
+        out = gm(*inputs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def prepare(gm: torch.fx.GraphModule) -> list[dict]:
+    """Apply STEPS to `gm` in place and check it against the original in float; returns (from, to, count, why)."""
+    inputs = _example(gm)
+    original = copy.deepcopy(gm) if inputs is not None else None
+    done = []
+    for name, to, step, why in STEPS:
+        count = step(gm)
+        if count:
+            done.append({"from": name, "to": to, "count": count, "why": why})
+    if not done:
+        return done
+    gm.graph.lint()
+    gm.recompile()
+    if original is not None:
+        a, b = _run(original, inputs), _run(copy.deepcopy(gm), inputs)
+        diff = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+        if diff > FLOAT_TOLERANCE:
+            raise AssertionError(f"graph preparation changed the network's float output by {diff:.2e} (relative); "
+                                 f"steps: {done}")
+    return done

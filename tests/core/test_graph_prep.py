@@ -1,0 +1,20 @@
+"""Graph preparation (core/graph_prep.py): each step exact in float, and listed as a rewrite."""
+
+import torch
+
+from core.export_check import export_training_graph
+from core.rewrites import graph_rewrites
+
+
+def test_noop_slice_nearest_upsampling_and_int_scalars_are_rewritten_exactly(ghost_gate):
+    torch.manual_seed(0)
+    net = ghost_gate().eval()
+    gm = export_training_graph(net, (1, 32, 32))
+    done = {r["from"]: r for r in graph_rewrites(gm)}
+    assert done["no-op slice / alias"]["count"] == 1 and done["upsample_nearest2d"]["count"] == 1
+    assert done["int scalar in float arithmetic"]["count"] == 1
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.slice.Tensor not in ops and torch.ops.aten.upsample_nearest2d.vec not in ops
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(gm(x), net(x))  # the same values, not merely close
