@@ -6,9 +6,7 @@ labels. Core ML runs only on macOS; on Linux the files' weights are read back an
 
 from __future__ import annotations
 
-import copy
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from core.rewrites import native_activations
 
 from .base import (Artifact, ConversionError, Converter, ExportSource, float_layers, float_output_spec, mixed,
                    require_support)
+from .coreml_weights import fold_batchnorm, load_into, read_weights  # noqa: F401  (read_weights: parity's too)
 
 NBITS = (1, 2, 3, 4, 6, 8)
 GRANULARITIES = ("per_tensor", "per_grouped_channel")
@@ -174,7 +173,8 @@ def _convert(module: nn.Module, source: ExportSource, **kwargs):
 
 
 def convert_float(model: nn.Module, source: ExportSource):
-    """An fp16 mlprogram of a float network (BatchNorm folded first, so the weights map back by name).
+    """An fp16 mlprogram of a float network (BatchNorm folded first, so the file holds the folded network's own
+    weights, which the Linux read-back matches by shape and value).
 
     The int8 converters' hardsigmoid/hardswish rewrites are undone: Core ML has both ops, and the
     rewritten `conv + 3` would have its constant folded into a renamed conv bias (core.rewrites).
@@ -207,28 +207,6 @@ def linear_quantize(mlmodel, scheme, weight_threshold: int):
         granularity=scheme.granularity, block_size=scheme.block_size if scheme.granularity == "per_block" else None,
         weight_threshold=weight_threshold)
     return linear_quantize_weights(mlmodel, OptimizationConfig(global_config=config))
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every Conv2d+BatchNorm2d pair into one conv, so Core ML's weights map back to the network by name.
-
-    torch.fx's fuse() finds the pairs wherever they are (ResNet's conv1/bn1 as well as Sequential
-    pairs); for a network torch.fx cannot trace, the pairs inside a Sequential are folded.
-    """
-    model = copy.deepcopy(model).eval()
-    try:
-        from torch.fx.experimental.optimization import fuse
-
-        return fuse(model, inplace=True)
-    except Exception:  # not symbolically traceable: fall back to Sequential pairs
-        pass
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        children = list(seq)
-        for i, (conv, bn) in enumerate(zip(children, children[1:])):
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
-                seq[i + 1] = nn.Identity()
-    return model
 
 
 def weight_const(layer: str) -> str:
@@ -389,34 +367,8 @@ def _weight_order(name: str) -> int:
     return int(digits[-1]) if digits and name.split("_cast")[0][-1].isdigit() else 0
 
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """Every weight of an mlpackage, decompressed to dense arrays, keyed by Core ML's const name."""
-    import coremltools as ct
-    from coremltools.optimize.coreml import decompress_weights, get_weights_metadata
-
-    dense = decompress_weights(ct.models.MLModel(str(path), skip_model_load=True))
-    return {name: np.asarray(meta.val) for name, meta in get_weights_metadata(dense, weight_threshold=0).items()}
-
-
-def load_into(net: nn.Module, weights: dict[str, np.ndarray]) -> nn.Module:
-    """Load Core ML weights into the PyTorch network they were converted from (names follow the state_dict)."""
-    by_key = {}
-    for name, value in weights.items():
-        # Compressed weights are named after the dense const plus a suffix per compression step.
-        key = re.sub(r"(_palettized|_quantized|_sparsified)+$", "", name).removesuffix("_to_fp16")
-        if key.startswith("p_net_"):
-            by_key[key[len("p_net_"):]] = value
-    state = net.state_dict()
-    missing = [k for k in state if k.replace(".", "_") not in by_key and state[k].is_floating_point()]
-    if missing:
-        raise ConversionError(f"Core ML read-back: no weight found for {missing}")
-    net.load_state_dict({k: torch.from_numpy(by_key[k.replace('.', '_')].astype(np.float32)).reshape(v.shape)
-                         if v.is_floating_point() else v for k, v in state.items()})
-    return net
-
-
 def _readback_runner(path: Path, model: nn.Module):
-    net = load_into(fold_batchnorm(model), read_weights(path)).eval()
+    net = load_into(fold_batchnorm(model), read_weights(path), path.name).eval()
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
