@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Artifact, ConversionError, Converter, ExportSource, MissingDependency
+from .base import Artifact, ConversionError, Converter, ExportSource, MissingDependency, PartialExport
 from .coreml import CoreMLConverter
 from .executorch import ExecuTorchConverter
 from .tflite import TFLiteConverter
@@ -21,4 +21,4 @@ def select(names: str) -> list[Converter]:
     return [REGISTRY[n] for n in wanted]
 
 
-__all__ = ["Artifact", "ConversionError", "Converter", "ExportSource", "MissingDependency", "REGISTRY", "select"]
+__all__ = ["Artifact", "ConversionError", "Converter", "ExportSource", "MissingDependency", "PartialExport", "REGISTRY", "select"]

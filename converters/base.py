@@ -17,6 +17,15 @@ class ConversionError(RuntimeError):
     """A backend could not produce a correct artifact; the message names it and the failed check."""
 
 
+class PartialExport(ConversionError):
+    """Some of a backend's files were made and checked, and others failed: `artifacts` are the good ones
+    (written under their final names), `failures` say why each other file is missing."""
+
+    def __init__(self, artifacts: list, failures: list[ConversionError]):
+        self.artifacts, self.failures = list(artifacts), list(failures)
+        super().__init__("; ".join(str(f) for f in self.failures))
+
+
 class MissingDependency(ConversionError):
     """The backend's Python package is not installed."""
 

@@ -6,9 +6,7 @@ labels. Core ML runs only on macOS; on Linux the files' weights are read back an
 
 from __future__ import annotations
 
-import copy
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -19,10 +17,19 @@ import torch.nn as nn
 from core import io as atomic
 from core.rewrites import native_activations
 
-from .base import (Artifact, ConversionError, Converter, ExportSource, float_layers, float_output_spec, mixed,
-                   require_support)
+from .base import (Artifact, ConversionError, Converter, ExportSource, PartialExport, float_layers, float_output_spec,
+                   mixed, require_support)
+from .coreml_graph import drop_dead_buffer_updates, explained, layer_of, refuse_state
+from .coreml_weights import fold_batchnorm, load_into, read_weights  # noqa: F401  (read_weights: parity's too)
 
 NBITS = (1, 2, 3, 4, 6, 8)
+FLOAT_HINT = "replace that layer with ops Core ML converts, or leave Core ML out (--backends executorch,tflite)"
+W8A8_HINT = ("the fp16 and palettized Core ML files do not need this conversion; replace that layer with ops Core ML "
+             "converts, or leave Core ML out (--backends executorch,tflite)")
+W8A8_MISMATCH = ("coremltools requantized those layers its own way, so the file would not compute like the int8 "
+                 ".pte; it was not kept. The fp16 and palettized Core ML files do not depend on it")
+CHECK_HINT = ("the file was converted but could not be read back to check it, so it was not kept; report this "
+              "with the log (a coremltools limitation or a pipeline bug)")
 GRANULARITIES = ("per_tensor", "per_grouped_channel")
 
 
@@ -41,71 +48,104 @@ class CoreMLConverter(Converter):
     def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
         """An fp16 mlprogram of the fp32 model: the float baseline every other .mlpackage is compared with."""
         start = time.perf_counter()
-        fp16 = convert_float(source.fp32_model, source)
-        describe(fp16, source, "fp16", "fp32 weights")
         file = f"{source.model_name}_coreml_fp16.mlpackage"
-        atomic.atomic_write(out / file, lambda tmp: fp16.save(str(tmp)))
+        with explained(file, "Core ML conversion", FLOAT_HINT):
+            fp16 = convert_float(source.fp32_model, source, file)
+            describe(fp16, source, "fp16", "fp32 weights")
+        checks = {"dense_fp16": True}
+        with explained(file, "checking the saved file", CHECK_HINT):
+            atomic.atomic_write(out / file, lambda tmp: (fp16.save(str(tmp)), checks.update(placement=op_histogram(tmp))))
         return [Artifact(file, self.name, "fp16", "mlpackage", "fp32", image_input(source), classifier_output(source),
-                         {"dense_fp16": True, "placement": op_histogram(out / file)}, time.perf_counter() - start)]
+                         checks, time.perf_counter() - start)]
 
     def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
-        """The scheme itself (W8A8 from the PT2E graph, or linear weight-only), then k-means palettized weights."""
+        """The scheme itself (W8A8 from the PT2E graph, or linear weight-only), then k-means palettized weights.
+
+        Each file is made, checked, and only then renamed into OUT; one failing does not stop the other
+        (PartialExport carries the one made and why the other is not)."""
         problems = self.validate(options)
         if problems:
             raise ConversionError("; ".join(problems))
+        how = require_support(source.scheme, self.name)
+        made, failed = [], []
+        for make in (self._scheme_file, self._palettize):
+            try:
+                made.append(make(source, out, options, how))
+            except ConversionError as exc:
+                failed.append(exc)
+        if failed and (made or len(failed) > 1):
+            raise PartialExport(made, failed)
+        if failed:
+            raise failed[0]
+        return made
+
+    def _scheme_file(self, source: ExportSource, out: Path, options, how: str) -> Artifact:
         scheme = source.scheme
-        how = require_support(scheme, self.name)
         start = time.perf_counter()
         quant = mixed(scheme.tag, float_layers(options, scheme))  # mixed: the PT2E graph holds the float layers
         file = f"{source.model_name}_coreml_{quant}.mlpackage"
-        if scheme.activations == "static":
-            mlmodel = convert_w8a8(source)
-            checks = {"how": how, "placement": None}
-        else:
-            # Every conv/linear weight, as LiteRT's weight-only recipe and the PyTorch reference quantize them.
-            mlmodel = linear_quantize(convert_float(source.float_model, source), scheme, weight_threshold=0)
-            checks = {"how": how, "placement": None}
-        describe(mlmodel, source, quant, source.metadata.get("weights_from", "trained weights"))
-        atomic.atomic_write(out / file, lambda tmp: mlmodel.save(str(tmp)))
-        checks["placement"] = op_histogram(out / file)
-        if scheme.activations == "static":
-            checks.update(w8a8_checks(out / file, source.program))
-        elif not checks["placement"]["linear_quantized_weights"]:
-            raise ConversionError(f"{file}: no weight was linearly quantized (none fits blocks of {scheme.block_size})")
-        artifacts = [Artifact(file, self.name, quant, "mlpackage", "quantized", image_input(source),
-                              classifier_output(source), checks, time.perf_counter() - start,
-                              scheme=scheme.describe())]
-        artifacts.append(self._palettize(source, out, options))
-        return artifacts
+        static = scheme.activations == "static"
+        checks = {"how": how}
+        with explained(file, "Core ML conversion of the int8 graph" if static else "Core ML conversion",
+                       W8A8_HINT if static else FLOAT_HINT, program=source.program if static else None):
+            if static:
+                dropped: list[dict] = []
+                mlmodel = convert_w8a8(source, file, dropped)
+                checks["dropped_buffer_updates"] = [row["buffer"] for row in dropped]
+            else:
+                # Every conv/linear weight, as LiteRT's weight-only recipe and the PyTorch reference quantize them.
+                mlmodel = linear_quantize(convert_float(source.float_model, source, file), scheme, weight_threshold=0)
+            describe(mlmodel, source, quant, source.metadata.get("weights_from", "trained weights"))
 
-    def _palettize(self, source: ExportSource, out: Path, options) -> Artifact:
+        def write(tmp: Path) -> None:  # checked before it is renamed into OUT: a failing file never lands there
+            mlmodel.save(str(tmp))
+            checks["placement"] = op_histogram(tmp)
+            if static:
+                checks.update(w8a8_checks(tmp, source.program))
+            elif not checks["placement"]["linear_quantized_weights"]:
+                raise ConversionError(f"{file}: no weight was linearly quantized (none fits blocks of {scheme.block_size})")
+
+        with explained(file, "checking the saved file", CHECK_HINT):
+            atomic.atomic_write(out / file, write)
+        return Artifact(file, self.name, quant, "mlpackage", "quantized", image_input(source), classifier_output(source),
+                        checks, time.perf_counter() - start, scheme=scheme.describe())
+
+    def _palettize(self, source: ExportSource, out: Path, options, how: str = "") -> Artifact:
         from coremltools.optimize.coreml import OptimizationConfig, palettize_weights
 
         start = time.perf_counter()
-        fp16 = convert_float(source.float_model, source)
-        config = palettizer_config(options, options.nbits)
         scheme = source.scheme
         # Mixed precision (the study's --keep-float): per-op configs keep the named layers' weights dense fp16.
         layers = float_layers(options, scheme)
         kept = {weight_const(layer): None for layer in layers}
-        palettized = palettize_weights(fp16, OptimizationConfig(global_config=config, op_name_configs=kept or None))
         quant = mixed(f"pal{options.nbits}", layers)
         file = palettized_file(source.model_name, scheme, options.nbits, layers)
-        describe(palettized, source, quant, source.metadata.get("weights_from", "trained weights"))
-        atomic.atomic_write(out / file, lambda tmp: palettized.save(str(tmp)))
-        checks = {**lut_checks(out / file, options.nbits), "placement": op_histogram(out / file)}
-        checks["bytes_palettized"] = atomic.size_bytes(out / file)
-        checks["bytes_fp32_weights"] = sum(p.numel() * 4 for p in source.float_model.parameters())
-        checks["bytes_fp16_weights"] = checks["bytes_fp32_weights"] // 2
-        if not checks["palettized"]:
-            raise ConversionError(f"{file}: no constexpr_lut_to_dense op holds a weight; every weight is below "
-                                  f"--weight-threshold {options.weight_threshold}")
-        not_dense = [c for c in kept if c not in checks["dense"]]
-        if not_dense:
-            raise ConversionError(f"{file}: {not_dense} should have stayed dense fp16 (--keep-float), but are "
-                                  "not dense fp16 weights of this program")
-        if checks["wrong_nbits"]:
-            raise ConversionError(f"{file}: LUTs of the wrong width: {checks['wrong_nbits']}, asked for {options.nbits} bits")
+        with explained(file, "Core ML conversion and palettization", FLOAT_HINT):
+            fp16 = convert_float(source.float_model, source, file)
+            config = palettizer_config(options, options.nbits)
+            palettized = palettize_weights(fp16, OptimizationConfig(global_config=config, op_name_configs=kept or None))
+            describe(palettized, source, quant, source.metadata.get("weights_from", "trained weights"))
+        checks = {}
+
+        def write(tmp: Path) -> None:  # checked before it is renamed into OUT
+            palettized.save(str(tmp))
+            checks.update({**lut_checks(tmp, options.nbits), "placement": op_histogram(tmp)})
+            checks["bytes_palettized"] = atomic.size_bytes(tmp)
+            checks["bytes_fp32_weights"] = sum(p.numel() * 4 for p in source.float_model.parameters())
+            checks["bytes_fp16_weights"] = checks["bytes_fp32_weights"] // 2
+            if not checks["palettized"]:
+                raise ConversionError(f"{file}: no constexpr_lut_to_dense op holds a weight; every weight is below "
+                                      f"--weight-threshold {options.weight_threshold}")
+            not_dense = [c for c in kept if c not in checks["dense"]]
+            if not_dense:
+                raise ConversionError(f"{file}: {not_dense} should have stayed dense fp16 (--keep-float), but are "
+                                      "not dense fp16 weights of this program")
+            if checks["wrong_nbits"]:
+                raise ConversionError(f"{file}: LUTs of the wrong width: {checks['wrong_nbits']}, asked for "
+                                      f"{options.nbits} bits")
+
+        with explained(file, "checking the saved file", CHECK_HINT):
+            atomic.atomic_write(out / file, write)
         print(f"[coreml] {file}: {len(checks['palettized'])} weights palettized to {options.nbits} bits; "
               f"stayed dense fp16 (< {options.weight_threshold} elements): {checks['dense'] or 'none'}")
         return Artifact(file, self.name, quant, "mlpackage", "float", image_input(source), classifier_output(source),
@@ -161,32 +201,39 @@ def classifier_output(source: ExportSource) -> dict:
     return {**float_output_spec(source), "kind": "classifier (classLabel, classLabel_probs)"}
 
 
-def _convert(module: nn.Module, source: ExportSource, **kwargs):
+def _convert(module: nn.Module, source: ExportSource, file: str = "the Core ML file", **kwargs):
     import coremltools as ct
 
     example = (torch.zeros(1, *source.input_shape),)
+    exported = torch.export.export(ImageClassifier(module, source.mean, source.std), example).run_decompositions({})
+    refuse_state(exported, file)
     return ct.convert(
-        torch.export.export(ImageClassifier(module, source.mean, source.std), example).run_decompositions({}),
+        exported,
         inputs=[ct.ImageType(name="image", shape=(1, *source.input_shape), scale=1 / 255.0,
                              color_layout=ct.colorlayout.GRAYSCALE if source.input_shape[0] == 1 else ct.colorlayout.RGB)],
         classifier_config=ct.ClassifierConfig(source.labels), convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS18, **kwargs)
 
 
-def convert_float(model: nn.Module, source: ExportSource):
-    """An fp16 mlprogram of a float network (BatchNorm folded first, so the weights map back by name).
+def convert_float(model: nn.Module, source: ExportSource, file: str = "the Core ML file"):
+    """An fp16 mlprogram of a float network (BatchNorm folded first, so the file holds the folded network's own
+    weights, which the Linux read-back matches by shape and value).
 
     The int8 converters' hardsigmoid/hardswish rewrites are undone: Core ML has both ops, and the
     rewritten `conv + 3` would have its constant folded into a renamed conv bias (core.rewrites).
     """
     import coremltools as ct
 
-    return _convert(fold_batchnorm(native_activations(model)), source, compute_precision=ct.precision.FLOAT16)
+    return _convert(fold_batchnorm(native_activations(model)), source, file, compute_precision=ct.precision.FLOAT16)
 
 
-def convert_w8a8(source: ExportSource):
-    """ct.convert of the folded PT2E graph: int8 weights and quantize/dequantize activations (the same graph as the .pte)."""
-    return _convert(source.program, source)
+def convert_w8a8(source: ExportSource, file: str = "the Core ML file", dropped: list | None = None):
+    """ct.convert of the folded PT2E graph: int8 weights and quantize/dequantize activations (the same graph as the
+    .pte, less the buffer updates no output reads, listed into `dropped`: see converters.coreml_graph)."""
+    program, rows = drop_dead_buffer_updates(source.program)
+    if dropped is not None:
+        dropped.extend(rows)
+    return _convert(program, source, file)
 
 
 def palettizer_config(options, nbits: int):
@@ -207,28 +254,6 @@ def linear_quantize(mlmodel, scheme, weight_threshold: int):
         granularity=scheme.granularity, block_size=scheme.block_size if scheme.granularity == "per_block" else None,
         weight_threshold=weight_threshold)
     return linear_quantize_weights(mlmodel, OptimizationConfig(global_config=config))
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every Conv2d+BatchNorm2d pair into one conv, so Core ML's weights map back to the network by name.
-
-    torch.fx's fuse() finds the pairs wherever they are (ResNet's conv1/bn1 as well as Sequential
-    pairs); for a network torch.fx cannot trace, the pairs inside a Sequential are folded.
-    """
-    model = copy.deepcopy(model).eval()
-    try:
-        from torch.fx.experimental.optimization import fuse
-
-        return fuse(model, inplace=True)
-    except Exception:  # not symbolically traceable: fall back to Sequential pairs
-        pass
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        children = list(seq)
-        for i, (conv, bn) in enumerate(zip(children, children[1:])):
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
-                seq[i + 1] = nn.Identity()
-    return model
 
 
 def weight_const(layer: str) -> str:
@@ -338,11 +363,12 @@ def _is_weight(value: np.ndarray) -> bool:
     return value.ndim >= 2
 
 
-def graph_weights_and_scales(program: nn.Module) -> tuple[list[np.ndarray], list[float]]:
+def graph_weights_and_scales(program: nn.Module, layers: dict | None = None) -> tuple[list[np.ndarray], list[float]]:
     """A PT2E graph's dequantized conv/linear weights (graph order) and its activation quantize scales.
 
     Quantized scalar constants (the 3 and 1/6 of a rewritten hardswish) are not weights: Core ML folds
-    them into its own ops, so they are not counted on either side."""
+    them into its own ops, so they are not counted on either side. `layers`, if given, receives the
+    module path of each weight's layer ("weights", a list) and of each scale's ("scales", scale -> path)."""
     weights, scales = [], []
     for node in program.graph.nodes:
         target = str(node.target)
@@ -354,8 +380,14 @@ def graph_weights_and_scales(program: nn.Module) -> tuple[list[np.ndarray], list
             value = node.target(*args).detach().numpy()
             if _is_weight(value):
                 weights.append(value)
+                if layers is not None:
+                    layers.setdefault("weights", []).append(
+                        next((layer_of(u) for u in node.users if layer_of(u)), None) or node.name)
         elif "quantize_per_tensor" in target and "dequantize" not in target:
             scales.append(float(node.args[1]))
+            if layers is not None:
+                source = first if isinstance(first, torch.fx.Node) else node
+                layers.setdefault("scales", {})[float(node.args[1])] = layer_of(source) or source.name
     return weights, scales
 
 
@@ -366,20 +398,31 @@ def _fetch(module: nn.Module, target: str):
 
 
 def w8a8_checks(path: Path, program: nn.Module) -> dict:
-    """Does the W8A8 .mlpackage hold the int8 graph's weights and activation scales? Raise if not."""
-    ours, our_scales = graph_weights_and_scales(program)
+    """Does the W8A8 .mlpackage hold the int8 graph's weights and activation scales? Raise if not, naming the
+    layers whose numbers the file does not hold."""
+    layers: dict = {}
+    ours, our_scales = graph_weights_and_scales(program, layers)
     theirs = [w for name, w in sorted(read_weights(path).items(), key=lambda kv: _weight_order(kv[0]))
               if name.startswith("dequantize_per_") and _is_weight(w)]
     if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(ours, theirs)):
-        raise ConversionError(f"{path.name}: {len(theirs)} quantized weights in the file, {len(ours)} in the int8 graph")
-    weight_diff = max((float(np.abs(a - b.astype(np.float32)).max() / max(np.abs(a).max(), 1e-12))
-                       for a, b in zip(ours, theirs)), default=0.0)
+        raise ConversionError(f"{path.name}: {len(theirs)} quantized weights in the file, {len(ours)} in the int8 "
+                              f"graph: coremltools changed the graph's structure. {W8A8_MISMATCH}")
+    diffs = [float(np.abs(a - b.astype(np.float32)).max() / max(np.abs(a).max(), 1e-12)) for a, b in zip(ours, theirs)]
+    weight_diff = max(diffs, default=0.0)
     file_scales = sorted(activation_scales(path))
     graph_scales = sorted(set(our_scales))
     missing = [s for s in graph_scales if not any(abs(s - f) <= 2e-3 * s for f in file_scales)]
     if weight_diff > 2e-3 or missing:  # fp16 keeps ~3 significant digits
-        raise ConversionError(f"{path.name}: the file does not hold the int8 graph's numbers (max relative weight "
-                              f"difference {weight_diff:.2e}; activation scales not found: {missing[:4]})")
+        worst = diffs.index(weight_diff) if diffs else None
+        found = [] if weight_diff <= 2e-3 else [
+            f"the weights of `{layers['weights'][worst]}` differ by {weight_diff:.2e} relative (allowed 2e-3)"]
+        if missing:
+            named = [f"{s:.4g} (`{layers['scales'].get(s, '?')}`)" for s in missing]
+            print(f"{path.name}: activation scales not found in the file: {named}")
+            shown = ", ".join(named[:3]) + (f" and {len(named) - 3} more (all in the log)" if len(named) > 3 else "")
+            found.append(f"activation scales not found: {shown}")
+        raise ConversionError(f"{path.name}: the file does not hold the int8 graph's numbers: {'; '.join(found)} "
+                              f"(max relative weight difference {weight_diff:.2e}). {W8A8_MISMATCH}")
     return {"quantized_weights": len(theirs), "max_relative_weight_diff": weight_diff,
             "activation_scales": len(file_scales), "graph_activation_scales": len(graph_scales)}
 
@@ -389,34 +432,8 @@ def _weight_order(name: str) -> int:
     return int(digits[-1]) if digits and name.split("_cast")[0][-1].isdigit() else 0
 
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """Every weight of an mlpackage, decompressed to dense arrays, keyed by Core ML's const name."""
-    import coremltools as ct
-    from coremltools.optimize.coreml import decompress_weights, get_weights_metadata
-
-    dense = decompress_weights(ct.models.MLModel(str(path), skip_model_load=True))
-    return {name: np.asarray(meta.val) for name, meta in get_weights_metadata(dense, weight_threshold=0).items()}
-
-
-def load_into(net: nn.Module, weights: dict[str, np.ndarray]) -> nn.Module:
-    """Load Core ML weights into the PyTorch network they were converted from (names follow the state_dict)."""
-    by_key = {}
-    for name, value in weights.items():
-        # Compressed weights are named after the dense const plus a suffix per compression step.
-        key = re.sub(r"(_palettized|_quantized|_sparsified)+$", "", name).removesuffix("_to_fp16")
-        if key.startswith("p_net_"):
-            by_key[key[len("p_net_"):]] = value
-    state = net.state_dict()
-    missing = [k for k in state if k.replace(".", "_") not in by_key and state[k].is_floating_point()]
-    if missing:
-        raise ConversionError(f"Core ML read-back: no weight found for {missing}")
-    net.load_state_dict({k: torch.from_numpy(by_key[k.replace('.', '_')].astype(np.float32)).reshape(v.shape)
-                         if v.is_floating_point() else v for k, v in state.items()})
-    return net
-
-
 def _readback_runner(path: Path, model: nn.Module):
-    net = load_into(fold_batchnorm(model), read_weights(path)).eval()
+    net = load_into(fold_batchnorm(model), read_weights(path), path.name).eval()
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():

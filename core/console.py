@@ -1,7 +1,8 @@
 """What the user sees: one line per step that matters. Everything else goes to OUT/logs/.
 
 - `say(message)` is for the pipeline's own lines (a stage's result, a check that failed, a decision
-  such as a data fallback). They reach the terminal, and the command's log.
+  such as a data fallback). They reach the terminal, and the command's log. `say_brief` is `say` for a
+  failure: at most three lines on the terminal, the whole text in the log.
 - Anything else (print() of details, Python warnings, logging, third-party progress bars, and what
   native code such as XNNPACK or absl writes to file descriptors 1 and 2, in this process and in
   its children) goes only to the log, while `capture()` is active. `--verbose` shows it live as well.
@@ -34,6 +35,19 @@ def say(message: str = "") -> None:
             _log.flush()
     else:
         print(message, flush=True)
+
+
+def say_brief(message: str, lines: int = 3, width: int = 600) -> None:
+    """`say` a message on at most `lines` console lines of at most `width` characters; when that cuts it, the
+    whole message goes to the log (the cut one to both)."""
+    every = message.splitlines() or [""]
+    kept = [line if len(line) <= width else line[:width] + "…" for line in every[:lines]]
+    if kept != every:
+        if _log is not None:
+            _log.write(message + "\n")
+        kept[-1] += " (in full in the log)"
+    for line in kept:
+        say(line)
 
 
 def _tee(read_fd: int, *targets: int) -> None:

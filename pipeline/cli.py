@@ -135,9 +135,9 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
     elif command == "qat":
         pipeline.qat()
     elif command == "export":
-        return pipeline.export()
+        return summarized(pipeline, pipeline.export())
     elif command == "verify":
-        return pipeline.verify()
+        return summarized(pipeline, pipeline.verify())
     elif command == "parity":
         from . import parity
 
@@ -153,8 +153,20 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
         if not pipeline.ctx.is_main:
             return True
         exported = pipeline.export()
-        return host.bench(cfg) and exported
+        return summarized(pipeline, host.bench(cfg) and exported)
     return True
+
+
+def summarized(pipeline, ok: bool) -> bool:
+    """A failed export or verify ends with one line: how many files verified, and which failed."""
+    if not ok:
+        from core.console import say
+        from converters import select
+
+        from .report import summary_line
+
+        say(summary_line(pipeline.manifest, [c.name for c in select(pipeline.cfg.backends)]))
+    return ok
 
 
 def rank_suffix() -> str:

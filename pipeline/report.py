@@ -210,3 +210,21 @@ def export_report(manifest: dict) -> str:
 
 def write_export_report(out: Path, manifest: dict) -> Path:
     return atomic.write_text(Path(out) / "report.md", export_report(manifest))
+
+
+def summary_line(manifest: dict, backends: list[str] | None = None) -> str:
+    """One line closing a failed export or verify: how many files verified, which failed verification, which
+    backend parts failed to export (their files are not in OUT). `backends` limits it to those selected."""
+    chosen = {f: a for f, a in manifest.get("artifacts", {}).items() if backends is None or a["backend"] in backends}
+    passed = [f for f, a in chosen.items() if (a.get("verification") or {}).get("passed")]
+    failed = [f for f in chosen if f not in passed]
+    parts = [name for name, b in manifest.get("backends", {}).items()
+             if b.get("status") == "failed" and (backends is None or name.split(":")[0] in backends)]
+    line = f"summary: {len(passed)} of {len(chosen)} file(s) verified"
+    if failed:
+        line += f"; failed verification: {', '.join(failed)}"
+    if parts:
+        line += f"; export failed: {', '.join(parts)} (see the [x] export lines above)"
+    if (manifest.get("verification") or {}).get("parity_passed") is False:
+        line += "; the .pte/.tflite layer parity failed"
+    return line

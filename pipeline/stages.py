@@ -15,6 +15,7 @@ import functools
 import math
 import shutil
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from core import io as atomic
 from core import manifest as mf
 from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
-from core.console import say
+from core.console import say, say_brief
 from core.data import DataError
 from core.device import check_amp, check_input_memory, for_quantization
 from core.evaluate import better_than_chance, predict
@@ -440,7 +441,7 @@ class Pipeline(Workspace):
 
     def _export_part(self, conv, part: str, source) -> bool:
         """One backend's baseline (part "fp32") or scheme artifacts: reuse them if intact, else export them."""
-        from converters import ConversionError
+        from converters import ConversionError, PartialExport
 
         base = self.train_key() if part == "fp32" else self.quant_key()
         key, name = f"{base}/{self.cfg.key(*conv.settings)}", f"{conv.name}:{part}"
@@ -463,23 +464,35 @@ class Pipeline(Workspace):
             artifacts = (conv.export_baseline if part == "fp32" else conv.export_scheme)(source, self.out, self.cfg)
         except atomic.OutputDirError:
             raise  # a full or read-only disk stops every backend: exit 2 with the file named
-        except Exception as exc:  # a failing backend must not stop the others
-            reason = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
-            say(f"[x] export: {name} FAILED: {reason}")
-            self.manifest["backends"][name] = {"key": key, "status": "failed", "reason": reason}
-            self._retire(list(files), f"export: {name}")
+        except Exception as exc:  # a failing backend must not stop the others; the files it did make are kept
+            failures = exc.failures if isinstance(exc, PartialExport) else [exc]
+            reasons = []
+            for failure in failures:
+                if not isinstance(failure, ConversionError):  # a raw library exception: its traceback to the log
+                    traceback.print_exception(failure)
+                first = (str(failure).strip().splitlines() or [""])[0][:300]
+                reasons.append(str(failure) if isinstance(failure, ConversionError) else
+                               f"{type(failure).__name__}: {first} (the full traceback is in the log)")
+                say_brief(f"[x] export: {name} FAILED: {reasons[-1]}")
+            self._record(exc.artifacts if isinstance(exc, PartialExport) else [])
+            self.manifest["backends"][name] = {"key": key, "status": "failed", "reason": "; ".join(reasons)}
+            self._retire([f for f in files if f not in self.manifest["artifacts"]], f"export: {name}")
             self._save()
             return False
-        for a in artifacts:
-            path = self.out / a.file
-            self.manifest["artifacts"][a.file] = {**a.to_dict(), "bytes": atomic.size_bytes(path),
-                                                  "sha256": atomic.sha256(path)}
-            say(f"[✓] export: {a.file} ({atomic.size_bytes(path) / 1e6:.2f} MB, {a.export_seconds:.1f} s)")
+        self._record(artifacts)
         self._retire([f for f in files if f not in self.manifest["artifacts"]], f"export: {name}")
         self.manifest["backends"][name] = {"key": key, "status": "ok", "reason": None,
                                            "wall_time_s": time.perf_counter() - start}
         self._save()
         return True
+
+    def _record(self, artifacts) -> None:
+        """List exported files in the manifest, with their size and sha256."""
+        for a in artifacts:
+            path = self.out / a.file
+            self.manifest["artifacts"][a.file] = {**a.to_dict(), "bytes": atomic.size_bytes(path),
+                                                  "sha256": atomic.sha256(path)}
+            say(f"[✓] export: {a.file} ({atomic.size_bytes(path) / 1e6:.2f} MB, {a.export_seconds:.1f} s)")
 
     def _verified_basis(self, artifact: dict, thresholds) -> dict:
         """What a verification result depends on: the file, its reference's files, the test set and the thresholds."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from core import io as atomic
 from core import manifest as mf
-from core.console import say
+from core.console import say, say_brief
 from core.statistics import unpack as unpack_answers
 from core.workspace import ExportSource
 
@@ -56,10 +56,12 @@ def export_variant(study: Study, name: str, source: ExportSource, backends: list
             made = (conv.export_baseline if part == "fp32" else conv.export_scheme)(source, out_dir, options)
         except atomic.OutputDirError:
             raise
-        except Exception as exc:  # one backend failing must not stop the study
-            failures[key] = f"{type(exc).__name__}: {exc}"
-            say(f"[x] study: {name}: {key} export FAILED: {failures[key]}")
-            continue
+        except Exception as exc:  # one backend failing must not stop the study; the files it made are kept
+            failures[key] = str(exc) if isinstance(exc, converters.ConversionError) else f"{type(exc).__name__}: {exc}"
+            say_brief(f"[x] study: {name}: {key} export FAILED: {failures[key]}")
+            made = exc.artifacts if isinstance(exc, converters.PartialExport) else []
+            if not made:
+                continue
         for a in made:
             rows.append(artifact_row(study, out_dir / a.file, a.to_dict()))
             print(f"[✓] study: exported {name}/{a.file}")

@@ -89,6 +89,36 @@ def test_failing_backend_is_reported_and_the_others_finish(copy_of, monkeypatch)
     assert "simulated converter crash" in (pipeline.out / "report.md").read_text()
 
 
+def test_a_failing_w8a8_file_does_not_stop_the_palettized_one(copy_of, monkeypatch, capsys):
+    """Core ML W8A8 fails: the palettized file is still made, verified and listed; no file in OUT is left outside
+    the manifest (the earlier W8A8 file goes to stale/); the run ends with one summary line."""
+    from converters import ConversionError
+    from pipeline.cli import summarized
+
+    pipeline = copy_of(force=True, backends="coreml")
+    run_id = pipeline.manifest["run_id"]
+
+    def w8a8_fails(self, source, out, options, how):
+        raise ConversionError("convnet_coreml_int8.mlpackage: simulated: the file does not hold the int8 graph's numbers")
+
+    monkeypatch.setattr(CoreMLConverter, "_scheme_file", w8a8_fails)
+    assert summarized(pipeline, pipeline.export()) is False
+    artifacts = pipeline.manifest["artifacts"]
+    assert "convnet_coreml_pal4.mlpackage" in artifacts and "convnet_coreml_int8.mlpackage" not in artifacts
+    assert "verification" in artifacts["convnet_coreml_pal4.mlpackage"]
+    assert (pipeline.out / "stale" / run_id / "convnet_coreml_int8.mlpackage").is_dir()
+    in_out = {p.name for p in pipeline.out.iterdir() if p.suffix in (".mlpackage", ".pte", ".tflite")}
+    assert in_out == set(artifacts)
+    backend = pipeline.manifest["backends"]["coreml:int8"]
+    assert backend["status"] == "failed" and "simulated" in backend["reason"]
+    lines = capsys.readouterr().out.splitlines()
+    assert "[x] export: coreml:int8 FAILED: convnet_coreml_int8.mlpackage: simulated: the file does not hold the int8 " \
+           "graph's numbers" in lines
+    assert any(line.startswith("[✓] export: convnet_coreml_pal4.mlpackage") for line in lines)
+    assert lines[-1].startswith("summary: ") and "of 2 file(s) verified" in lines[-1]
+    assert lines[-1].endswith("export failed: coreml:int8 (see the [x] export lines above)")
+
+
 def test_missing_or_corrupt_qat_result_is_an_error_and_keeps_artifacts(copy_of):
     pipeline = copy_of()
     pte = (pipeline.out / "convnet_xnnpack_int8.pte").read_bytes()

@@ -1,0 +1,215 @@
+"""Core ML weights on Linux: BatchNorm folding before conversion, and reading a file's weights back into the
+PyTorch network it was converted from.
+
+Core ML cannot run on Linux, so a float .mlpackage is checked by loading its (decompressed) weights into the
+network and running that. The file's const names are not relied on: coremltools names a weight after the
+PyTorch parameter only when the weight reaches Core ML unchanged, and anonymously (`const_207_to_fp16`) when one
+of its passes rebuilt it. Each network tensor is matched to the file's weight of the same shape whose values
+are closest, the graph position deciding between equal candidates.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .base import ConversionError
+
+# A matched weight differs from the network's by at most this share of its norm. fp16 rounding gives ~1e-3,
+# k-means LUTs of 1 to 8 bits 0.6 down to 0.01; an unrelated tensor of the same shape ~1.4, zeros 1.0.
+MAX_RELATIVE_DIFF = 0.9
+SHOWN = 3  # weights named on the console; the log has them all
+
+
+class BatchNormThen(nn.Sequential):
+    """A BatchNorm subclass taken apart: its plain batch norm, then the modules it applies after it (timm's
+    BatchNormAct2d: `drop`, `act`). torch.fx sees the plain BatchNorm and folds it into the conv before it."""
+
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _plain_form(module: nn.Module) -> BatchNormThen | None:
+    """`module` (a BatchNorm subclass) as its plain BatchNorm followed by its child modules, if that computes the
+    same in eval mode (checked on a random input); None if its forward does anything else."""
+    base = next(b for b in _BATCHNORMS if isinstance(module, b))
+    own = set(module._parameters) | set(module._buffers)
+    if own - {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}:
+        return None  # state of its own beyond batch norm's: its forward uses it somehow
+    plain = base(module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+                 track_running_stats=module.track_running_stats)
+    plain.load_state_dict({k: v for k, v in module.state_dict(keep_vars=False).items() if "." not in k})
+    names = [name for name, _ in module.named_children()]
+    norm = next(n for n in ("norm", "bn", "batchnorm") if n not in names)
+    plain_form = BatchNormThen(OrderedDict([(norm, plain), *((n, copy.deepcopy(c)) for n, c in module.named_children())]))
+    plain_form.eval()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, module.num_features, *(5,) * (_BATCHNORMS.index(base) + 1), generator=generator) * 3
+    try:
+        with torch.no_grad():
+            same = torch.allclose(module.eval()(x), plain_form(x), rtol=1e-5, atol=1e-5)
+    except Exception:  # noqa: BLE001 - a forward that does not take such an input is not plain batch norm
+        return None
+    return plain_form if same else None
+
+
+def plain_batchnorms(model: nn.Module) -> list[str]:
+    """Replace, in place, each BatchNorm subclass whose forward is batch norm then its own child modules (kept,
+    in order) by `BatchNormThen`; the names of those replaced. Other subclasses stay as they are."""
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, _BATCHNORMS) and type(module) not in _BATCHNORMS:
+            plain_form = _plain_form(module)
+            if plain_form is not None:
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr, plain_form)
+                replaced.append(name)
+    return replaced
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every Conv+BatchNorm pair into one conv (a copy of `model`, in eval mode), BatchNorm subclasses that
+    are plain batch norm plus an activation included (timm's BatchNormAct2d).
+
+    torch.fx's fuse() finds the pairs wherever they are (ResNet's conv1/bn1 as well as Sequential
+    pairs); for a network torch.fx cannot trace, the pairs inside a Sequential are folded.
+    """
+    model = copy.deepcopy(model).eval()
+    if isinstance(model, _BATCHNORMS):
+        return model
+    plain_batchnorms(model)
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        return fuse(model, inplace=True)
+    except Exception:  # noqa: BLE001 - not symbolically traceable: fall back to Sequential pairs
+        pass
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        children = list(seq)
+        for i, (conv, bn) in enumerate(zip(children, children[1:])):
+            if not isinstance(conv, nn.Conv2d):
+                continue
+            if type(bn) is nn.BatchNorm2d:
+                seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+                seq[i + 1] = nn.Identity()
+            elif isinstance(bn, BatchNormThen) and type(bn[0]) is nn.BatchNorm2d:
+                seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn[0])
+                bn[0] = nn.Identity()
+    return model
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    """Every weight of an mlpackage, decompressed to dense arrays, keyed by Core ML's const name, in the order
+    the program first uses them."""
+    import coremltools as ct
+    from coremltools.optimize.coreml import decompress_weights, get_weights_metadata
+
+    dense = decompress_weights(ct.models.MLModel(str(path), skip_model_load=True))
+    weights = {name: np.asarray(meta.val) for name, meta in get_weights_metadata(dense, weight_threshold=0).items()}
+    main = dense.get_spec().mlProgram.functions["main"]
+    first_use: dict[str, int] = {}
+    for i, op in enumerate(main.block_specializations[main.opset].operations):
+        for argument in op.inputs.values():
+            for arg in argument.arguments:
+                first_use.setdefault(arg.name, i)
+    order = sorted(weights, key=lambda name: first_use.get(name, len(first_use)))
+    return {name: weights[name] for name in order}
+
+
+def _graph_order(net: nn.Module) -> list[str]:
+    """The network's floating-point state_dict keys, in the order its (fx) graph first uses them; a network
+    that is not an fx GraphModule keeps its state_dict order."""
+    state = net.state_dict()
+    keys = [k for k, v in state.items() if v.is_floating_point()]
+    if not isinstance(net, torch.fx.GraphModule):
+        return keys
+    used = []
+    for node in net.graph.nodes:
+        if node.op == "call_module":
+            prefix = f"{node.target}."
+            used += [k for k in keys if k.startswith(prefix) and "." not in k[len(prefix):]]
+        elif node.op == "get_attr":
+            used += [k for k in keys if k == node.target]
+    seen = dict.fromkeys(used)
+    return list(seen) + [k for k in keys if k not in seen]
+
+
+def _shape_key(shape) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape if d != 1)
+
+
+def _relative_diffs(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """||a - b|| / max(||a||, ||b||) between every row of `ours` and every row of `theirs` (flattened tensors)."""
+    na, nb = (ours ** 2).sum(1), (theirs ** 2).sum(1)
+    squared = np.maximum(na[:, None] + nb[None, :] - 2 * ours @ theirs.T, 0.0)
+    return np.sqrt(squared) / np.maximum(np.sqrt(np.maximum(na[:, None], nb[None, :])), 1e-12)
+
+
+def match_weights(net: nn.Module, weights: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Pair each floating-point tensor of `net` with one weight of the file: same shape (size-1 dimensions aside),
+    closest values (relative L2 difference), and, among equally close ones, the nearest graph position.
+
+    Returns the file's value for each matched key, and one row per tensor left without a counterpart
+    (none of that shape, or none within MAX_RELATIVE_DIFF): its key, shape and the closest difference seen.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    state = net.state_dict()
+    keys = _graph_order(net)
+    names = [n for n, v in weights.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
+    key_pos = {k: i / max(len(keys) - 1, 1) for i, k in enumerate(keys)}
+    name_pos = {n: i / max(len(names) - 1, 1) for i, n in enumerate(names)}
+    groups: dict[tuple, tuple[list, list]] = {}
+    for k in keys:
+        groups.setdefault(_shape_key(state[k].shape), ([], []))[0].append(k)
+    for n in names:
+        if _shape_key(weights[n].shape) in groups:
+            groups[_shape_key(weights[n].shape)][1].append(n)
+    matched, unmatched = {}, []
+    for shape, (ours, theirs) in groups.items():
+        if not theirs:
+            unmatched += [{"key": k, "shape": list(state[k].shape), "closest": None} for k in ours]
+            continue
+        a = np.stack([state[k].detach().double().reshape(-1).numpy() for k in ours])
+        b = np.stack([np.asarray(weights[n], np.float64).reshape(-1) for n in theirs])
+        diffs = _relative_diffs(a, b)
+        position = np.abs(np.array([key_pos[k] for k in ours])[:, None] - np.array([name_pos[n] for n in theirs])[None, :])
+        rows, cols = linear_sum_assignment(diffs + 1e-6 * position)  # the position only breaks near-ties
+        paired = dict(zip(rows.tolist(), cols.tolist()))
+        for i, k in enumerate(ours):
+            j = paired.get(i)
+            if j is None or diffs[i, j] > MAX_RELATIVE_DIFF:
+                unmatched.append({"key": k, "shape": list(state[k].shape), "closest": float(diffs[i].min())})
+            else:
+                matched[k] = np.asarray(weights[theirs[j]])
+    return matched, unmatched
+
+
+def _describe(row: dict) -> str:
+    closest = "no weight of that shape" if row["closest"] is None else f"closest differs by {row['closest']:.2f}"
+    return f"`{row['key']}` {tuple(row['shape'])} ({closest})"
+
+
+def load_into(net: nn.Module, weights: dict[str, np.ndarray], file: str = "the Core ML file") -> nn.Module:
+    """Load a Core ML file's weights (read_weights) into the PyTorch network it was converted from, each tensor
+    matched by shape, value and graph position (match_weights); a ConversionError names those with no match."""
+    matched, unmatched = match_weights(net, weights)
+    if unmatched:
+        shown = ", ".join(_describe(r) for r in unmatched[:SHOWN])
+        more = f" and {len(unmatched) - SHOWN} more (all in the log)" if len(unmatched) > SHOWN else ""
+        print(f"Core ML read-back of {file}: {len(unmatched)} tensor(s) of the network have no counterpart in it:")
+        for row in unmatched:
+            print(f"  {_describe(row)}")
+        raise ConversionError(
+            f"{file}: Core ML read-back found no weight in the file for {len(unmatched)} of {len(matched) + len(unmatched)} "
+            f"network tensors, by shape and value: {shown}{more}. Core ML's converter rebuilt them (folded into a "
+            "neighbouring op), so this file cannot be checked on Linux; run `verify` on macOS, where Core ML runs it")
+    state = net.state_dict()
+    net.load_state_dict({k: torch.from_numpy(matched[k].astype(np.float32)).reshape(v.shape) if k in matched else v
+                         for k, v in state.items()})
+    return net

@@ -1,0 +1,123 @@
+"""Core ML weights on Linux: BatchNorm subclasses folded like BatchNorm, and a read-back that matches the file's
+weights to the network by shape, value and graph position, not by name."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from converters import ConversionError
+from converters.coreml_weights import fold_batchnorm, load_into, match_weights, read_weights
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """Like timm's BatchNormAct2d: a BatchNorm2d subclass whose forward is F.batch_norm, then its activation."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, self.eps)
+        return self.act(x)
+
+
+class BatchNormScaled(nn.BatchNorm2d):
+    """A subclass that does more than batch norm: it must not be taken apart."""
+
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def tiny(norm=BatchNormAct) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), norm(8), nn.Conv2d(8, 8, 3, padding=1, bias=False),
+                        norm(8), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+def test_batchnorm_subclass_with_an_activation_is_folded_into_its_conv():
+    net = tiny()
+    folded = fold_batchnorm(net)
+    assert not [k for k in folded.state_dict() if "running_mean" in k]  # no batch norm left to compute
+    assert "batch_norm" not in folded.code
+    assert [k for k, v in folded.state_dict().items() if v.dim() == 1] == ["0.bias", "2.bias", "4.bias", "8.bias"]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
+
+
+def test_a_subclass_that_computes_more_than_batch_norm_is_left_alone():
+    net = tiny(BatchNormScaled)
+    folded = fold_batchnorm(net)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
+    assert len([m for m in folded.modules() if isinstance(m, BatchNormScaled)]) == 2
+
+
+@pytest.fixture(scope="module")
+def fp16_package(tmp_path_factory):
+    from converters.coreml import convert_float
+    from core.workspace import ExportSource
+
+    net = tiny()
+    source = ExportSource("bnact", (3, 32, 32), list("abcd"), [0.5] * 3, [0.25] * 3, net)
+    path = tmp_path_factory.mktemp("coreml") / "bnact_fp16.mlpackage"
+    convert_float(net, source).save(str(path))
+    return net, path
+
+
+def test_fp16_readback_of_a_batchnorm_subclass_network(fp16_package):
+    net, path = fp16_package
+    loaded = load_into(fold_batchnorm(net), read_weights(path), path.name).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        diff = (loaded(x) - net(x)).abs().max()
+    assert diff < 1e-2  # fp16 weights
+    assert diff > 0  # the file's fp16 values, not the network's own
+
+
+def test_readback_does_not_depend_on_weight_names(fp16_package):
+    """Core ML names a weight anonymously (`const_207_to_fp16`) when a pass rebuilt it: renaming every weight
+    and shuffling their order changes nothing."""
+    net, path = fp16_package
+    weights = read_weights(path)
+    renamed = {f"const_{i}_to_fp16": weights[n] for i, n in enumerate(reversed(list(weights)))}
+    a, b = load_into(fold_batchnorm(net), weights), load_into(fold_batchnorm(net), renamed)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_equal_candidates_are_told_apart_by_graph_position():
+    """Two convs of one shape with identical values (zero biases): position decides, in graph order."""
+    net = fold_batchnorm(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)))
+    for conv in net.children():
+        nn.init.zeros_(conv.bias)
+    w0, w1 = (c.weight.detach().numpy() for c in net.children())
+    zeros = np.zeros(4, np.float16)
+    weights = {"a": w0.astype(np.float16), "b": zeros, "c": w1.astype(np.float16), "d": zeros + 0}
+    matched, unmatched = match_weights(net, weights)
+    assert not unmatched and matched["0.weight"] is weights["a"] and matched["1.weight"] is weights["c"]
+    assert matched["0.bias"] is weights["b"] and matched["1.bias"] is weights["d"]
+
+
+def test_a_tensor_missing_from_the_file_is_named_briefly(fp16_package, capsys):
+    net, path = fp16_package
+    weights = {n: w for n, w in read_weights(path).items() if w.shape != (8, 8, 3, 3)}
+    weights.update({f"junk_{i}": np.full((4, 8), 9.0, np.float16) for i in range(5)})
+    big = fold_batchnorm(nn.Sequential(*tiny(), *(nn.Linear(8, 4) for _ in range(4))))
+    with pytest.raises(ConversionError) as error:
+        load_into(big, weights, path.name)
+    message = str(error.value)
+    assert path.name in message and "and " in message and "more" in message and "macOS" in message
+    assert "`2.weight` (8, 8, 3, 3) (no weight of that shape)" in message
+    assert len(message) < 700
+    assert "9.weight" in capsys.readouterr().out  # the full list: printed, which the CLI sends to the log
