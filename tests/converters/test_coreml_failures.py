@@ -59,15 +59,15 @@ def test_w8a8_of_a_network_that_counts_its_batchnorm_calls(source, tmp_path):
     dropped for Core ML, and the file holds the int8 graph's numbers."""
     from converters.coreml import convert_w8a8, w8a8_checks
 
-    if not counter_updates(source.program):
-        pytest.skip("the int8 graph no longer carries BatchNorm counters (removed before export): nothing to drop")
+    counters = len(counter_updates(source.program))  # 2, unless the QAT preparation removes them itself
     dropped = []
     path = tmp_path / "bnact_coreml_int8.mlpackage"
     convert_w8a8(source, path.name, dropped).save(str(path))
-    assert sorted(r["layer"] for r in dropped) == ["1", "3"] and all("add_" in r["op"] for r in dropped)
-    checks = w8a8_checks(path, source.program)
+    assert sorted(r["layer"] for r in dropped) == (["1", "3"] if counters else [])
+    assert all("add_" in r["op"] for r in dropped)
+    checks = w8a8_checks(path, source.program)  # before the fix: AttributeError: ... 'fp16' ... 'get_shape'
     assert checks["quantized_weights"] == 3 and checks["max_relative_weight_diff"] < 2e-3
-    assert len(counter_updates(source.program)) == 2  # the source graph itself is left as it is
+    assert len(counter_updates(source.program)) == counters  # the source graph itself is left as it is
 
 
 def test_dead_buffer_updates_are_dropped_exactly():
