@@ -39,19 +39,3 @@ def compare(logits: np.ndarray, reference: np.ndarray, labels) -> dict:
         "max_abs_logit_diff": float(diff.max()),
         "mean_abs_logit_diff": float(diff.mean()),
     }
-
-
-CHANCE_ALPHA = 0.01  # a model must beat guessing at this significance on its test set
-
-
-def better_than_chance(correct: int, images: int, classes: int, alpha: float = CHANCE_ALPHA) -> dict:
-    """One-sided binomial test of `correct` of `images` test answers against guessing one of `classes` uniformly.
-
-    passed: the model is significantly better than chance (p < alpha). A test set too small to show that
-    (e.g. 1 image) does not pass either: nothing can be concluded from it."""
-    from scipy.stats import binomtest
-
-    chance = 1.0 / max(classes, 1)
-    p_value = float(binomtest(int(correct), int(images), chance, alternative="greater").pvalue) if images else 1.0
-    return {"correct": int(correct), "images": int(images), "classes": int(classes), "chance": chance,
-            "p_value": p_value, "alpha": alpha, "passed": p_value < alpha}

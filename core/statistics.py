@@ -170,10 +170,18 @@ def drop_verdict(reference_correct, artifact_correct, allowance: float, confiden
     return Verdict(name, drop, low, high, allowance, outcome, n, "Newcombe paired", confidence, needed, test["p"])
 
 
-def better_than_chance(correct: int, n: int, classes: int) -> dict:
-    """One-sided exact binomial test of accuracy against guessing among `classes` classes."""
-    p = float(stats.binomtest(int(correct), int(n), 1.0 / classes, alternative="greater").pvalue) if n else 1.0
-    return {"test": "exact binomial vs chance", "n": int(n), "chance": 1.0 / classes, "p": p}
+CHANCE_ALPHA = 0.01  # a model must beat guessing at this significance on its test set
+
+
+def better_than_chance(correct: int, images: int, classes: int, alpha: float = CHANCE_ALPHA) -> dict:
+    """One-sided binomial test of `correct` of `images` test answers against guessing one of `classes` uniformly.
+
+    passed: the model is significantly better than chance (p < alpha). A test set too small to show that
+    (e.g. 1 image) does not pass either: nothing can be concluded from it."""
+    chance = 1.0 / max(classes, 1)
+    p_value = float(stats.binomtest(int(correct), int(images), chance, alternative="greater").pvalue) if images else 1.0
+    return {"correct": int(correct), "images": int(images), "classes": int(classes), "chance": chance,
+            "p_value": p_value, "alpha": alpha, "passed": p_value < alpha}
 
 
 # ---- per-image answers, kept compactly in the manifest ---------------------------------------------------

@@ -28,7 +28,7 @@ from core.config import RunConfig
 from core.console import say, say_brief
 from core.data import DataError
 from core.device import check_amp, check_input_memory, for_quantization
-from core.evaluate import better_than_chance, predict
+from core.evaluate import predict
 from core.export_check import check_exportable
 from core.recipe import Recipe
 from core import schemes, statistics
@@ -244,7 +244,7 @@ class Pipeline(Workspace):
             train.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "key": key, "history": [], "meta": meta})
         fp32_correct = self._answers(result.model.eval())
         fp32_acc = float(fp32_correct.mean())
-        chance = better_than_chance(int(fp32_correct.sum()), len(data.test_labels), len(data.labels))
+        chance = statistics.better_than_chance(int(fp32_correct.sum()), len(data.test_labels), len(data.labels))
         result.model.to("cpu")
         _, module_rewrites, float_diff = rewrites.apply(result.model, self.shape)
         say(f"train: fp32 test accuracy {fp32_acc:.4f} on {len(data.test_labels)} {data.name} images")
@@ -275,7 +275,7 @@ class Pipeline(Workspace):
             return  # not trained: the stage that needs the model says so
         data, cfg = self.data, self.cfg
         n = len(data.test_labels)
-        chance = better_than_chance(round(self.manifest["accuracy"]["fp32"] * n), n, len(data.labels))
+        chance = statistics.better_than_chance(round(self.manifest["accuracy"]["fp32"] * n), n, len(data.labels))
         problems = []
         diverged = train.divergence(stage.get("history") or [], len(data.labels))
         if diverged:

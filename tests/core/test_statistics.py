@@ -74,9 +74,15 @@ def test_mcnemar_counts_only_the_images_where_the_two_differ():
         st.paired_table(np.ones(3, bool), np.ones(4, bool))
 
 
-def test_better_than_chance():
-    assert st.better_than_chance(30, 300, 10)["p"] > 0.4  # 10% of 10 classes is chance
-    assert st.better_than_chance(60, 300, 10)["p"] < 1e-6
+def test_better_than_chance_is_a_one_sided_binomial_test():
+    assert st.better_than_chance(200, 300, 10)["passed"]
+    below = st.better_than_chance(24, 300, 10)  # 8% of 10 classes
+    assert not below["passed"] and below["p_value"] > 0.5
+    assert not st.better_than_chance(1, 1, 10)["passed"]  # one right answer shows nothing (p = 0.1)
+    assert not st.better_than_chance(0, 0, 10)["passed"]
+    assert st.better_than_chance(60, 100, 2)["p_value"] > 0.01 > st.better_than_chance(65, 100, 2)["p_value"]
+    assert st.better_than_chance(30, 300, 10)["p_value"] > 0.4  # 10% of 10 classes is chance
+    assert st.better_than_chance(60, 300, 10)["p_value"] < 1e-6
 
 
 def test_answers_pack_into_the_manifest_and_back():

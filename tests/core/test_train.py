@@ -1,9 +1,10 @@
+import math
 import pytest
 import torch
 
 from core.workspace import CHECKPOINT
 from pipeline.stages import Pipeline
-from core.train import CheckpointError, load_checkpoint
+from core.train import CheckpointError, divergence, load_checkpoint
 
 
 @pytest.fixture
@@ -97,3 +98,10 @@ def test_batchnorm_recalibration_gives_the_plain_average_of_the_batch_statistics
     assert model[1].momentum == 0.01 and not model.training  # settings put back
     assert recalibrate_batchnorm(model, loader, batches=0, epoch=5) is None  # --bn-recalibration 0: untouched
     assert recalibrate_batchnorm(nn.Linear(2, 2), loader, batches=2, epoch=5) is None  # no BatchNorm: nothing to do
+
+
+def test_divergence_names_a_non_finite_or_exploding_loss():
+    assert divergence([{"epoch": 1, "loss": 1.2}, {"epoch": 2, "loss": 0.5}], 10) is None
+    assert "epoch 2 is nan" in divergence([{"epoch": 1, "loss": 1.2}, {"epoch": 2, "loss": math.nan}], 10)
+    assert "exploded" in divergence([{"epoch": 1, "loss": 9.6e9}], 10)
+    assert divergence([], 10) is None
