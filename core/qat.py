@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from . import distributed
 from .data import DataBundle
-from .console import say
+from .console import StageClock, say
 from . import int8_constraints
 from .export_check import export_training_graph
 from .loaders import TrainLoader
@@ -317,6 +317,7 @@ def qat(model: nn.Module, data: DataBundle | TrainLoader, shape: tuple[int, ...]
     freeze_bn_step = int(schedule.freeze_bn_at * total)
     freeze_obs_step = int(schedule.freeze_observers_at * total)
     done, history, events = 0, [], []
+    clock = StageClock("qat", total, "check --qat-epochs / --qat-max-steps")
 
     def on_step(step_in_epoch: int) -> None:
         step = done + step_in_epoch
@@ -333,7 +334,7 @@ def qat(model: nn.Module, data: DataBundle | TrainLoader, shape: tuple[int, ...]
     epoch = 0
     while done < total:
         stats = run_epoch(net, optimizer, loader, epoch, desc=f"QAT epoch {epoch + 1}", max_steps=total - done,
-                          on_step=on_step, loss_fn=loss_fn)
+                          on_step=on_step, loss_fn=loss_fn, clock=clock)
         done += stats["steps"]
         history.append({"epoch": epoch + 1, **stats})
         if ctx.is_main:

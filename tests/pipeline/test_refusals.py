@@ -278,6 +278,28 @@ def test_a_billion_epochs_get_an_estimate_and_a_warning(tmp_path, monkeypatch, c
     assert "warning: train would run for about" in out and "check --epochs (1,000,000,000 of 8 steps each)" in out
 
 
+def test_a_million_qat_epochs_get_an_estimate_and_a_warning(copy_of, monkeypatch, capsys):
+    from core import qat
+    from core.console import StageClock
+
+    class Stopped(StageClock):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "min_steps": 3})
+
+        def step(self):
+            super().step()
+            if self.done:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(qat, "StageClock", Stopped)
+    pipeline = copy_of(qat_epochs=1_000_000.0, qat_max_steps=0)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.qat()
+    out = capsys.readouterr().out
+    assert "qat: 3 steps took" in out and "all 32,000,000 steps should take about" in out
+    assert "warning: qat would run for about" in out and "check --qat-epochs / --qat-max-steps" in out
+
+
 # ---- 5. every temporary file under OUT ------------------------------------------------------------------
 def test_export_inspection_scratch_files_stay_under_out(copy_of, tmp_path, monkeypatch):
     """The .pte inspection (flatc) and the ETDump profile write scratch files: under OUT, named .tmp.*, so a run
