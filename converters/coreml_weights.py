@@ -23,6 +23,7 @@ from .base import ConversionError
 # A matched weight differs from the network's by at most this share of its norm. fp16 rounding gives ~1e-3,
 # k-means LUTs of 1 to 8 bits 0.6 down to 0.01; an unrelated tensor of the same shape ~1.4, zeros 1.0.
 MAX_RELATIVE_DIFF = 0.9
+SHARED_DIFF = 2e-3  # fp16 rounding: a tensor this close to a weight another tensor took shares it (deduplicated)
 SHOWN = 3  # weights named on the console; the log has them all
 
 
@@ -154,7 +155,8 @@ def match_weights(net: nn.Module, weights: dict[str, np.ndarray]) -> tuple[dict[
     """Pair each floating-point tensor of `net` with one weight of the file: same shape (size-1 dimensions aside),
     closest values (relative L2 difference), and, among equally close ones, the nearest graph position.
 
-    Returns the file's value for each matched key, and one row per tensor left without a counterpart
+    Core ML keeps one const for equal tensors, so a tensor left over may share the weight another one took when
+    the two are equal to fp16 precision (SHARED_DIFF). Returns the file's value for each matched key, and one row per tensor left without a counterpart
     (none of that shape, or none within MAX_RELATIVE_DIFF): its key, shape and the closest difference seen.
     """
     from scipy.optimize import linear_sum_assignment
@@ -183,6 +185,8 @@ def match_weights(net: nn.Module, weights: dict[str, np.ndarray]) -> tuple[dict[
         paired = dict(zip(rows.tolist(), cols.tolist()))
         for i, k in enumerate(ours):
             j = paired.get(i)
+            if (j is None or diffs[i, j] > MAX_RELATIVE_DIFF) and diffs[i].min() <= SHARED_DIFF:
+                j = int(diffs[i].argmin())  # equal tensors (two heads' BatchNorm statistics): Core ML keeps one const
             if j is None or diffs[i, j] > MAX_RELATIVE_DIFF:
                 unmatched.append({"key": k, "shape": list(state[k].shape), "closest": float(diffs[i].min())})
             else:

@@ -121,3 +121,19 @@ def test_a_tensor_missing_from_the_file_is_named_briefly(fp16_package, capsys):
     assert "`2.weight` (8, 8, 3, 3) (no weight of that shape)" in message
     assert len(message) < 700
     assert "9.weight" in capsys.readouterr().out  # the full list: printed, which the CLI sends to the log
+
+
+def test_equal_tensors_share_the_one_weight_core_ml_keeps_for_them():
+    """Core ML deduplicates equal consts: two heads whose BatchNorm saw the same features have equal running
+    statistics, and the file holds them once. Both read back from that one weight; a different tensor does not."""
+    net = nn.Sequential(nn.BatchNorm1d(6), nn.BatchNorm1d(6)).eval()
+    for bn in net:
+        bn.running_mean.copy_(torch.linspace(-1, 1, 6))
+        bn.running_var.copy_(torch.linspace(0.5, 2, 6))
+    weights = {"mean": torch.linspace(-1, 1, 6).numpy().astype(np.float16),
+               "var": torch.linspace(0.5, 2, 6).numpy().astype(np.float16),
+               "gamma": np.ones(6, np.float16), "beta": np.zeros(6, np.float16)}
+    matched, unmatched = match_weights(net, weights)
+    assert not unmatched and matched["0.running_mean"] is matched["1.running_mean"] is weights["mean"]
+    net[1].running_var.mul_(3)
+    assert [r["key"] for r in match_weights(net, weights)[1]] == ["1.running_var"]
