@@ -548,7 +548,8 @@ class Pipeline(Workspace):
                 logits, method = run_artifact(path, artifact, source, data)
             except Exception as exc:
                 artifact["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
-                say(f"[x] verify: {file}: could not run it: {exc}; re-run `export --force` to rebuild it")
+                say_brief(f"[x] verify: {file}: could not run it: {type(exc).__name__}: {exc}\n    the file passed "
+                          "its sha256 check, so its runtime refused it: see the log; `export --force` rebuilds it")
                 continue
             baselines = self._baselines(tag, source, ref_logits, labels)
             result = verify(artifact, logits, ref_logits[reference], labels, thresholds, baselines)
@@ -692,5 +693,7 @@ def say_verdict(file: str, result: dict, detail: str) -> None:
         outcome = "every check shown within its threshold" if verdicts else ""
     say(f"[{'✓' if result['passed'] else 'x'}] verify: {file}: accuracy {result['accuracy']:.4f}, agreement "
         f"{100 * result['agreement']:.2f}%{interval}: {outcome}; {detail}")
-    for failure in result["failures"]:
-        say(f"    FAILED: {file}: {failure}")
+    failures = result["failures"]
+    if failures:  # at most two more console lines; every failure is in the manifest and report.md
+        more = f" (and {len(failures) - 1} more failed check(s): report.md, Verdicts)" if len(failures) > 1 else ""
+        say_brief(f"    FAILED: {file}: {failures[0]}{more}", lines=2)
