@@ -258,28 +258,8 @@ def test_the_input_memory_check_is_a_lower_bound_of_the_batch():
 
 
 # ---- 9. a stage of absurd length says so after its first steps ---------------------------------------
-def test_a_billion_epochs_get_an_estimate_and_a_warning(tmp_path, monkeypatch, capsys):
-    from core import train
-    from core.console import StageClock
-
-    class Stopped(StageClock):  # stops the run once the estimate is out, as a user reading it would
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "min_steps": 3})
-
-        def step(self):
-            super().step()
-            if self.done:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "StageClock", Stopped)
-    code, out, _ = main(capsys, "train", *TINY, "--epochs", "1000000000", "--out", str(tmp_path))
-    assert code == 130
-    assert "train: 3 steps took" in out and "all 8,000,000,000 steps should take about" in out and "years" in out
-    assert "warning: train would run for about" in out and "check --epochs (1,000,000,000 of 8 steps each)" in out
-
-
-def test_a_million_qat_epochs_get_an_estimate_and_a_warning(copy_of, monkeypatch, capsys):
-    from core import qat
+def stopped_after_estimate():
+    """A StageClock that estimates after 3 steps and then stops the run, as a user reading the estimate would."""
     from core.console import StageClock
 
     class Stopped(StageClock):
@@ -291,7 +271,23 @@ def test_a_million_qat_epochs_get_an_estimate_and_a_warning(copy_of, monkeypatch
             if self.done:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(qat, "StageClock", Stopped)
+    return Stopped
+
+
+def test_a_billion_epochs_get_an_estimate_and_a_warning(tmp_path, monkeypatch, capsys):
+    from core import train
+
+    monkeypatch.setattr(train, "StageClock", stopped_after_estimate())
+    code, out, _ = main(capsys, "train", *TINY, "--epochs", "1000000000", "--out", str(tmp_path))
+    assert code == 130
+    assert "train: 3 steps took" in out and "all 8,000,000,000 steps should take about" in out and "years" in out
+    assert "warning: train would run for about" in out and "check --epochs (1,000,000,000 of 8 steps each)" in out
+
+
+def test_a_million_qat_epochs_get_an_estimate_and_a_warning(copy_of, monkeypatch, capsys):
+    from core import qat
+
+    monkeypatch.setattr(qat, "StageClock", stopped_after_estimate())
     pipeline = copy_of(qat_epochs=1_000_000.0, qat_max_steps=0)
     with pytest.raises(KeyboardInterrupt):
         pipeline.qat()
