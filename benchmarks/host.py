@@ -32,7 +32,7 @@ from core.console import say
 from core.schemes import Scheme
 from core.workspace import Workspace
 
-from . import plots, report, training
+from . import device_agreement, plots, report, training
 
 SCHEMA_VERSION = 1
 SCHEMA = Path(__file__).parent / "schemas" / "results.schema.json"
@@ -385,6 +385,8 @@ def rebuild_reports(cfg) -> bool:
     written = plots.write_plots(results, devices["valid"], bench_dir(cfg))
     md = atomic.write_text(bench_dir(cfg) / "report.md", report.bench_report(results, devices, [p.name for p in written]))
     say(f"report: wrote {md} and {', '.join(p.name for p in written)}")
+    for line in device_agreement.console_lines(devices, report.device_label):
+        say(line)
     return True
 
 
