@@ -120,7 +120,7 @@ def markdown(result: dict) -> str:
             cells.append(f"{_ratio(lat['ratio'], lat['flagged'])} ({lat['old_ms']:.3g} → {lat['new_ms']:.3g} ms, "
                          f"±{lat['spread_ms']:.2g})")
             if lat["flagged"]:
-                flagged.append(f"`{r['name']}`: p50 at {label} {lat['direction']}, {lat['ratio']:.2f}x")
+                flagged.append(f"`{r['name']}`: p50 at {label} {lat['direction']}, {lat['ratio']:.3g}x")
         if r["size"]["flagged"]:
             flagged.append(f"`{r['name']}`: size {r['size']['ratio']:.3f}x")
         lines.append("| " + " | ".join(cells) + " |")

@@ -100,13 +100,14 @@ def section(devices: dict, label) -> list[str]:
         for a in assess(doc):
             r = a["row"]
             top1, diff = agreement_cell(a["agreement"])
-            verdict = "**FLAGGED**: " + "; ".join(a["problems"]) if a["problems"] else (
+            verdict = "**FLAGGED**: " + "; ".join(a["problems"]).replace("|", "\\|") if a["problems"] else (
                 "agrees" if (a["agreement"] or {}).get("available") else DASH)
             p50 = r["metrics"].get("p50_inference_latency(ms)")
             rows.append(f"| {doc['platform']} | {label(doc)} | `{r['model']}` | {r['runtime']} | "
                         f"{accelerator_text(r)} | {DASH if p50 is None else f'{p50:.3f}'} | {top1} | {diff} | {verdict} |")
             if a["problems"]:
-                flags.append(f"- `{r['model']}` on {label(doc)}: {'; '.join(a['problems'])}. Likely cause: {a['cause']}.")
+                flags.append(f"- `{r['model']}` on {label(doc)} (`{entry['file']}`): {'; '.join(a['problems'])}. "
+                             f"Likely cause: {a['cause']}.")
     if not rows:
         return []
     return ["Each app compares its logits on the bundled images with `golden_outputs.json`, the host runtime's "

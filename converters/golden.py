@@ -54,16 +54,35 @@ def app_inputs(pixels: np.ndarray, mean: list | None, std: list | None) -> np.nd
     return (x - per_channel(mean, 0.0)) / per_channel(std, 1.0)
 
 
-def output_step(artifact: dict) -> float | None:
-    """The output quantization step of an int8 output (models.json's output scale), else None."""
+def grid_step(logits: np.ndarray) -> float | None:
+    """The spacing of the grid the logits lie on, when they lie on one: a quantized program that dequantizes its
+    int8 output inside (the int8 .pte) hands out float logits that are still whole output steps apart."""
+    values = np.unique(np.asarray(logits, dtype=np.float64))
+    gaps = np.diff(values)
+    gaps = gaps[gaps > 0]
+    if not len(gaps):
+        return None
+    step = float(gaps.min())
+    steps = (values - values[0]) / step
+    return step if np.allclose(steps, np.round(steps), atol=1e-3) else None
+
+
+def output_step(artifact: dict, logits: np.ndarray | None = None) -> tuple[float | None, str | None]:
+    """The output quantization step and where it comes from: an int8 output's scale in models.json; for another
+    quantized file, the grid its logits lie on; for a float file, none."""
     out = artifact.get("output") or {}
-    scale = out.get("scale")
-    return float(scale) if out.get("dtype") == "int8" and scale else None
+    if out.get("dtype") == "int8" and out.get("scale"):
+        return float(out["scale"]), "models.json output scale"
+    if artifact.get("quant") not in ("fp32", "fp16") and logits is not None:
+        step = grid_step(logits)
+        if step is not None:
+            return step, "the spacing of the golden logits (the int8 output is dequantized inside the program)"
+    return None, None
 
 
 def tolerance(artifact: dict, logits: np.ndarray) -> float:
     """The largest |Δlogit| a device may show against these golden logits before `report` flags it."""
-    step = output_step(artifact)
+    step, _ = output_step(artifact, logits)
     if step is not None:
         return step * (1 + 1e-6)
     return FLOAT_TOLERANCE * max(1.0, float(np.abs(logits).max(initial=0.0)))
@@ -91,8 +110,9 @@ def compute(files: dict[str, tuple[Path, dict]], pixels: np.ndarray, source_for:
         if not np.isfinite(logits).all():
             raise GoldenError(f"golden outputs: {file} gave NaN or infinite logits on the bundled images; "
                               "rerun `export` and `verify` for it")
+        step, step_source = output_step(artifact, logits)
         models.append({"file": file, "runtime": runtime_name(artifact), "quant": artifact["quant"], "method": method,
-                       "output_step": output_step(artifact), "tolerance": tolerance(artifact, logits),
+                       "output_step": step, "output_step_source": step_source, "tolerance": tolerance(artifact, logits),
                        "top1": logits.argmax(1).tolist(), "logits": logits.tolist()})
     return {"schema_version": SCHEMA_VERSION, "count": int(len(pixels)),
             "classes": len(models[0]["logits"][0]) if models and models[0]["logits"] else 0,

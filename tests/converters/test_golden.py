@@ -35,8 +35,19 @@ def test_app_inputs_refuse_what_the_apps_could_not_feed():
 def test_tolerance_is_one_output_step_for_int8_and_a_small_share_for_float():
     logits = np.array([[4.0, -2.0]], dtype=np.float32)
     assert golden.tolerance({"output": {"dtype": "int8", "scale": 0.0625}}, logits) == pytest.approx(0.0625)
-    assert golden.tolerance({"output": {"dtype": "float32", "scale": None}}, logits) == pytest.approx(4e-3)
-    assert golden.output_step({"output": {"dtype": "float32"}}) is None
+    assert golden.tolerance({"quant": "fp32", "output": {"dtype": "float32", "scale": None}}, logits) == pytest.approx(4e-3)
+    assert golden.output_step({"quant": "fp32", "output": {"dtype": "float32"}}, logits) == (None, None)
+
+
+def test_a_quantized_file_with_float_output_is_held_to_the_grid_its_logits_lie_on():
+    rng = np.random.default_rng(1)
+    on_grid = (rng.integers(-128, 128, size=(20, 10)) + 17).astype(np.float32) * np.float32(0.0885)
+    artifact = {"quant": "int8", "output": {"dtype": "float32", "scale": None}}
+    step, source = golden.output_step(artifact, on_grid)
+    assert step == pytest.approx(0.0885, rel=1e-5) and "spacing of the golden logits" in source
+    assert golden.tolerance(artifact, on_grid) == pytest.approx(0.0885, rel=1e-5)
+    off_grid = rng.normal(size=(20, 10)).astype(np.float32)
+    assert golden.output_step(artifact, off_grid) == (None, None)
 
 
 class _Fake:
