@@ -114,7 +114,7 @@ final class BenchmarkSuite {
                 correct += 1
             }
             if let host = host {
-                try agreement.add(index, predicted: predicted, device: runner.lastLogits, host: host.logits[index].map { Float($0) })
+                agreement.add(index, predicted: predicted, device: runner.lastLogits, host: host.logits[index].map { Float($0) })
             }
         }
 

@@ -61,9 +61,12 @@ struct HostAgreement {
     private(set) var disagreeingImages: [Int] = []
     /// False once an image came without logits (a Core ML classifier gives a class only).
     private(set) var logitsCompared = true
+    /// Set when the device's and the host's outputs cannot be compared; the comparison stops there.
+    private(set) var problem: String?
 
     /// Adds image `image`: the class the device predicted, its logits when the runtime gave them, the host's logits.
-    mutating func add(_ image: Int, predicted: Int, device: [Float]?, host: [Float]) throws {
+    mutating func add(_ image: Int, predicted: Int, device: [Float]?, host: [Float]) {
+        guard problem == nil else { return }
         images += 1
         if predicted == HostAgreement.argmax(host) {
             agreeing += 1
@@ -75,7 +78,8 @@ struct HostAgreement {
             return
         }
         guard device.count == host.count else {
-            throw BenchError.output("image \(image): the device gave \(device.count) logits, the host \(host.count)")
+            problem = "image \(image): the device gave \(device.count) logits, the host \(host.count)"
+            return
         }
         for index in device.indices {
             var difference = abs(Double(device[index]) - Double(host[index]))
@@ -104,6 +108,9 @@ struct HostAgreement {
     }
 
     func record(_ golden: GoldenOutputs, _ entry: GoldenOutputs.Entry) -> HostAgreementRecord {
+        if let problem = problem {
+            return .unavailable("\(entry.file): \(problem) (bundled from another export?)")
+        }
         let compared = logitsCompared && maxAbsLogitDiff.isFinite
         return HostAgreementRecord(
             available: true, reason: nil, images: images, top1Agreement: top1Agreement,

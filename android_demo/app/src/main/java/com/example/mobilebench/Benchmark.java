@@ -193,6 +193,12 @@ final class Benchmark {
         int correct;
         double pssPeak;
         GoldenOutputs.Entry host = golden == null ? null : golden.entries.get(name);
+        String hostProblem = null;
+        if (host != null && host.logits.length > 0 && host.logits[0].length != spec.output.numElements()) {
+            hostProblem = GoldenOutputs.FILE + " has " + host.logits[0].length + " logits per image for " + name
+                    + ", models.json " + spec.output.numElements() + " (bundled from another export?)";
+            host = null;
+        }
         Agreement agreement = new Agreement();
         try {
             correct = countCorrect(runner, spec, sample, host, agreement);
@@ -236,7 +242,7 @@ final class Benchmark {
         m.put("sample_size", sample.count);
         JSONObject row = new JSONObject();
         row.put("metrics", m);
-        row.put("host_agreement", hostAgreement(name, host, agreement));
+        row.put("host_agreement", hostAgreement(name, host, agreement, hostProblem));
         row.put("accelerator", accelerator);
         return row;
     }
@@ -259,11 +265,12 @@ final class Benchmark {
         return correct;
     }
 
-    private JSONObject hostAgreement(String name, GoldenOutputs.Entry host, Agreement a) throws Exception {
+    private JSONObject hostAgreement(String name, GoldenOutputs.Entry host, Agreement a, String problem)
+            throws Exception {
         JSONObject o = new JSONObject();
         if (host == null) {
             o.put("available", false);
-            o.put("reason", golden == null ? "no usable " + GoldenOutputs.FILE
+            o.put("reason", problem != null ? problem : golden == null ? "no usable " + GoldenOutputs.FILE
                     : name + " has no entry in " + GoldenOutputs.FILE + " (bundled from another export?)");
             return o;
         }
