@@ -70,3 +70,11 @@ def test_only_bench_takes_compare():
     assert build_parser().parse_args(["bench", "--compare", "old/results.json"]).compare == "old/results.json"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["report", "--compare", "x"])
+
+
+def test_bench_refuses_a_bad_compare_file_before_it_measures_or_writes(tiny_out, config_for, tmp_path):
+    before = sorted((p.relative_to(tiny_out), p.stat().st_mtime_ns) for p in tiny_out.rglob("*") if p.is_file())
+    with pytest.raises(host.BenchError, match="--compare .*missing.json: no such file"):
+        host.bench(config_for(tiny_out), compare_to=str(tmp_path / "missing.json"))
+    after = sorted((p.relative_to(tiny_out), p.stat().st_mtime_ns) for p in tiny_out.rglob("*") if p.is_file())
+    assert after == before
