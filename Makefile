@@ -55,7 +55,7 @@ parity: $(VENV_STAMP)
 	$(CLI) parity $(SETTINGS)
 
 bench: $(VENV_STAMP)
-	$(CLI) bench $(SETTINGS)
+	$(CLI) bench $(SETTINGS) $(if $(COMPARE),--compare $(COMPARE))
 
 bench-train: $(VENV_STAMP)
 	$(PY) -m benchmarks.distributed --out $(OUT) $(BENCH_TRAIN_ARGS)

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "bundle":
             cmd.add_argument("platform", choices=("android", "ios"), help="which demo app")
             cmd.add_argument("--dest", help="folder to fill (default: the app's assets/resources folder)")
+        if name == "bench":
+            cmd.add_argument("--compare", metavar="OLD/results.json",
+                             help="also write OUT/bench/compare.md: ratios against an earlier run's results, "
+                                  "flagging changes beyond the runs' own spread")
     return parser
 
 
@@ -124,7 +128,7 @@ def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
     if command in ("bench", "report"):
         from benchmarks import host
 
-        return host.bench(cfg) if command == "bench" else host.rebuild_reports(cfg)
+        return host.bench(cfg, getattr(args, "compare", None)) if command == "bench" else host.rebuild_reports(cfg)
     if command == "study":
         from study.run import study
 

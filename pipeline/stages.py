@@ -648,6 +648,11 @@ class Pipeline(Workspace):
                   and atomic.intact(self.out / f, a.get("sha256"))}
         if not chosen:
             raise StageError(f"no verified, intact {'/'.join(formats)} artifacts in {self.out}; run `export` first")
+        from converters import golden
+
+        n = min(self.cfg.sample_size, len(self.data.test_labels))  # golden outputs first: a failure writes nothing
+        outputs = golden.compute({f: (self.out / f, a) for f, a in chosen.items()}, self.data.test_images[:n].numpy(),
+                                 lambda a: self._source_for(mf.scheme_tag(a)))
         try:
             dest.mkdir(parents=True, exist_ok=True)
             for stale in dest.iterdir():
@@ -660,7 +665,6 @@ class Pipeline(Workspace):
             atomic.atomic_write(dest / file, lambda tmp, s=src: shutil.copytree(s, tmp) if s.is_dir() else shutil.copyfile(s, tmp),
                                 size_hint=atomic.size_bytes(src))
         data = self.data
-        n = min(self.cfg.sample_size, len(data.test_labels))
         atomic.write_bytes(dest / "test_sample.u8", data.test_images[:n].contiguous().numpy().tobytes())
         atomic.write_json(dest / "test_sample.json", {
             "count": n, "shape": list(data.test_images.shape[1:]), "dtype": "uint8", "pixels": "test_sample.u8",
@@ -669,7 +673,8 @@ class Pipeline(Workspace):
         atomic.write_json(dest / "models.json", {"schema_version": 1, "run_id": self.manifest.get("run_id"), "models": [
             {"file": f, "backend": a["backend"], "quant": a["quant"], "input": a["input"], "output": a["output"]}
             for f, a in chosen.items()]})
-        say(f"bundle: {len(chosen)} models, labels and {n} test images -> {dest}")
+        golden.write(dest, outputs, self.manifest.get("run_id"))
+        say(f"bundle: {len(chosen)} models, labels, {n} test images and the host's outputs on them -> {dest}")
         return dest
 
 
