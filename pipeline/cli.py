@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from study import StudyError
 
-    from .stages import StageError
+    from .state import StageError
 
     bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError,
                  StageError, BenchError, SchemeError, StudyError)
