@@ -23,6 +23,7 @@ from core import distributed, loaders, models, qat, rewrites, train
 from core.config import RunConfig
 from core.console import say
 from core.device import check_amp, check_input_memory
+from core.errors import BadInput
 from core.evaluate import predict
 from core.export_check import check_exportable
 from core.recipe import Recipe
@@ -41,7 +42,7 @@ SCHEME_SETTINGS = ("quant_mode", "weight_bits", "weight_granularity", "block_siz
 ARTIFACT_SUFFIXES = (".pte", ".tflite", ".mlpackage")
 
 
-class StageError(RuntimeError):
+class StageError(BadInput, RuntimeError):
     """A stage was asked for before the one it needs, or its settings cannot work; the message says what to do."""
 
 
