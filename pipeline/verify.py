@@ -99,11 +99,11 @@ def run(pipeline: OutState, backends: list[str] | None = None, sources: dict | N
     }
     layers = parity.verify_layers(pipeline, sources, logits_by_file)  # None: no .pte/.tflite pair to compare
     parity_ok = None if layers is None else bool((layers.get("check") or {}).get("passed"))
-    if layers is None:  # not run again: the layer check OUT holds, which _accept_rounding takes only for these bytes
+    if layers is None:  # not run again: the layer check OUT holds, which accept_rounding takes only for these bytes
         layers = pipeline.manifest.get("parity") or {}
     else:
         pipeline.manifest["parity"] = layers
-    _accept_rounding(pipeline, recheck, thresholds, layers)
+    accept_rounding(pipeline, recheck, thresholds, layers)
     ok = all(pipeline.manifest["artifacts"][f].get("verification", {}).get("passed") for f in selected)
     pipeline.manifest["verification"]["passed"] = all(a.get("verification", {}).get("passed")
                                                       for a in pipeline.manifest["artifacts"].values())
@@ -132,7 +132,7 @@ def _baselines(pipeline: OutState, tag: str | None, source, ref_logits: dict, la
     return {"fp32": fp32, "ptq": ptq}
 
 
-def _accept_rounding(pipeline: OutState, recheck: dict, thresholds, parity_result: dict) -> None:
+def accept_rounding(pipeline: OutState, recheck: dict, thresholds, parity_result: dict) -> None:
     """Hold again, at the rounding floor, each int8 .pte/.tflite that failed top-1 agreement and whose every
     layer the teacher-forced parity of this run found within --max-local-steps of PyTorch."""
     from converters.verify import rounding_floor
