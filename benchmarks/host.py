@@ -29,6 +29,7 @@ from core import manifest as mf
 from core import quantize
 from core.config import FIELDS, RunConfig
 from core.console import say
+from core.errors import BadInput
 from core.schemes import Scheme
 from core.workspace import Workspace
 
@@ -60,7 +61,7 @@ RSS_METHOD = ("Each model runs in a fresh `python -m benchmarks.measure` process
               "and the baseline are recorded too.")
 
 
-class BenchError(RuntimeError):
+class BenchError(BadInput, RuntimeError):
     """Nothing to benchmark, or no results to report on; the message says which command to run first."""
 
 

@@ -10,10 +10,11 @@ from typing import Callable
 
 import numpy as np
 
+from core.errors import BadInput
 from core.workspace import ExportSource  # noqa: F401  (re-exported: the converters' input)
 
 
-class ConversionError(RuntimeError):
+class ConversionError(BadInput, RuntimeError):
     """A backend could not produce a correct artifact; the message names it and the failed check."""
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from .errors import BadInput
+
 
 BACKENDS = ("executorch", "tflite", "coreml")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -208,7 +210,7 @@ class RunConfig:
         return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput, ValueError):
     """A setting is invalid; the message says which and what is allowed."""
 
 

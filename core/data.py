@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from core.console import say
+from core.errors import BadInput
 
 log = logging.getLogger(__name__)
 MNIST_FALLBACK = "fallback from mnist"
@@ -29,7 +30,7 @@ MNIST_5K_TEST = 1000
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "mnist-5k", "imagefolder:PATH")
 
 
-class DataError(RuntimeError):
+class DataError(BadInput, RuntimeError):
     """A dataset is unknown or cannot be found; the message says what to do."""
 
 

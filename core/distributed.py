@@ -81,7 +81,7 @@ def env_world_size() -> int:
 def setup(device_name: str = "auto") -> Context:
     """Read torchrun's environment, pick the device and start the process group (once per process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = devices.resolve(device_name, local_rank)
     if world <= 1:
         return Context(device=device)

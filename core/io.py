@@ -22,13 +22,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import BadInput
+
 TMP_PREFIX = ".tmp."
 OLD_PREFIX = ".old."
 LOCK_FILE = ".lock"
 FREE_SPACE_MARGIN = 16 * 2**20  # keep this much free beyond any write we can size
 
 
-class OutputDirError(RuntimeError):
+class OutputDirError(BadInput, RuntimeError):
     """A file or folder in OUT cannot be written or read; the message names it and says what to do."""
 
 

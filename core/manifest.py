@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import io as atomic
 from .console import say
+from .errors import BadInput
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -18,7 +19,7 @@ TOOLS = ("torch", "torchvision", "torchao", "executorch", "coremltools", "litert
 SECTIONS = {"stages": dict, "accuracy": dict, "artifacts": dict, "backends": dict}
 
 
-class ManifestError(RuntimeError):
+class ManifestError(BadInput, RuntimeError):
     """manifest.json is unreadable or not shaped like a manifest; the message says what to do."""
 
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import BadInput
+
 IMAGENET_CLASSES = 1000
 # Channels and side of each dataset as it comes, for models that follow the data (user factories).
 NATIVE_INPUT = {"mnist": (1, 28), "fashion-mnist": (1, 28), "mnist-5k": (1, 28), "cifar10": (3, 32)}
@@ -39,7 +41,7 @@ TORCHVISION_SIZE = 224  # what torchvision's classifiers are built for; --image-
 ALIASES = {"mobilenet_v2": "torchvision:mobilenet_v2", "mobilenet_v3_small": "torchvision:mobilenet_v3_small"}
 
 
-class ModelError(ValueError):
+class ModelError(BadInput, ValueError):
     """Unknown model, a factory that fails, or a size or weights file the model cannot take."""
 
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from . import distributed
 from .data import DataBundle
+from .errors import BadInput
 from .console import StageClock, say
 from . import int8_constraints
 from .export_check import export_training_graph
@@ -34,7 +35,7 @@ from .train import run_epoch
 
 
 
-class QuantError(RuntimeError):
+class QuantError(BadInput, RuntimeError):
     """The QAT result is missing or unreadable."""
 
 

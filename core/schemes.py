@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from .errors import BadInput
+
 WEIGHT_BITS = (8, 4)
 GRANULARITIES = ("per_channel", "per_tensor", "per_block")
 SYMMETRIES = ("symmetric", "asymmetric")
@@ -24,7 +26,7 @@ RUNTIMES = ("executorch", "tflite", "coreml")
 RUNTIME_NAMES = {"executorch": "ExecuTorch (XNNPACK)", "tflite": "TFLite (LiteRT)", "coreml": "Core ML"}
 
 
-class SchemeError(ValueError):
+class SchemeError(BadInput, ValueError):
     """A scheme setting is unknown, or a selected runtime cannot honour the scheme; the message says which and why."""
 
 

@@ -19,11 +19,12 @@ from . import distributed
 from . import io as atomic
 from .console import StageClock, say, terminal
 from .device import Precision
+from .errors import BadInput
 from .loaders import TrainLoader
 from .recipe import Recipe
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BadInput, RuntimeError):
     """A checkpoint is missing, corrupt, or belongs to other settings."""
 
 

@@ -9,26 +9,15 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from core import console
 from core.config import FIELDS, ConfigError, RunConfig, field_kind, load_config_file, resolve
 
-COMMANDS = {
-    "train": "train the fp32 model (seeded; checkpoint each epoch; --resume continues)",
-    "qat": "PTQ baseline and quantization-aware fine-tuning from the fp32 checkpoint",
-    "export": "convert the QAT model with each backend, then verify every artifact",
-    "verify": "run every exported artifact on the test set in its runtime and check it",
-    "parity": "compare PyTorch, the int8 .pte and the int8 .tflite layer by layer (and Core ML's weights)",
-    "bundle": "copy verified artifacts, labels and a test sample into a demo app",
-    "bench": "measure load time, latency, throughput, memory and accuracy on this host",
-    "report": "rebuild the reports and plots from the JSON files, without running anything",
-    "run": "train, qat, export (with verify), bench and report, in order",
-    "schemes": "print which runtime honours which quantization scheme (the support matrix), and how",
-    "study": "the quantization study of a trained model: per-layer error, sensitivity, mixed precision, "
-             "bit widths, pruning against quantization (writes OUT/study/)",
-}
-DISTRIBUTED_COMMANDS = ("train", "qat", "run")  # the commands torchrun may start on several processes
+from . import commands
+
 GROUPS = {"data": "data and model", "train": "fp32 training", "compute": "device and distributed training (torchrun)",
           "quant": "quantization (PTQ and QAT)",
           "export": "export backends", "verify": "verification", "bench": "host benchmark", "study": "quantization study", "run": "run"}
@@ -49,14 +38,59 @@ resolved config in OUT/manifest.json. Exit status: 0 ok, 1 a backend or a check 
 2 bad input."""
 
 
-def settings_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, what runs it, the setting groups its --help shows, and whether torchrun may
+    start it on several processes. `writes`: False for a command that reads nothing and writes nothing in OUT."""
+
+    help: str
+    handler: Callable[[RunConfig, argparse.Namespace], bool]
+    groups: tuple[str, ...]
+    distributed: bool = False
+    writes: bool = True
+
+
+# What every stage over OUT reads: the cache keys of the model and scheme, and the refusal of settings that cannot
+# work together (checked before any stage runs, so `train` already refuses a scheme the backends cannot export).
+MODEL = ("data", "train", "compute", "quant", "export")
+COMMANDS = {
+    "train": Command("train the fp32 model (seeded; checkpoint each epoch; --resume continues)", commands.train,
+                     (*MODEL, "run"), distributed=True),
+    "qat": Command("PTQ baseline and quantization-aware fine-tuning from the fp32 checkpoint", commands.qat,
+                   (*MODEL, "verify", "run"), distributed=True),
+    "export": Command("convert the QAT model with each backend, then verify every artifact", commands.export,
+                      (*MODEL, "verify", "run")),
+    "verify": Command("run every exported artifact on the test set in its runtime and check it", commands.verify,
+                      (*MODEL, "verify", "run")),
+    "parity": Command("compare PyTorch, the int8 .pte and the int8 .tflite layer by layer (and Core ML's weights)",
+                      commands.parity, (*MODEL, "verify", "run")),
+    "bundle": Command("copy verified artifacts, labels and a test sample into a demo app", commands.bundle,
+                      (*MODEL, "verify", "run")),
+    "bench": Command("measure load time, latency, throughput, memory and accuracy on this host", commands.bench,
+                     (*MODEL, "bench", "run")),
+    "report": Command("rebuild the reports and plots from the JSON files, without running anything", commands.report,
+                      ("run",)),
+    "run": Command("train, qat, export (with verify), bench and report, in order", commands.run,
+                   (*MODEL, "verify", "bench", "run"), distributed=True),
+    "schemes": Command("print which runtime honours which quantization scheme (the support matrix), and how",
+                       commands.schemes, ("quant", "export"), writes=False),
+    "study": Command("the quantization study of a trained model: per-layer error, sensitivity, mixed precision, "
+                     "bit widths, pruning against quantization (writes OUT/study/)", commands.study,
+                     (*MODEL, "verify", "bench", "study", "run")),
+}
+DISTRIBUTED_COMMANDS = tuple(name for name, c in COMMANDS.items() if c.distributed)  # torchrun may start these
+
+
+def settings_parser(shown: tuple[str, ...] = tuple(GROUPS)) -> argparse.ArgumentParser:
+    """Every setting as a flag; --help lists the groups in `shown`. The others are still accepted (one --config or
+    make line serves every command) but stay out of --help: they do not change what this command does."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (flags override it)")
-    groups = {g: parser.add_argument_group(title) for g, title in GROUPS.items()}
+    groups = {g: parser.add_argument_group(title) if g in shown else parser for g, title in GROUPS.items()}
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         group = groups[f.metadata["group"]]
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        help_text = f"{f.metadata['help']} (default: {f.default})" if f.metadata["group"] in shown else argparse.SUPPRESS
         kind, _ = field_kind(name)
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
@@ -69,9 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mobile-pipeline", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    settings = settings_parser()
-    for name, help_text in COMMANDS.items():
-        cmd = sub.add_parser(name, parents=[settings], help=help_text, description=help_text)
+    for name, command in COMMANDS.items():
+        hidden = [GROUPS[g] for g in GROUPS if g not in command.groups]
+        epilog = (f"Settings of other commands ({', '.join(hidden)}) are accepted, so that one --config serves every "
+                  "command, and do not change what this one does." if hidden else None)
+        cmd = sub.add_parser(name, parents=[settings_parser(command.groups)], help=command.help,
+                             description=command.help, epilog=epilog)
         cmd.add_argument("--verbose", action="store_true",
                          help="show third-party output live as well (it always goes to OUT/logs/)")
         if name == "bundle":
@@ -105,72 +142,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def run_command(command: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
     from core import distributed
 
-    from .stages import Pipeline
-
-    if distributed.launched_by_torchrun() and command not in DISTRIBUTED_COMMANDS:
+    if distributed.launched_by_torchrun() and not COMMANDS[command].distributed:
         raise ConfigError(f"`{command}` runs in one process; start it without torchrun "
                           f"(torchrun is for {', '.join(DISTRIBUTED_COMMANDS)})")
-    if command in DISTRIBUTED_COMMANDS:  # a device this machine lacks is refused before any data is read
+    if COMMANDS[command].distributed:  # a device this machine lacks is refused before any data is read
         from core import device
 
         device.check_amp(cfg.amp, device.resolve(cfg.device, distributed.env_local_rank()))
-    if command == "schemes":
-        from core import schemes
-
-        from converters import select
-
-        print(schemes.matrix_markdown())
-        problems = schemes.check(schemes.Scheme.from_config(cfg), [c.name for c in select(cfg.backends)])
-        scheme = schemes.Scheme.from_config(cfg)
-        print(f"\nThe settings given: {scheme.summary()} (tag {scheme.tag}): "
-              + ("; ".join(problems) if problems else f"exported by {cfg.backends}"))
-        return not problems
-    if command in ("bench", "report"):
-        from benchmarks import host
-
-        return host.bench(cfg, getattr(args, "compare", None)) if command == "bench" else host.rebuild_reports(cfg)
-    if command == "study":
-        from study.run import study
-
-        return study(cfg)
-    pipeline = Pipeline(cfg)
-    if command == "train":
-        pipeline.train()
-    elif command == "qat":
-        pipeline.qat()
-    elif command == "export":
-        return summarized(pipeline, pipeline.export())
-    elif command == "verify":
-        return summarized(pipeline, pipeline.verify())
-    elif command == "parity":
-        from . import parity
-
-        return parity.run(pipeline)
-    elif command == "bundle":
-        pipeline.bundle(args.platform, args.dest)
-    elif command == "run":
-        from benchmarks import host
-
-        pipeline.train()
-        pipeline.qat()
-        distributed.cleanup()  # under torchrun, training is over: rank 0 alone exports and benchmarks
-        if not pipeline.ctx.is_main:
-            return True
-        exported = pipeline.export()
-        return summarized(pipeline, host.bench(cfg) and exported)
-    return True
-
-
-def summarized(pipeline, ok: bool) -> bool:
-    """A failed export or verify ends with one line: how many files verified, and which failed."""
-    if not ok:
-        from core.console import say
-        from converters import select
-
-        from .report import summary_line
-
-        say(summary_line(pipeline.manifest, [c.name for c in select(pipeline.cfg.backends)]))
-    return ok
+    return COMMANDS[command].handler(cfg, args)
 
 
 def rank_suffix() -> str:
@@ -211,26 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries()
-    from benchmarks.host import BenchError
-    from core.data import DataError
-    from core.io import OutputDirError
-    from core.manifest import ManifestError
-    from core.models import ModelError
-    from core.qat import QuantError
-    from core.schemes import SchemeError
-    from core.train import CheckpointError
-
-    from study import StudyError
-
-    from .stages import StageError
-
-    bad_input = (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError,
-                 StageError, BenchError, SchemeError, StudyError)
-    from converters import ConversionError
+    from core.errors import BadInput
 
     try:
         cfg = config_from_args(args)
-        if args.command == "schemes":  # reads nothing, writes nothing
+        if not COMMANDS[args.command].writes:  # `schemes`: reads nothing, writes nothing
             return 0 if run_command(args.command, cfg, args) else 2
         with locked_out(cfg, args.command):
             log = Path(cfg.out) / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.command}{rank_suffix()}.log"
@@ -238,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                 with console.capture(log, verbose=args.verbose):
                     ok = run_command(args.command, cfg, args)
             except Exception as exc:
-                if not isinstance(exc, bad_input + (ConversionError, OSError)):  # unexpected: the log has the rest
+                if not isinstance(exc, (BadInput, OSError)):  # unexpected: the log has the rest
                     print(f"(full output of {args.command}: {log})", file=sys.stderr)
                 raise
-    except bad_input + (ConversionError,) as exc:
+    except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # an I/O failure outside the atomic writes: name the file, no traceback

@@ -18,6 +18,7 @@ from core.console import say
 from core.schemes import Scheme, support
 
 from . import parity_report
+from .state import OutState, StageError
 
 RUNTIMES = ("executorch", "tflite")
 
@@ -61,11 +62,18 @@ def _coreml_files(artifacts: dict, tag: str) -> dict[str, str]:
     return files
 
 
-def run(pipeline, source=None) -> bool:
-    """Compare every available runtime layer by layer; True when the .pte/.tflite check passes."""
-    from converters import parity
+def run(pipeline: OutState, source=None) -> bool:
+    """`mobile-pipeline parity`: compare, record the result in the manifest and report.md; True when the
+    .pte/.tflite check passes."""
+    result = compare(pipeline, source)
+    pipeline.manifest["parity"] = result
+    pipeline.save()  # the manifest, and report.md with the parity section
+    return result["check"]["passed"]
 
-    from .stages import StageError
+
+def compare(pipeline: OutState, source=None) -> dict:
+    """Compare every available runtime layer by layer (plots into OUT/parity/); the result, for the manifest."""
+    from converters import parity
 
     cfg, out, artifacts = pipeline.cfg, pipeline.out, pipeline.manifest.get("artifacts", {})
     scheme = source.scheme if source is not None else pipeline.scheme()
@@ -108,14 +116,13 @@ def run(pipeline, source=None) -> bool:
     result["local_check"] = parity.check_local(result, cfg.max_local_steps)
     result["plots"] = parity_report.write_plots(out, result)
     _summarize(result)
-    pipeline.manifest["parity"] = result
-    pipeline._save()  # the manifest, and report.md with the parity section
-    return passed
+    return result
 
 
-def verify_layers(pipeline, sources: dict, verified: dict) -> bool | None:
-    """The check in `verify`, for the configured scheme: None when this run did not verify both its .pte and its
-    .tflite, or when the scheme's files cannot be compared layer by layer (dynamic or weight-only)."""
+def verify_layers(pipeline: OutState, sources: dict, verified: dict) -> dict | None:
+    """The check in `verify`, for the configured scheme: its result (result["check"]["passed"]; {"error": ...} when
+    it could not run, which has not passed), or None when this run did not verify both its .pte and its .tflite,
+    or when the scheme's files cannot be compared layer by layer (dynamic or weight-only)."""
     scheme = pipeline.scheme()
     artifacts = {f: pipeline.manifest["artifacts"][f] for f in verified}
     if not pipeline.cfg.parity_check or comparable(scheme):
@@ -123,13 +130,12 @@ def verify_layers(pipeline, sources: dict, verified: dict) -> bool | None:
     if not all(_file(artifacts, b, scheme.tag) for b in RUNTIMES):
         return None
     try:
-        return run(pipeline, sources.get(scheme.tag))
+        return compare(pipeline, sources.get(scheme.tag))
     except Exception as exc:  # a check that cannot run has not passed
         reason = f"{type(exc).__name__}: {exc}"
         say(f"[x] parity: could not compare the .pte and the .tflite layer by layer: {reason} "
             "(--no-parity-check skips the check)")
-        pipeline.manifest["parity"] = {"error": reason}
-        return False
+        return {"error": reason}
 
 
 def _summarize(result: dict) -> None:

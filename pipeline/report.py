@@ -158,7 +158,7 @@ def placement_section(manifest: dict) -> list[str]:
 
 
 def export_report(manifest: dict) -> str:
-    data, model, acc = manifest.get("dataset", {}), manifest.get("model", {}), manifest.get("accuracy", {})
+    data, model = manifest.get("dataset", {}), manifest.get("model", {})
     lines = [
         f"# Export report: {model.get('name')} on {data.get('name')}",
         "",

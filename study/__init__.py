@@ -14,6 +14,8 @@ OUT's scheme (core/schemes.py) is the one studied; every PTQ and QAT is core's (
 core.qat), called through quant.py; Core ML compression beyond `export` is in compress.py.
 """
 
+from core.errors import BadInput
 
-class StudyError(RuntimeError):
+
+class StudyError(BadInput, RuntimeError):
     """The study cannot start: a setting is wrong or OUT lacks what it needs; the message says what to do."""

@@ -96,8 +96,8 @@ def coreml_sparse(study: Study, fp16: dict, folder: str, target: float | None) -
     joint = compress.sparse_palettize(sparse, out_dir / f"{stem}_{tag}_pal{study.cfg.nbits}.mlpackage", study.cfg,
                                      study.cfg.nbits)
     rows = []
-    for path, quant in ((sparse, f"{tag}_fp16"), (joint, f"{tag}_pal{study.cfg.nbits}")):
-        rows.append(artifacts.derived_row(study, path, fp16, quant, {"weight_ops": compress.weight_ops(path),
+    for path, label in ((sparse, f"{tag}_fp16"), (joint, f"{tag}_pal{study.cfg.nbits}")):
+        rows.append(artifacts.derived_row(study, path, fp16, label, {"weight_ops": compress.weight_ops(path),
                                                                       "target_sparsity": target}))
         print(f"[✓] study: Core ML {study.rel(path)}")
     return rows

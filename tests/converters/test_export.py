@@ -93,7 +93,7 @@ def test_a_failing_w8a8_file_does_not_stop_the_palettized_one(copy_of, monkeypat
     """Core ML W8A8 fails: the palettized file is still made, verified and listed; no file in OUT is left outside
     the manifest (the earlier W8A8 file goes to stale/); the run ends with one summary line."""
     from converters import ConversionError
-    from pipeline.cli import summarized
+    from pipeline.commands import summarized
 
     pipeline = copy_of(force=True, backends="coreml")
     run_id = pipeline.manifest["run_id"]

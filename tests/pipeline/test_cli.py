@@ -86,6 +86,55 @@ def test_help_lists_every_command():
     assert "--qat-epochs" in run_cli("qat", "--help").stdout
 
 
+def help_of(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([command, "--help"])
+    return capsys.readouterr().out
+
+
+def test_each_command_help_shows_only_the_groups_it_uses(capsys):
+    train = help_of("train", capsys)
+    assert "--epochs" in train and "--weight-bits" in train
+    assert "--sparsity" not in train and "--bench-iterations" not in train and "--min-agreement" not in train
+    assert "quantization study:" not in train and "host benchmark:" not in train
+    schemes = help_of("schemes", capsys)
+    assert "--weight-bits" in schemes and "--epochs" not in schemes and "--out" not in schemes
+    assert "--sparsity" in help_of("study", capsys) and "--bench-iterations" in help_of("bench", capsys)
+    # a setting of another command is still accepted (one --config serves every command) and does not break parsing
+    args = cli.build_parser().parse_args(["train", "--sparsity", "0.5", "--epochs", "2"])
+    assert cli.config_from_args(args).sparsity == 0.5
+
+
+def test_every_bad_input_error_is_one_class_the_cli_catches(tmp_path, monkeypatch, capsys):
+    from benchmarks.host import BenchError
+    from converters import ConversionError
+    from core.data import DataError
+    from core.errors import BadInput
+    from core.io import OutputDirError
+    from core.manifest import ManifestError
+    from core.models import ModelError
+    from core.qat import QuantError
+    from core.schemes import SchemeError
+    from core.train import CheckpointError
+    from pipeline.state import StageError
+    from study import StudyError
+
+    for error in (ConfigError, DataError, ModelError, CheckpointError, QuantError, OutputDirError, ManifestError,
+                  StageError, BenchError, SchemeError, StudyError, ConversionError):
+        assert issubclass(error, BadInput), error
+
+    class NewProblem(BadInput):
+        pass
+
+    def refuse(cfg, args):
+        raise NewProblem("OUT lacks the thing; run `thing` first")
+
+    monkeypatch.setitem(cli.COMMANDS, "report", cli.Command("rebuild the reports", refuse, ("run",)))
+    assert cli.main(["report", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: OUT lacks the thing; run `thing` first" in err and "Traceback" not in err and "full output" not in err
+
+
 def test_config_file_then_flags(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("dataset: mnist-5k\nepochs: 7\nqat-lr: 0.01\n")

@@ -69,7 +69,7 @@ def test_a_chance_level_int8_model_fails_verification_and_is_not_bundled(copy_of
     paths = quantize.save(broken_result, pipeline.shape, quantize.folder(pipeline.out, "int8"))
     stage = pipeline.manifest["stages"]["quantize"]["int8"]
     stage["sha256"] = {name: atomic.sha256(p) for name, p in paths.items()}
-    broken = pipeline._evaluate(broken_result.program)
+    broken = pipeline.evaluate(broken_result.program)
     pipeline.manifest["accuracy"]["int8"].update(quantized=broken, qat=broken, chosen="qat")
     pipeline.manifest["backends"].pop("tflite:int8")
     assert broken < 0.3 < pipeline.manifest["accuracy"]["fp32"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.schemes import Scheme
-from pipeline.stages import Pipeline
+from pipeline import quantize
 
 
 def answers(n: int, ptq_only: int, qat_only: int) -> dict:
@@ -20,7 +20,7 @@ def answers(n: int, ptq_only: int, qat_only: int) -> dict:
 def choose(mode: str, got: dict, capsys) -> tuple[str, dict, str]:
     me = SimpleNamespace(manifest={"accuracy": {"fp32": 0.85}}, cfg=SimpleNamespace(confidence=0.95))
     accuracy = {name: float(a.mean()) for name, a in got.items()}
-    chosen, test = Pipeline._choose(me, Scheme(mode=mode), accuracy, got)
+    chosen, test = quantize.choose(Scheme(mode=mode), me.manifest["accuracy"]["fp32"], accuracy, got, me.cfg.confidence)
     return chosen, test, capsys.readouterr().out
 
 
