@@ -39,7 +39,7 @@ NETWORKS = (
     "timm:efficientvit_m0", "timm:mobilevitv2_050", "timm:hgnetv2_b0",
 )
 FLAGS = ("--dataset mnist-5k --image-size 64 --epochs 1 --limit-train 1024 --limit-test 200 --qat-max-steps 20 "
-         "--backends executorch,tflite,coreml")
+         "--backends executorch,tflite,coreml --nbits 8")
 # (column, backend, quant test): the seven files a default `export` makes.
 CELLS = (
     (".pte fp32", "executorch", lambda q: q == "fp32"),

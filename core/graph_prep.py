@@ -7,6 +7,7 @@ Each step computes the same values as the graph it replaces, in a form the int8 
   and Core ML has no `alias`;
 - nearest upsampling by an integer factor becomes concatenations and reshapes (XNNPACK has no
   nearest resize; `cat` and `view` it delegates, in float and int8, without new rounding);
+- `silu(x)` becomes `x * sigmoid(x)`: LiteRT has no int8 SiLU (it ran as float ops in the `.tflite`);
 - integer scalars in float arithmetic (`(a + b) / 2`, RepViT's distillation head) become float
   scalars: ExecuTorch lifts an int scalar to an int64 constant and casts it to float with a
   `_to_dim_order_copy` that XNNPACK refuses (a dtype conversion), outside the delegate.
@@ -137,11 +138,39 @@ def float_scalars(gm: torch.fx.GraphModule) -> int:
     return done
 
 
+SILU = (aten.silu.default, aten.silu_.default)
+
+
+def silu_as_sigmoid_mul(gm: torch.fx.GraphModule) -> int:
+    """`silu(x)` as `x * sigmoid(x)` (its definition); returns how many.
+
+    LiteRT has no int8 SiLU: a quantized graph's silu reached the `.tflite` as a float LOGISTIC and MUL between a
+    DEQUANTIZE and a QUANTIZE. As sigmoid and mul, both quantize: the sigmoid on its fixed output grid
+    (core/int8_constraints.py), the product as any int8 mul, in the `.pte`, the `.tflite` and Core ML alike.
+    """
+    done = 0
+    for node in list(gm.graph.nodes):
+        if not _call(node, SILU):
+            continue
+        x = node.args[0]
+        value = x.meta.get("val")
+        with gm.graph.inserting_before(node):
+            gate = _meta(gm.graph.call_function(aten.sigmoid.default, (x,)), node,
+                         torch.sigmoid(value) if isinstance(value, torch.Tensor) else None)
+            product = _meta(gm.graph.call_function(aten.mul.Tensor, (x, gate)), node, node.meta.get("val"))
+        node.replace_all_uses_with(product)
+        gm.graph.erase_node(node)
+        done += 1
+    return done
+
+
 STEPS = (
     ("no-op slice / alias", "removed", remove_noop_slices,
      "selects the whole tensor; ExecuTorch makes it an alias_copy that XNNPACK and Core ML do not take"),
     ("upsample_nearest2d", "cat + reshape", nearest_as_concat,
      "integer factor; XNNPACK has no nearest resize, and delegates cat and reshape"),
+    ("silu", "sigmoid + mul", silu_as_sigmoid_mul,
+     "its definition; LiteRT has no int8 SiLU, and int8 sigmoid and mul it has"),
     ("int scalar in float arithmetic", "float scalar", float_scalars,
      "an int scalar becomes an int64 constant cast by a _to_dim_order_copy XNNPACK refuses"),
 )

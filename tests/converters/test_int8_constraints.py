@@ -71,6 +71,34 @@ def test_sigmoid_gate_and_pad_give_a_tflite_that_prepares_and_agrees_with_the_pt
     assert all(r["max_steps"] <= 1 for r in rows), result["pairs"]["pte_vs_tflite"]["verdict"]
 
 
+def test_silu_reaches_both_int8_files_as_int8_sigmoid_and_mul(tmp_path, calibrated):
+    """A quantized SiLU (EfficientNet, TinyNet) ran as float LOGISTIC and MUL in the .tflite; as sigmoid * x
+    (core/graph_prep.py) the .tflite is all int8, the .pte fully delegated and the two identical per layer."""
+    import litert_torch
+
+    from converters.executorch import delegation_checks, lower
+    from converters.tflite import _int8_config, inspect
+
+    torch.manual_seed(0)
+    shape = (3, 16, 16)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    prepared = calibrated(net.eval(), shape, batch=8)
+    folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
+    unfolded.training = False
+    tflite, pte = tmp_path / "silu.tflite", tmp_path / "silu.pte"
+    litert_torch.convert(unfolded, (torch.zeros(1, *shape),), quant_config=_int8_config()).export(str(tflite))
+    checks, _ = inspect(tflite)
+    assert checks["fully_int8"] and checks["float_ops"] == {} and checks["ops"].get("LOGISTIC") == 1, checks["ops"]
+    program, table = lower(folded, shape)
+    assert delegation_checks(program, table, "int8")["fully_delegated"]
+    pte.write_bytes(program.to_executorch().buffer)
+    result = parity.run(folded, torch.randn(16, *shape) * 2, shape, pte=pte, tflite=tflite, work_dir=tmp_path)
+    rows = result["pairs"]["pte_vs_tflite"]["rows"]
+    assert [r["op"] for r in rows if r["op"] in ("sigmoid", "mul")] == ["sigmoid", "mul"]
+    assert all(r["max_steps"] == 0 for r in rows), result["pairs"]["pte_vs_tflite"]["verdict"]
+
+
 def test_the_tables_name_the_kernels_grids():
     aten = torch.ops.aten
     assert int8_constraints.FIXED_GRIDS[aten.sigmoid.default].scale == 1 / 256

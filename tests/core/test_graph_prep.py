@@ -18,3 +18,18 @@ def test_noop_slice_nearest_upsampling_and_int_scalars_are_rewritten_exactly(gho
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(gm(x), net(x))  # the same values, not merely close
+
+
+def test_silu_becomes_sigmoid_times_its_input_exactly():
+    """LiteRT has no int8 SiLU: a quantized silu ran as float LOGISTIC and MUL in the .tflite."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1))
+    gm = export_training_graph(net.eval(), (3, 8, 8))
+    done = graph_rewrites(gm)
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.silu.default not in targets
+    assert torch.ops.aten.sigmoid.default in targets and torch.ops.aten.mul.Tensor in targets
+    assert {"from": "silu", "to": "sigmoid + mul", "count": 1} == {k: d[k] for d in done if d["from"] == "silu"
+                                                                   for k in ("from", "to", "count")}
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), net(x), atol=1e-6)
