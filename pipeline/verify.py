@@ -13,6 +13,8 @@ from core import qat, train
 from core.console import say, say_brief
 from core.evaluate import predict
 
+from converters import REGISTRY
+
 from . import parity
 from .state import OutState
 
@@ -142,7 +144,7 @@ def accept_rounding(pipeline: OutState, recheck: dict, thresholds, parity_result
     for file, again in recheck.items():
         artifact = pipeline.manifest["artifacts"][file]
         result = artifact["verification"]
-        runtime = {"executorch": "pte", "tflite": "tflite"}.get(artifact["backend"])
+        runtime = REGISTRY[artifact["backend"]].format  # parity names runtimes by their files' suffix: pte, tflite
         if (result["passed"] or runtime not in verdicts or mf.scheme_tag(artifact) != scheme_tag
                 or (parity_result.get("files") or {}).get(file) != artifact.get("sha256")):  # not these bytes
             continue
