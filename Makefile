@@ -22,7 +22,7 @@ LAUNCH    = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCH
 BENCH_TRAIN_ARGS  ?=
 BENCH_STREAM_ARGS ?=
 
-.PHONY: test-cpus setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models fashion-mnist-data study test clean distclean
+.PHONY: test-cpus setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models zoo fashion-mnist-data study test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,7 +55,7 @@ parity: $(VENV_STAMP)
 	$(CLI) parity $(SETTINGS)
 
 bench: $(VENV_STAMP)
-	$(CLI) bench $(SETTINGS)
+	$(CLI) bench $(SETTINGS) $(if $(COMPARE),--compare $(COMPARE))
 
 bench-train: $(VENV_STAMP)
 	$(PY) -m benchmarks.distributed --out $(OUT) $(BENCH_TRAIN_ARGS)
@@ -76,6 +76,14 @@ SCHEMES ?= int8
 bench-models: $(VENV_STAMP) fashion-mnist-data
 	$(PY) -m benchmarks.models --models $(MODELS) --dataset $(DATASET) --schemes "$(SCHEMES)" \
 		--args "--data-dir $(DATA_DIR) --epochs $(EPOCHS) $(ARGS)" --root $(OUT)/models --bench
+
+# Conformance of torchvision's and timm's mobile networks in every runtime (benchmarks/zoo.py):
+# one OUT per network under $(OUT)/zoo, the table in $(OUT)/zoo/zoo.md and benchmarks/results/zoo.md.
+# ZOO_NETWORKS=timm:NAME,torchvision:NAME picks networks; finished networks are reused (ZOO_ARGS=--rerun).
+ZOO_NETWORKS ?=
+ZOO_ARGS ?=
+zoo: $(VENV_STAMP)
+	$(PY) -m benchmarks.zoo --root $(OUT)/zoo --results benchmarks/results $(if $(ZOO_NETWORKS),--networks $(ZOO_NETWORKS)) $(ZOO_ARGS)
 
 # Full Fashion-MNIST, offline: Debian's dataset-fashion-mnist (read from /usr/share/datasets/fashion-mnist).
 fashion-mnist-data:

@@ -34,7 +34,7 @@ from core.schemes import Scheme
 from core.workspace import Workspace
 from converters import REGISTRY
 
-from . import plots, report, training
+from . import compare, device_agreement, plots, report, training
 
 SCHEMA_VERSION = 1
 SCHEMA = Path(__file__).parent / "schemas" / "results.schema.json"
@@ -307,12 +307,17 @@ def stage_times(manifest: dict) -> list[dict]:
 
 
 # ---- the two commands -----------------------------------------------------------------------
-def bench(cfg) -> bool:
+def bench(cfg, compare_to: str | None = None) -> bool:
+    """Measure; with `compare_to` (an earlier results.json, checked first) also the ratios against it."""
     start, load_at_start = time.perf_counter(), load_average()
     out = Path(cfg.out)
     manifest = mf.load(out)
     if not manifest.get("artifacts"):
         raise BenchError(f"{out / mf.MANIFEST} lists no artifacts; run `export` first (or `make export OUT={out}`)")
+    try:
+        old = compare.load_old(compare_to, validate) if compare_to else None
+    except compare.CompareError as exc:
+        raise BenchError(str(exc)) from exc
     run_cfg = bench_config(cfg, manifest)
     for name in BENCH_SETTINGS:
         setattr(run_cfg, name, getattr(cfg, name))
@@ -360,6 +365,10 @@ def bench(cfg) -> bool:
     atomic.write_json(bench_dir(cfg) / RESULTS, results)
     say(f"bench: wrote {bench_dir(cfg) / RESULTS}")
     rebuild_reports(cfg)
+    if old is not None:
+        path, table = compare.write(bench_dir(cfg), compare.compare(old, results))
+        say(table.rstrip())
+        say(f"bench: compared with {old['_path']}: wrote {path} and compare.json")
     failed = [r["name"] for r in rows if r["error"]]
     for name in failed:
         say(f"[x] bench: {name}: {next(r['error'] for r in rows if r['name'] == name)}")
@@ -380,6 +389,8 @@ def rebuild_reports(cfg) -> bool:
     written = plots.write_plots(results, devices["valid"], bench_dir(cfg))
     md = atomic.write_text(bench_dir(cfg) / "report.md", report.bench_report(results, devices, [p.name for p in written]))
     say(f"report: wrote {md} and {', '.join(p.name for p in written)}")
+    for line in device_agreement.console_lines(devices, report.device_label):
+        say(line)
     return True
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import jsonschema
 
+from . import device_agreement
+
 DEVICE_SCHEMA = Path(__file__).parent / "schemas" / "device_results.schema.json"
 DASH = "–"
 
@@ -246,6 +248,8 @@ def bench_report(results: dict, devices: dict, plots: list[str]) -> str:
               "", "## Threads", "", *threads_section(results),
               "", "## Training throughput and stage wall times", "", *training_section(results),
               "", "## Device results", "", *device_section(results, devices)]
+    agreement = device_agreement.section(devices, device_label)
+    lines += ["", "## Device ↔ host agreement", "", *agreement] if agreement else []
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.removesuffix('.png').replace('_', ' ')}]({p})" for p in plots]
     lines += ["", f"Tool versions: {', '.join(f'{k} {val}' for k, val in v.items())}.",

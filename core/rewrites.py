@@ -9,6 +9,8 @@ quantizer and the delegates take:
   definitions, up to one rounding of the division). XNNPACK's quantizer has no pattern for them: they run in float inside the
   delegate and leave float tensors in the .tflite; the rewritten forms quantize as add, relu6
   and mul.
+- BatchNorm after no convolution (on a residual sum, as an identity branch) -> a depthwise 1x1
+  conv, or folded into the Linear that alone reads it (core/standalone_norm.py).
 - In the exported graph: `mean(x, [2, 3])` -> `mean(x, [2, 3], keepdim=True)` then a reshape
   (XNNPACK delegates the mean only with keepdim), and `split`/`chunk` -> one `slice` per piece.
 - In the exported graph (core/graph_prep.py): no-op slices and aliases removed, nearest upsampling
@@ -32,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import standalone_norm
 from .graph_prep import prepare as prepare_graph
 
 FLOAT_TOLERANCE = 1e-4  # max |difference| / max |output| allowed between original and rewritten, in float
@@ -82,8 +85,12 @@ def _stochastic_depth_type():
         return ()
 
 
-def module_rewrites(model: nn.Module) -> tuple[nn.Module, list[dict]]:
-    """A copy of `model` with the module rewrites applied, and what was replaced (module name, from, to)."""
+def module_rewrites(model: nn.Module, shape: tuple[int, ...] | None = None) -> tuple[nn.Module, list[dict]]:
+    """A copy of `model` with the module rewrites applied, and what was replaced (module name, from, to).
+
+    With the input `shape`, BatchNorms that follow no conv are rewritten too (core/standalone_norm.py:
+    finding them takes an export of the network).
+    """
     model = copy.deepcopy(model)
     depth = _stochastic_depth_type()
     done = []
@@ -96,6 +103,8 @@ def module_rewrites(model: nn.Module) -> tuple[nn.Module, list[dict]]:
             continue
         model.set_submodule(name, new)
         done.append({"module": name, "from": type(module).__name__, "to": type(new).__name__, "why": why})
+    if shape is not None:
+        done += standalone_norm.rewrite(model, shape)
     return model, done
 
 
@@ -121,7 +130,7 @@ def float_difference(original: nn.Module, rewritten: nn.Module, shape: tuple[int
 
 def apply(model: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, list[dict], float]:
     """Module rewrites, checked in float: returns (rewritten model, summary, relative max difference)."""
-    rewritten, done = module_rewrites(model)
+    rewritten, done = module_rewrites(model, shape)
     if not done:
         return model, [], 0.0
     diff = float_difference(model, rewritten, shape)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from core import io as atomic
+from core import manifest as mf
 from core.console import say
 
 from .state import OutState, StageError
@@ -24,6 +25,11 @@ def run(pipeline: OutState, platform: str, dest: Path | None = None) -> Path:
               and atomic.intact(pipeline.out / f, a.get("sha256"))}
     if not chosen:
         raise StageError(f"no verified, intact {'/'.join(formats)} artifacts in {pipeline.out}; run `export` first")
+    from converters import golden
+
+    n = min(pipeline.cfg.sample_size, len(pipeline.data.test_labels))  # golden outputs first: a failure writes nothing
+    outputs = golden.compute({f: (pipeline.out / f, a) for f, a in chosen.items()}, pipeline.data.test_images[:n].numpy(),
+                             lambda a: pipeline.source_for(mf.scheme_tag(a)))
     try:
         dest.mkdir(parents=True, exist_ok=True)
         for stale in dest.iterdir():
@@ -36,7 +42,6 @@ def run(pipeline: OutState, platform: str, dest: Path | None = None) -> Path:
         atomic.atomic_write(dest / file, lambda tmp, s=src: shutil.copytree(s, tmp) if s.is_dir() else shutil.copyfile(s, tmp),
                             size_hint=atomic.size_bytes(src))
     data = pipeline.data
-    n = min(pipeline.cfg.sample_size, len(data.test_labels))
     atomic.write_bytes(dest / "test_sample.u8", data.test_images[:n].contiguous().numpy().tobytes())
     atomic.write_json(dest / "test_sample.json", {
         "count": n, "shape": list(data.test_images.shape[1:]), "dtype": "uint8", "pixels": "test_sample.u8",
@@ -45,5 +50,6 @@ def run(pipeline: OutState, platform: str, dest: Path | None = None) -> Path:
     atomic.write_json(dest / "models.json", {"schema_version": 1, "run_id": pipeline.manifest.get("run_id"), "models": [
         {"file": f, "backend": a["backend"], "quant": a["quant"], "input": a["input"], "output": a["output"]}
         for f, a in chosen.items()]})
-    say(f"bundle: {len(chosen)} models, labels and {n} test images -> {dest}")
+    golden.write(dest, outputs, pipeline.manifest.get("run_id"))
+    say(f"bundle: {len(chosen)} models, labels, {n} test images and the host's outputs on them -> {dest}")
     return dest

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "bundle":
             cmd.add_argument("platform", choices=("android", "ios"), help="which demo app")
             cmd.add_argument("--dest", help="folder to fill (default: the app's assets/resources folder)")
+        if name == "bench":
+            cmd.add_argument("--compare", metavar="OLD/results.json",
+                             help="also write OUT/bench/compare.md: ratios against an earlier run's results, "
+                                  "flagging changes beyond the runs' own spread")
     return parser
 
 

@@ -47,7 +47,7 @@ def bundle(cfg: RunConfig, args: argparse.Namespace) -> bool:
 def bench(cfg: RunConfig, args: argparse.Namespace) -> bool:
     from benchmarks import host
 
-    return host.bench(cfg)
+    return host.bench(cfg, getattr(args, "compare", None))
 
 
 def report(cfg: RunConfig, args: argparse.Namespace) -> bool:

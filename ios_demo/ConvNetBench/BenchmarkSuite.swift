@@ -18,13 +18,14 @@ final class BenchmarkSuite {
         let (entries, manifestWarning) = ModelCatalog.discover(in: bundle)
         let sample = Result { try TestSample.load(from: bundle) }
         let labels = Result { try LabelList.load(from: bundle) }
+        let golden = Result { try GoldenOutputs.load(from: bundle, count: sample.get().count) }
 
         var rows: [ResultRow] = []
         for entry in entries {
             let unitsList: [CoreMLUnits?] = entry.runtime == .coreml ? config.computeUnits.map { Optional($0) } : [nil]
             for units in unitsList {
                 onProgress?("\(entry.name) \(units?.rawValue ?? "")")
-                rows.append(runOne(entry, units: units, sample: sample, labels: labels))
+                rows.append(runOne(entry, units: units, sample: sample, labels: labels, golden: golden))
             }
         }
 
@@ -40,8 +41,8 @@ final class BenchmarkSuite {
         )
     }
 
-    private func runOne(_ entry: ModelEntry, units: CoreMLUnits?,
-                        sample: Result<TestSample, Error>, labels: Result<[String], Error>) -> ResultRow {
+    private func runOne(_ entry: ModelEntry, units: CoreMLUnits?, sample: Result<TestSample, Error>,
+                        labels: Result<[String], Error>, golden: Result<GoldenOutputs, Error>) -> ResultRow {
         do {
             if let problem = entry.problem {
                 throw BenchError.unavailable(problem)
@@ -59,8 +60,22 @@ final class BenchmarkSuite {
                 }
                 runner = try ExecuTorchRunner(url: url, spec: spec)
             }
-            let metrics = try measure(runner, sample: sample.get())
-            return .ok(entry.name, entry.runtime, units: units, metrics: metrics)
+            var agreement = HostAgreement()
+            let hostEntry = (try? golden.get())?.entry(for: entry.name)
+            let metrics = try measure(runner, sample: sample.get(), host: hostEntry, agreement: &agreement)
+            let record: HostAgreementRecord
+            switch golden {
+            case .failure(let error):
+                record = .unavailable("no usable golden_outputs.json: \(error.localizedDescription)")
+            case .success(let outputs):
+                if let hostEntry = hostEntry {
+                    record = agreement.record(outputs, hostEntry)
+                } else {
+                    record = .unavailable("\(entry.name) has no entry in golden_outputs.json (bundled from another export?)")
+                }
+            }
+            return .ok(entry.name, entry.runtime, units: units, metrics: metrics, hostAgreement: record,
+                       accelerator: runner.accelerator())
         } catch {
             return .failed(entry.name, entry.runtime, units: units, error: error.localizedDescription)
         }
@@ -68,7 +83,8 @@ final class BenchmarkSuite {
 
     /// Cold load, warm load, first inference, warmup, timed runs, then one
     /// accuracy pass over the whole sample. Memory is sampled outside the timed calls.
-    func measure(_ runner: ModelRunner, sample: TestSample) throws -> Metrics {
+    func measure(_ runner: ModelRunner, sample: TestSample, host: GoldenOutputs.Entry? = nil,
+                 agreement: inout HostAgreement) throws -> Metrics {
         let before = try MemoryProbe.footprintMB()
         let coldLoad = try Stopwatch.ms { try runner.load() }
         let afterLoad = try MemoryProbe.footprintMB()
@@ -93,8 +109,12 @@ final class BenchmarkSuite {
 
         var correct = 0
         for index in 0..<sample.count {
-            if try runner.predict(index) == sample.labels[index] {
+            let predicted = try runner.predict(index)
+            if predicted == sample.labels[index] {
                 correct += 1
+            }
+            if let host = host {
+                agreement.add(index, predicted: predicted, device: runner.lastLogits, host: host.logits[index].map { Float($0) })
             }
         }
 

@@ -30,6 +30,8 @@ final class CoreMLRunner: ModelRunner {
     private var inputs: [MLFeatureProvider] = []
     private var inputName = "image"
     private var outputName = "classLabel"
+    /// A classifier answers with a class (and class probabilities), not logits: only top-1 is compared.
+    let lastLogits: [Float]? = nil
 
     init(compiledModelURL: URL, units: CoreMLUnits, labels: [String]) {
         self.url = compiledModelURL
@@ -56,6 +58,17 @@ final class CoreMLRunner: ModelRunner {
 
     func unload() {
         model = nil
+    }
+
+    /// The compute units asked for, and where the OS says the ops go (MLComputePlan, iOS 17.4+).
+    func accelerator() -> AcceleratorRecord? {
+        let configuration = MLModelConfiguration()
+        configuration.computeUnits = units.mlComputeUnits
+        let used = ComputePlanProbe.devicesUsed(modelURL: url, configuration: configuration)
+        return AcceleratorRecord(
+            requested: units.rawValue, used: used, backends: nil,
+            source: used == nil ? "MLModelConfiguration.computeUnits; the OS reported no placement (MLComputePlan needs iOS 17.4)"
+                                : "MLModelConfiguration.computeUnits; used: MLComputePlan preferred device per op of main")
     }
 
     func prepareInputs(_ sample: TestSample) throws {

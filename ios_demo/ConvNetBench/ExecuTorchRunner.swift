@@ -11,6 +11,8 @@ final class ExecuTorchRunner: ModelRunner {
     private let input: ModelSpec.TensorSpec
     private var module: Module?
     private var inputs: [Value] = []
+    private let output: ModelSpec.TensorSpec?
+    private(set) var lastLogits: [Float]?
 
     init(url: URL, spec: ModelSpec) throws {
         guard let input = spec.input else {
@@ -21,6 +23,7 @@ final class ExecuTorchRunner: ModelRunner {
         }
         self.path = url.path
         self.input = input
+        self.output = spec.output
     }
 
     func load() throws {
@@ -58,6 +61,11 @@ final class ExecuTorchRunner: ModelRunner {
         inputs = built
     }
 
+    /// The app asks ExecuTorch for nothing but its linked CPU backends; the Swift API does not list a program's delegates.
+    func accelerator() -> AcceleratorRecord? {
+        nil
+    }
+
     func predict(_ index: Int) throws -> Int {
         guard let module = module else { throw BenchError.notLoaded }
         let arguments: [ValueConvertible] = [inputs[index]]
@@ -66,9 +74,16 @@ final class ExecuTorchRunner: ModelRunner {
             throw BenchError.output("forward returned nothing")
         }
         if let logits: Tensor<Float> = first.tensor() {
+            lastLogits = logits.withUnsafeBytes { Array($0) }
             return logits.withUnsafeBytes { argmax($0) }
         }
         if let quantized: Tensor<Int8> = first.tensor() {
+            if let scale = output?.scale {
+                let zeroPoint = output?.zeroPoint ?? 0
+                lastLogits = quantized.withUnsafeBytes { values in values.map { Float(Int($0) - zeroPoint) * Float(scale) } }
+            } else {
+                lastLogits = nil
+            }
             return quantized.withUnsafeBytes { argmax($0) }
         }
         throw BenchError.output("forward did not return a float32 or int8 tensor")

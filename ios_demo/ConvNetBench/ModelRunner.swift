@@ -11,6 +11,10 @@ protocol ModelRunner: AnyObject {
     func prepareInputs(_ sample: TestSample) throws
     /// Runs one inference on test image `index` and returns the predicted class.
     func predict(_ index: Int) throws -> Int
+    /// The float logits of the last `predict` (int8 dequantized); nil when the runtime gives a class only.
+    var lastLogits: [Float]? { get }
+    /// What ran the model after `load`, as far as the runtime or the OS tells; nil when nothing is known.
+    func accelerator() -> AcceleratorRecord?
 }
 
 /// Index of the largest element (the first one on ties).

@@ -75,16 +75,21 @@ struct ResultRow: Codable, Identifiable {
     let status: String
     let error: String?
     let metrics: Metrics?
+    var hostAgreement: HostAgreementRecord?
+    var accelerator: AcceleratorRecord?
 
     var id: String { "\(model)|\(runtime.rawValue)|\(computeUnits ?? "-")" }
 
     enum CodingKeys: String, CodingKey {
-        case model, runtime, status, error, metrics
+        case model, runtime, status, error, metrics, accelerator
         case computeUnits = "compute_units"
+        case hostAgreement = "host_agreement"
     }
 
-    static func ok(_ model: String, _ runtime: Runtime, units: CoreMLUnits?, metrics: Metrics) -> ResultRow {
-        ResultRow(model: model, runtime: runtime, computeUnits: units?.rawValue, status: "ok", error: nil, metrics: metrics)
+    static func ok(_ model: String, _ runtime: Runtime, units: CoreMLUnits?, metrics: Metrics,
+                   hostAgreement: HostAgreementRecord? = nil, accelerator: AcceleratorRecord? = nil) -> ResultRow {
+        ResultRow(model: model, runtime: runtime, computeUnits: units?.rawValue, status: "ok", error: nil, metrics: metrics,
+                  hostAgreement: hostAgreement, accelerator: accelerator)
     }
 
     static func failed(_ model: String, _ runtime: Runtime, units: CoreMLUnits?, error: String) -> ResultRow {

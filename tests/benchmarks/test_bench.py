@@ -128,6 +128,22 @@ def test_device_results_are_merged(report_copy, nothing_runs, config_for):
     assert (report_copy / "bench" / plots.DEVICE_PLOT).read_bytes().startswith(PNG_MAGIC)
 
 
+def test_a_phone_that_disagrees_by_preprocessing_is_flagged_as_such(report_copy, nothing_runs, config_for, capsys):
+    from tests.benchmarks.test_device_agreement import _doc
+
+    device_dir = report_copy / "device" / "android"
+    device_dir.mkdir(parents=True)
+    doc = _doc({"convnet_tflite_fp32.tflite": (0.93, 3.1), "convnet_tflite_int8.tflite": (0.92, 3.3)})
+    (device_dir / "benchmark_results.json").write_text(json.dumps(doc))
+    host.rebuild_reports(config_for(report_copy))
+    report = (report_copy / "bench" / "report.md").read_text()
+    assert "## Device ↔ host agreement" in report and report.count("**FLAGGED**") == 2
+    assert report.count("Likely cause: preprocessing") == 2
+    assert "asked cpu (XNNPACK delegate), ran cpu" in report
+    console = capsys.readouterr().out
+    assert console.count("likely preprocessing") == 2 and "convnet_tflite_int8.tflite: top-1 agreement 92.00%" in console
+
+
 def test_cli_report_and_its_errors(report_copy, tmp_path, config_for):
     assert main(["report", "--out", str(report_copy)]) == 0
     empty = tmp_path / "empty"

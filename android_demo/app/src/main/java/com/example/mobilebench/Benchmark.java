@@ -11,6 +11,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 
+import org.json.JSONArray;
 import org.json.JSONObject;
 
 /**
@@ -32,6 +33,7 @@ final class Benchmark {
     private final Context context;
     private final BenchmarkConfig config;
     private final Listener listener;
+    private GoldenOutputs golden;  // the host's outputs on the test sample; null when absent or unreadable
 
     Benchmark(Context context, BenchmarkConfig config, Listener listener) {
         this.context = context;
@@ -88,6 +90,18 @@ final class Benchmark {
                 errors.add(sampleFile + ": " + describe(e));
             }
         }
+        golden = null;
+        File goldenFile = store.sideFile(GoldenOutputs.FILE);
+        if (goldenFile == null) {
+            errors.add("no " + GoldenOutputs.FILE + " in " + store.modelDir
+                    + " or the app assets, so no agreement with the host (rerun `make export-android`)");
+        } else if (sample != null) {
+            try {
+                golden = GoldenOutputs.parse(IoUtil.readText(goldenFile), sample.count);
+            } catch (Exception e) {
+                errors.add(goldenFile + ": " + describe(e));
+            }
+        }
         if (files.isEmpty() && specs.isEmpty()) {
             errors.add("no .pte or .tflite files in " + store.modelDir);
         }
@@ -130,7 +144,8 @@ final class Benchmark {
         }
         ModelRunner runner = newRunner(runtime);
         try {
-            return ModelResult.ok(name, runtime, quant, measureWith(runner, file, spec, sample));
+            JSONObject row = measureWith(runner, file, spec, sample);
+            return ModelResult.ok(name, runtime, quant, row.getJSONObject("metrics"), row);
         } catch (Throwable t) {
             Log.e(BenchmarkActivity.TAG, "model " + name + " failed", t);
             return ModelResult.failed(name, runtime, quant, describe(t));
@@ -139,6 +154,7 @@ final class Benchmark {
         }
     }
 
+    /** The row's metrics, host_agreement and accelerator. */
     private JSONObject measureWith(ModelRunner runner, File file, ModelSpec spec, TestSample sample)
             throws Exception {
         String name = file.getName();
@@ -176,12 +192,21 @@ final class Benchmark {
         sampler.start();
         int correct;
         double pssPeak;
+        GoldenOutputs.Entry host = golden == null ? null : golden.entries.get(name);
+        String hostProblem = null;
+        if (host != null && host.logits.length > 0 && host.logits[0].length != spec.output.numElements()) {
+            hostProblem = GoldenOutputs.FILE + " has " + host.logits[0].length + " logits per image for " + name
+                    + ", models.json " + spec.output.numElements() + " (bundled from another export?)";
+            host = null;
+        }
+        Agreement agreement = new Agreement();
         try {
-            correct = countCorrect(runner, spec, sample);
+            correct = countCorrect(runner, spec, sample, host, agreement);
         } finally {
             pssPeak = Math.max(sampler.stopAndGetPeakMb(), pssAfterLoad);
         }
         double nativeHeap = MemoryProbe.nativeHeapMb();
+        JSONObject accelerator = runner.accelerator();
         runner.close();
 
         status(name + ": warm load");
@@ -215,19 +240,56 @@ final class Benchmark {
         m.put("model_size(mb)", r3(file.length() / (1024.0 * 1024.0)));
         m.put("accuracy", (double) correct / sample.count);
         m.put("sample_size", sample.count);
-        return m;
+        JSONObject row = new JSONObject();
+        row.put("metrics", m);
+        row.put("host_agreement", hostAgreement(name, host, agreement, hostProblem));
+        row.put("accelerator", accelerator);
+        return row;
     }
 
-    private static int countCorrect(ModelRunner runner, ModelSpec spec, TestSample sample) throws Exception {
+    /** Top-1 accuracy over the sample; each image's logits also go to {@code agreement} against the host's. */
+    private static int countCorrect(ModelRunner runner, ModelSpec spec, TestSample sample, GoldenOutputs.Entry host,
+                                    Agreement agreement) throws Exception {
         int correct = 0;
         for (int i = 0; i < sample.count; i++) {
             runner.setInput(spec.input.normalize(sample, i));
             runner.invoke();
-            if (argmax(runner.output()) == sample.labels[i]) {
+            float[] out = runner.output();
+            if (argmax(out) == sample.labels[i]) {
                 correct++;
+            }
+            if (host != null) {
+                agreement.add(i, out, host.logits[i]);
             }
         }
         return correct;
+    }
+
+    private JSONObject hostAgreement(String name, GoldenOutputs.Entry host, Agreement a, String problem)
+            throws Exception {
+        JSONObject o = new JSONObject();
+        if (host == null) {
+            o.put("available", false);
+            o.put("reason", problem != null ? problem : golden == null ? "no usable " + GoldenOutputs.FILE
+                    : name + " has no entry in " + GoldenOutputs.FILE + " (bundled from another export?)");
+            return o;
+        }
+        o.put("available", true);
+        o.put("images", a.images());
+        o.put("top1_agreement", a.top1Agreement());
+        double diff = a.maxAbsLogitDiff();
+        o.put("max_abs_logit_diff", Double.isInfinite(diff) ? JSONObject.NULL : diff);
+        o.put("worst_image", a.worstImage());
+        JSONArray disagreeing = new JSONArray();
+        for (int i : a.disagreeingImages()) {
+            disagreeing.put(i);
+        }
+        o.put("disagreeing_images", disagreeing);
+        o.put("tolerance", host.tolerance);
+        o.put("output_step", Double.isNaN(host.outputStep) ? JSONObject.NULL : host.outputStep);
+        o.put("host_method", host.method);
+        o.put("golden_run_id", golden.runId);
+        return o;
     }
 
     private static void checkOutput(float[] out, ModelSpec spec) {

@@ -28,6 +28,7 @@ public class BenchmarkActivity extends Activity {
 
     private static final String[] HEADER = {
         "model", "runtime", "load ms", "1st ms", "avg ms", "p50", "p90", "p99", "trim", "PSS MB", "heap MB", "acc",
+        "host top-1", "max dlogit",
     };
 
     private EditText warmupField;
@@ -175,7 +176,18 @@ public class BenchmarkActivity extends Activity {
             fmt(r.metric("ram_pss_usage(mb)")),
             fmt(r.metric("native_heap(mb)")),
             String.format(Locale.US, "%.3f", r.metric("accuracy")),
+            hostCell(r, "top1_agreement"),
+            hostCell(r, "max_abs_logit_diff"),
         };
+    }
+
+    /** A host_agreement value for the table, "-" where nothing was compared. */
+    private static String hostCell(ModelResult r, String key) {
+        org.json.JSONObject a = r.row == null ? null : r.row.optJSONObject("host_agreement");
+        if (a == null || !a.optBoolean("available", false) || a.isNull(key)) {
+            return "-";
+        }
+        return String.format(Locale.US, "%.4g", a.optDouble(key));
     }
 
     private static String fmt(double v) {

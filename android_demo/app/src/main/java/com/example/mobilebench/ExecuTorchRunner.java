@@ -2,6 +2,9 @@ package com.example.mobilebench;
 
 import java.io.File;
 
+import org.json.JSONArray;
+import org.json.JSONException;
+import org.json.JSONObject;
 import org.pytorch.executorch.DType;
 import org.pytorch.executorch.EValue;
 import org.pytorch.executorch.Module;
@@ -14,6 +17,7 @@ final class ExecuTorchRunner implements ModelRunner {
     private ModelSpec spec;
     private EValue input;
     private EValue[] outputs;
+    private String[] backends;
 
     @Override
     public String runtime() {
@@ -28,6 +32,33 @@ final class ExecuTorchRunner implements ModelRunner {
         // the XNNPACK delegate (weight packing), the larger part of a cold load.
         module = Module.load(model.getAbsolutePath(), Module.LOAD_MODE_FILE, threads);
         module.loadMethod("forward");
+        // The delegates the program holds for forward (its delegate info, e.g. XnnpackBackend). A method
+        // whose ops all fall outside them runs on ExecuTorch's portable CPU kernels.
+        backends = module.getMethodMetadata("forward").getBackends();
+    }
+
+    @Override
+    public JSONObject accelerator() throws JSONException {
+        JSONObject o = new JSONObject();
+        JSONArray names = new JSONArray();
+        if (backends != null) {
+            for (String b : backends) {
+                names.put(b);
+            }
+        }
+        o.put("requested", "cpu");
+        o.put("used", names.length() == 0 ? "cpu (portable kernels, no delegate)" : "cpu (" + join(backends) + ")");
+        o.put("backends", names);
+        o.put("source", "Module.getMethodMetadata(\"forward\").getBackends(): the delegates in the program");
+        return o;
+    }
+
+    private static String join(String[] parts) {
+        StringBuilder b = new StringBuilder();
+        for (String s : parts) {
+            b.append(b.length() == 0 ? "" : ", ").append(s);
+        }
+        return b.toString();
     }
 
     @Override

@@ -11,22 +11,25 @@ final class ModelResult {
     final String quant;
     final String error;        // null when ok
     final JSONObject metrics;  // null when failed
+    final JSONObject row;      // host_agreement and accelerator; null when failed
 
-    private ModelResult(String model, String runtime, String quant, String error, JSONObject metrics) {
+    private ModelResult(String model, String runtime, String quant, String error, JSONObject metrics,
+                        JSONObject row) {
         this.model = model;
         this.runtime = runtime;
         this.quant = quant;
         this.error = error;
         this.metrics = metrics;
+        this.row = row;
     }
 
-    static ModelResult ok(String model, String runtime, String quant, JSONObject metrics) {
-        return new ModelResult(model, runtime, quant, null, metrics);
+    static ModelResult ok(String model, String runtime, String quant, JSONObject metrics, JSONObject row) {
+        return new ModelResult(model, runtime, quant, null, metrics, row);
     }
 
     static ModelResult failed(String model, String runtime, String quant, String error) {
         String message = error == null || error.trim().isEmpty() ? "unknown error" : error.trim();
-        return new ModelResult(model, runtime, quant, message, null);
+        return new ModelResult(model, runtime, quant, message, null, null);
     }
 
     boolean isOk() {
@@ -49,6 +52,10 @@ final class ModelResult {
         }
         if (metrics != null) {
             o.put("metrics", metrics);
+        }
+        if (row != null) {
+            o.put("host_agreement", row.opt("host_agreement"));
+            o.put("accelerator", row.opt("accelerator"));
         }
         return o;
     }

@@ -28,6 +28,12 @@ interface ModelRunner {
     /** The first output of the last {@link #invoke}, as float logits (int8 dequantized). */
     float[] output() throws Exception;
 
+    /**
+     * What ran the model after {@link #load}: the accelerator or delegate requested, the one used
+     * where the runtime tells, the backends in the program, and how each was found out.
+     */
+    org.json.JSONObject accelerator() throws org.json.JSONException;
+
     /** Frees the runtime's native memory. Safe to call twice or after a failed load. */
     void close();
 }

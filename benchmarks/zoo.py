@@ -1,0 +1,215 @@
+"""Conformance of the mobile networks users bring: each network trained briefly, quantized and exported to every
+runtime, each file verified in its runtime, and one table of what held and what did not.
+
+    python -m benchmarks.zoo --root artifacts/zoo --results benchmarks/results      # or: make zoo
+
+A network gets its own OUT (ROOT/<slug>/) and goes through `train`, `qat` and `export` (which verifies every file
+and runs the int8 parity) as three CLI subprocesses with the same flags, so what the table shows is what a user's
+`make export MODEL=...` would do. A network whose OUT already holds a finished run with the same flags is read, not
+rerun (`--rerun` forces it), so the table can be built over several sittings. The table, per network:
+
+- one cell per file kind (`.pte` fp32/int8, `.tflite` fp32/int8, Core ML fp16/W8A8/palettized): `ok` when the
+  file verified in its runtime, else its first cause in one line (export refused or failed, or which check failed);
+- the `.pte`↔`.tflite` per-layer verdict and the teacher-forced one (every op within N steps of PyTorch);
+- the ops each file ran outside its runtime's fast path;
+- export wall time per runtime.
+
+This module runs the CLI as a subprocess: it sits below the orchestration and does not import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.models import cli, host, outside_fast_path, slug
+from core import io as atomic
+
+# The list of issue 25: torchvision's and timm's mobile classifiers (random initial weights, trained here).
+NETWORKS = (
+    "torchvision:mobilenet_v2", "torchvision:mobilenet_v3_small", "torchvision:mobilenet_v3_large",
+    "torchvision:shufflenet_v2_x1_0", "torchvision:mnasnet1_0", "torchvision:squeezenet1_1",
+    "torchvision:efficientnet_b0", "torchvision:resnet18",
+    "timm:mobilenetv4_conv_small", "timm:mobilenetv3_small_050", "timm:efficientnet_lite0", "timm:ghostnet_100",
+    "timm:repvit_m0_9", "timm:mobileone_s0", "timm:lcnet_050", "timm:tinynet_a", "timm:fastvit_t8",
+    "timm:efficientvit_m0", "timm:mobilevitv2_050", "timm:hgnetv2_b0",
+)
+FLAGS = ("--dataset mnist-5k --image-size 64 --epochs 1 --limit-train 1024 --limit-test 200 --qat-max-steps 20 "
+         "--backends executorch,tflite,coreml")
+# (column, backend, quant test): the seven files a default `export` makes.
+CELLS = (
+    (".pte fp32", "executorch", lambda q: q == "fp32"),
+    (".pte int8", "executorch", lambda q: q == "int8"),
+    (".tflite fp32", "tflite", lambda q: q == "fp32"),
+    (".tflite int8", "tflite", lambda q: q == "int8"),
+    ("Core ML fp16", "coreml", lambda q: q in ("fp16", "fp32")),
+    ("Core ML W8A8", "coreml", lambda q: q == "int8"),
+    ("Core ML palettized", "coreml", lambda q: q.startswith("pal")),
+)
+STATE = "zoo.json"  # in each network's OUT: the flags it ran with and the stage exit codes
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cell(manifest: dict, backend: str, wanted) -> dict:
+    files = [(f, a) for f, a in manifest.get("artifacts", {}).items()
+             if a.get("backend") == backend and wanted(str(a.get("quant", "")))]
+    if files:
+        file, a = files[0]
+        v = a.get("verification") or {}
+        if v.get("passed"):
+            return {"state": "ok", "file": file, "cause": None, "outside": outside_fast_path(a),
+                    "agreement": v.get("agreement"), "export_s": a.get("export_seconds")}
+        cause = (v.get("failures") or [v.get("error") or "not verified (run `verify`)"])[0]
+        return {"state": "failed", "file": file, "cause": one_line(cause), "outside": outside_fast_path(a),
+                "agreement": v.get("agreement"), "export_s": a.get("export_seconds")}
+    # No file: the backend's entry says why (refused, failed, or the run never got to it).
+    kind = "fp32" if wanted("fp32") or wanted("fp16") else "int8"
+    entry = manifest.get("backends", {}).get(f"{backend}:{kind}") or {}
+    if entry.get("status") in (None, "ok"):
+        cause = "not made" if entry.get("status") is None else "not made (its sibling was)"
+    else:
+        cause = f"{entry.get('status')}: {entry.get('reason')}"
+    return {"state": "missing", "file": None, "cause": one_line(cause), "outside": None,
+            "agreement": None, "export_s": None}
+
+
+def parity_verdict(manifest: dict) -> dict:
+    p = manifest.get("parity") or {}
+    if not p:
+        return {"state": "missing", "text": "no parity run"}
+    check, local = p.get("check") or {}, p.get("local_check") or {}
+    layers = len(p.get("layers") or [])
+    if check.get("passed") and not check.get("max_steps"):
+        text = f"identical on {layers} layers"
+    elif check.get("passed"):
+        text = f"within {check.get('max_steps')} step(s) on {layers} layers"
+    else:
+        text = "differ: " + one_line("; ".join(check.get("failures") or ["?"]), 120)
+    worst = max((c.get("max_steps") or 0 for c in local.values()), default=None)
+    teacher = all(c.get("passed") for c in local.values()) if local else None
+    if local:
+        text += f"; teacher-forced every op within {worst:g} step(s)" if teacher else "; teacher-forced: FAILED"
+    return {"state": "ok" if check.get("passed") or teacher else "failed", "text": text,
+            "identical": bool(check.get("passed") and not check.get("max_steps")), "teacher_forced_ok": teacher}
+
+
+def network_row(model: str, out: Path) -> dict:
+    state = json.loads((out / STATE).read_text()) if (out / STATE).exists() else {}
+    row = {"model": model, "out": str(out), "codes": state.get("codes", {}), "seconds": state.get("seconds", {})}
+    if not (out / "manifest.json").exists():
+        first = next((f"{k} exited {c}" for k, c in row["codes"].items() if c), "not run")
+        row.update(cells={c: {"state": "missing", "cause": first} for c, *_ in CELLS},
+                   parity={"state": "missing", "text": first}, verified=0, accuracy={})
+        return row
+    manifest = json.loads((out / "manifest.json").read_text())
+    cells = {name: _cell(manifest, backend, wanted) for name, backend, wanted in CELLS}
+    acc = manifest.get("accuracy", {})
+    tag = next((t for t in acc if t != "fp32" and isinstance(acc[t], dict)), None)
+    row.update(cells=cells, parity=parity_verdict(manifest), verified=sum(c["state"] == "ok" for c in cells.values()),
+               accuracy={"fp32": acc.get("fp32"), "ptq": (acc.get(tag) or {}).get("ptq"),
+                         "qat": (acc.get(tag) or {}).get("qat")},
+               export_s={b: round(e.get("wall_time_s") or 0.0, 1) for b, e in manifest.get("backends", {}).items()})
+    row["all_verified"] = row["verified"] == len(CELLS) and row["parity"]["state"] == "ok"
+    return row
+
+
+def run_network(model: str, out: Path, flags: list[str], rerun: bool) -> None:
+    state_file = out / STATE
+    if not rerun and state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state.get("flags") == flags and state.get("finished"):
+            print(f"zoo: {model}: finished run found in {out}; reused (--rerun to run it again)")
+            return
+    out.mkdir(parents=True, exist_ok=True)
+    base = ["--model", model, "--out", str(out), *flags]
+    codes, seconds = {}, {}
+    for command in ("train", "qat", "export"):
+        extra = ["--force"] if rerun and command == "train" else []
+        codes[command], seconds[command] = cli(command, *base, *extra)
+        if codes[command] and command != "export":  # export exits 1 when a file fails: the table says which
+            break
+    atomic.write_text(state_file, json.dumps({"model": model, "flags": flags, "codes": codes,
+                                              "seconds": {k: round(v, 1) for k, v in seconds.items()},
+                                              "finished": True, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                             indent=2))
+
+
+def markdown(rows: list[dict], header: dict) -> str:
+    names = [c for c, *_ in CELLS]
+    full = sum(r.get("all_verified", False) for r in rows)
+    lines = ["# Zoo: mobile networks through every runtime", "",
+             f"Made by `{header['command']}` on {header['host']}; flags `{header['flags']}`. "
+             "Random initial weights, trained briefly here; every file verified in its runtime on the test images "
+             "(`ok`), else its first cause. The per-layer column compares the int8 `.pte` and `.tflite` layer by "
+             "layer and teacher-forced against PyTorch's int8 graph.", "",
+             f"**{full} of {len(rows)} networks** have every file of all three runtimes verified and the int8 pair "
+             "within its per-layer bound.", "",
+             "| network | " + " | ".join(names) + " | int8 `.pte`↔`.tflite` per layer | fp32 / PTQ / QAT |",
+             "|---" * (len(names) + 3) + "|"]
+    for r in rows:
+        cells = " | ".join("ok" if r["cells"][n]["state"] == "ok" else "✗" for n in names)
+        a = r.get("accuracy") or {}
+        accs = " / ".join("–" if a.get(k) is None else f"{a[k]:.3f}" for k in ("fp32", "ptq", "qat"))
+        lines.append(f"| {r['model']} | {cells} | {r['parity']['text']} | {accs} |")
+    lines += ["", "## Causes, one line per file that did not verify", ""]
+    causes = [f"- {r['model']}, {n}: {r['cells'][n]['cause']}" for r in rows for n in names
+              if r["cells"][n]["state"] != "ok"]
+    lines += causes or ["None."]
+    lines += ["", "## Ops outside the runtime's fast path (verified or not)", ""]
+    outside = [f"- {r['model']}, {n}: {r['cells'][n]['outside']}" for r in rows for n in names
+               if r["cells"][n].get("outside") not in (None, "none")]
+    lines += outside or ["None: every int8 op ran in XNNPACK / LiteRT int8 kernels / Core ML quantized ops."]
+    lines += ["", "## Wall time per network (s)", "",
+              "| network | train | qat | export (all files, verify, parity) | export per runtime |", "|---|---|---|---|---|"]
+    for r in rows:
+        s = r.get("seconds") or {}
+        per = ", ".join(f"{b} {t:.0f}" for b, t in (r.get("export_s") or {}).items())
+        lines.append(f"| {r['model']} | " + " | ".join("–" if s.get(k) is None else f"{s[k]:.0f}"
+                                                        for k in ("train", "qat", "export")) + f" | {per} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.zoo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--networks", default=",".join(NETWORKS), help="comma-separated model sources")
+    parser.add_argument("--flags", default=FLAGS, help="flags for train, qat and export")
+    parser.add_argument("--root", default="artifacts/zoo", help="one OUT per network under this folder")
+    parser.add_argument("--results", default="", help="also write zoo.json and zoo.md here (e.g. benchmarks/results)")
+    parser.add_argument("--rerun", action="store_true", help="run networks again even where a finished run exists")
+    parser.add_argument("--collect-only", action="store_true", help="run nothing; build the table from ROOT")
+    opts = parser.parse_args(argv)
+    root, flags = Path(opts.root), shlex.split(opts.flags)
+    networks = [n.strip() for n in opts.networks.split(",") if n.strip()]
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in networks:
+        out = root / slug(model)
+        if not opts.collect_only:
+            run_network(model, out, flags, opts.rerun)
+        rows.append(network_row(model, out))
+        write(rows, opts, root)
+    full = sum(r.get("all_verified", False) for r in rows)
+    print(f"zoo: {full} of {len(rows)} networks verified in every runtime; table: {root / 'zoo.md'}")
+    return 0 if full == len(rows) else 1
+
+
+def write(rows: list[dict], opts, root: Path) -> None:
+    header = {"command": "python -m benchmarks.zoo " + " ".join(shlex.quote(a) for a in (sys.argv[1:] or [])),
+              "host": host(), "flags": opts.flags}
+    for folder in [root] + ([Path(opts.results)] if opts.results else []):
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(folder / "zoo.json", json.dumps({**header, "rows": rows}, indent=2))
+        atomic.write_text(folder / "zoo.md", markdown(rows, header))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
