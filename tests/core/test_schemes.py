@@ -10,7 +10,7 @@ from core.config import ConfigError, resolve
 from core.schemes import Scheme
 from pipeline import cli
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "quantization.md"
 
 
 def test_the_default_scheme_is_int8_and_named_in_full():
