@@ -193,7 +193,7 @@ def accuracy_of(row: dict, manifest: dict, workspace: Workspace) -> tuple[float 
     artifact = manifest["artifacts"][row["file"]]
     tag = (artifact.get("scheme") or {}).get("tag")
     entry = manifest.get("stages", {}).get("quantize", {}).get(tag, {})
-    scheme = Scheme(**{k: v for k, v in entry.get("scheme", {}).items() if k in Scheme.__dataclass_fields__}) if tag else None
+    scheme = Scheme.from_dict(entry.get("scheme", {})) if tag else None
     source = workspace.export_source(scheme)
     logits, method = run_artifact(workspace.out / row["file"], artifact, source, data)
     return accuracy(logits, labels), f"computed by bench, {len(labels)} test images, {method}"

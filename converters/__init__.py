@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from core import config
 
-from .base import Artifact, ConversionError, Converter, ExportSource, MissingDependency, PartialExport
+from .base import Artifact, ConversionError, Converter, ExportOptions, ExportSource, MissingDependency, PartialExport
 from .coreml import CoreMLConverter
 from .executorch import ExecuTorchConverter
 from .tflite import TFLiteConverter
@@ -39,5 +39,5 @@ def by_format(fmt: str) -> Converter | None:
     return next((c for c in REGISTRY.values() if c.format == fmt), None)
 
 
-__all__ = ["Artifact", "ConversionError", "Converter", "ExportSource", "MissingDependency", "PartialExport", "REGISTRY",
+__all__ = ["Artifact", "ConversionError", "Converter", "ExportOptions", "ExportSource", "MissingDependency", "PartialExport", "REGISTRY",
            "by_format", "register", "select"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import platform
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -51,6 +51,26 @@ class Artifact:
 
 
 Runner = Callable[[np.ndarray], np.ndarray]  # normalized float32 NCHW batch -> float32 logits
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the converters read of a run's settings (the export group of core/config.py), and the study's explicit
+    mixed precision: one typed value instead of the whole config."""
+
+    allow_fallback: bool  # ExecuTorch: accept ops left outside XNNPACK
+    dynamic_batch: int  # ExecuTorch: max batch of a dynamic-batch .pte (0: static batch 1)
+    nhwc: bool  # TFLite: channels-last input
+    nbits: int  # Core ML palettization
+    granularity: str
+    group_size: int
+    weight_threshold: int
+    float_layers: tuple[str, ...] = ()  # layers the scheme's program left float (the study's --keep-float)
+
+    @classmethod
+    def from_config(cls, cfg, **changes) -> "ExportOptions":
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name != "float_layers"}
+        return cls(**{**values, **changes})
 
 
 class Converter(ABC):
@@ -105,16 +125,16 @@ class Converter(ABC):
         if missing:
             raise MissingDependency(f"{self.name}: missing Python package(s) {', '.join(missing)}; run `make setup`")
 
-    def validate(self, options) -> list[str]:
+    def validate(self, options: ExportOptions) -> list[str]:
         """Problems with this backend's settings, found before any stage runs (empty list: none)."""
         return []
 
     @abstractmethod
-    def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+    def export_baseline(self, source: ExportSource, out: Path, options: ExportOptions) -> list[Artifact]:
         """Write this backend's float baseline (fp32 or fp16) of the fp32 model, atomically, and check it."""
 
     @abstractmethod
-    def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+    def export_scheme(self, source: ExportSource, out: Path, options: ExportOptions) -> list[Artifact]:
         """Write this backend's artifacts of `source.scheme` (atomically) and check their structure."""
 
     @abstractmethod
@@ -137,7 +157,7 @@ def float_layers(options, scheme) -> tuple[str, ...]:
     when the program was made (core.qat's `keep_float`); the converters check the file agrees.
     A float baseline (`scheme` None) has nothing to keep float: empty.
     """
-    layers = tuple(getattr(options, "float_layers", ()) or ()) if scheme is not None else ()
+    layers = tuple(options.float_layers) if scheme is not None else ()
     if layers and scheme.activations != "static":
         raise ConversionError(f"float_layers {list(layers)}: mixed precision applies to static int8 schemes (a PT2E "
                               f"graph with layers left float), not to {scheme.summary()}")

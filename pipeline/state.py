@@ -83,7 +83,7 @@ class OutState(Workspace):
     def preflight(self) -> None:
         """Refuse, before any stage runs, settings that cannot give a sound model or artifact."""
         selected = converters.select(self.cfg.backends)
-        problems = [p for conv in selected for p in conv.validate(self.cfg)]
+        problems = [p for conv in selected for p in conv.validate(converters.ExportOptions.from_config(self.cfg))]
         problems += support.check(self.scheme(), [c.name for c in selected])
         if problems:  # settings alone: refused before any data is read
             raise StageError("; ".join(problems))
