@@ -29,9 +29,25 @@ def run(pipeline: OutState) -> bool:
     for conv in selected:
         for part in ("fp32", scheme.tag):
             ok &= _export_part(pipeline, conv, part, source)
+    for line in took_elsewhere(pipeline.manifest["backends"], [c.name for c in selected], ("fp32", scheme.tag)):
+        say_brief(line)
     atomic.write_text(pipeline.out / "labels.txt", "\n".join(pipeline.data.labels) + "\n")
     verified = verify.run(pipeline, [c.name for c in selected], {scheme.tag: source}, reuse=not pipeline.cfg.force)
     return ok and verified
+
+
+def took_elsewhere(backends: dict, names: list[str], parts: tuple[str, ...]) -> list[str]:
+    """For each backend that failed a part, which other runtimes exported that same graph: whatever op a runtime
+    lacks, the ones named took it, so the gap is that runtime's, not the network's."""
+    lines = []
+    for part in parts:
+        failed = [n for n in names if (backends.get(f"{n}:{part}") or {}).get("status") == "failed"]
+        took = [n for n in names if (backends.get(f"{n}:{part}") or {}).get("status") == "ok"]
+        for name in failed:
+            lines.append(f"    export: {name}:{part} failed where " + (
+                f"{', '.join(f'{t}:{part}' for t in took)} took the same graph (its ops included): a gap of "
+                f"{name}, not of the network" if took else "no other selected runtime took this graph either"))
+    return lines
 
 
 def _export_part(pipeline: OutState, conv, part: str, source) -> bool:

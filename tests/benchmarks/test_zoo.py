@@ -1,0 +1,70 @@
+"""benchmarks/zoo.py: the conformance table of networks x runtimes, read from real OUTs (the full zoo is a
+benchmark, `make zoo`, not a test)."""
+
+import json
+import shutil
+
+from benchmarks import zoo
+
+
+def _copy(source, tmp_path, name="convnet"):
+    out = tmp_path / "root" / name
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("bench", "parity", "*.png"))
+    return out
+
+
+def test_every_file_kind_gets_a_cell_and_a_verified_network_counts(tiny_out, tmp_path):
+    out = _copy(tiny_out, tmp_path)
+    row = zoo.network_row("convnet", out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    made = {(a["backend"], a["quant"]) for a in manifest["artifacts"].values()}
+    assert len(made) == len(zoo.CELLS)  # the fixture made every kind a default export makes
+    passed = all(a["verification"]["passed"] for a in manifest["artifacts"].values())
+    assert row["verified"] == sum(a["verification"]["passed"] for a in manifest["artifacts"].values())
+    assert row["all_verified"] == (passed and row["parity"]["state"] == "ok")
+    assert row["parity"]["text"].startswith(("identical on", "within"))
+    assert row["accuracy"]["fp32"] == manifest["accuracy"]["fp32"]
+
+
+def test_a_failed_backend_and_a_failed_check_each_get_their_one_line_cause(tiny_out, tmp_path):
+    out = _copy(tiny_out, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for file in [f for f, a in manifest["artifacts"].items() if a["backend"] == "coreml" and a["quant"] != "fp16"]:
+        del manifest["artifacts"][file]
+    manifest["backends"]["coreml:int8"] = {"status": "failed", "reason": "coremltools: op 'foo' of layer blocks.3 "
+                                           "is not supported\n" + "x" * 400}
+    tfl = next(f for f, a in manifest["artifacts"].items() if a["backend"] == "tflite" and a["quant"] == "int8")
+    manifest["artifacts"][tfl]["verification"] = {"passed": False, "failures": ["top-1 agreement 90.00% < 99.50%"]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    row = zoo.network_row("convnet", out)
+    w8a8, pal = row["cells"]["Core ML W8A8"], row["cells"]["Core ML palettized"]
+    assert w8a8["state"] == pal["state"] == "missing"
+    assert w8a8["cause"].startswith("failed: coremltools: op 'foo' of layer blocks.3") and len(w8a8["cause"]) <= 160
+    assert "\n" not in w8a8["cause"]
+    assert row["cells"][".tflite int8"] == {**row["cells"][".tflite int8"], "state": "failed",
+                                            "cause": "top-1 agreement 90.00% < 99.50%"}
+    assert not row["all_verified"]
+    text = zoo.markdown([row], {"command": "python -m benchmarks.zoo", "host": "test", "flags": "--image-size 64"})
+    assert "**0 of 1 networks**" in text
+    assert "- convnet, .tflite int8: top-1 agreement 90.00% < 99.50%" in text
+    assert "- convnet, Core ML W8A8: failed: coremltools: op 'foo'" in text
+
+
+def test_a_finished_run_with_the_same_flags_is_reused_and_other_flags_rerun(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(zoo, "cli", lambda command, *args: calls.append(command) or (0, 0.5))
+    out = tmp_path / "net"
+    zoo.run_network("timm:tiny", out, ["--image-size", "64"], rerun=False)
+    assert calls == ["train", "qat", "export"]
+    state = json.loads((out / zoo.STATE).read_text())
+    assert state["finished"] and state["codes"] == {"train": 0, "qat": 0, "export": 0}
+    zoo.run_network("timm:tiny", out, ["--image-size", "64"], rerun=False)
+    assert calls == ["train", "qat", "export"]  # reused
+    zoo.run_network("timm:tiny", out, ["--image-size", "32"], rerun=False)
+    assert calls[3:] == ["train", "qat", "export"]
+    # a stage that fails stops the network's run (export's exit 1 is a verdict the table reads, not a stop)
+    monkeypatch.setattr(zoo, "cli", lambda command, *args: calls.append(command) or (1, 0.5))
+    zoo.run_network("timm:tiny", out, ["--image-size", "16"], rerun=False)
+    assert calls[6:] == ["train"]
+    row = zoo.network_row("timm:tiny", out)
+    assert row["cells"][".pte int8"]["cause"] == "train exited 1" and row["verified"] == 0
