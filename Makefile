@@ -15,7 +15,7 @@ OUT      ?= artifacts
 ARGS     ?=
 SETTINGS  = --dataset $(DATASET) --data-dir $(DATA_DIR) --model $(MODEL) --epochs $(EPOCHS) --out $(OUT) $(ARGS)
 # NPROC > 1: train and qat run under torchrun (DistributedDataParallel, one process per GPU or CPU share).
-# TORCHRUN_ARGS: --standalone on one machine; several machines: see README "Training on GPUs and several machines".
+# TORCHRUN_ARGS: --standalone on one machine; several machines: see docs/training.md.
 NPROC    ?= 1
 TORCHRUN_ARGS ?= --standalone
 LAUNCH    = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCHRUN_ARGS) --nproc-per-node $(NPROC) -m pipeline.cli,$(CLI))

@@ -32,6 +32,7 @@ from core.console import say
 from core.errors import BadInput
 from core.schemes import Scheme
 from core.workspace import Workspace
+from converters import REGISTRY
 
 from . import compare, device_agreement, plots, report, training
 
@@ -43,16 +44,17 @@ THROUGHPUT_BATCH = 32
 CHILD_TIMEOUT_S = 1800
 # RunConfig fields that belong to this bench run rather than to the run that built OUT.
 BENCH_SETTINGS = ("bench_warmup", "bench_iterations", "bench_seconds", "bench_train_steps", "bench_train_seconds")
-BACKEND_NAMES = {"pytorch": "PyTorch", "executorch": "ExecuTorch (XNNPACK)", "tflite": "LiteRT (TFLite, XNNPACK)",
-                 "coreml": "Core ML"}
-THREAD_CONTROL = {
-    "pytorch": "torch.set_num_threads(n)",
-    "executorch": "executorch.extension.pybindings.portable_lib._unsafe_reset_threadpool(n) before loading "
-                  "(experimental pybinding; resizes the one process-wide threadpool that XNNPACK uses); "
-                  "_threadpool_get_thread_count() reads it back",
-    "tflite": "ai_edge_litert Interpreter(model_path, num_threads=n) (XNNPACK delegate, on by default)",
-    "coreml": "not controllable: Core ML schedules its own work (macOS only)",
-}
+
+
+def backend_names() -> dict[str, str]:
+    """PyTorch, then every registered backend, by the name each gives itself (the order of the tables)."""
+    return {"pytorch": "PyTorch", **{name: c.display_name for name, c in REGISTRY.items()}}
+
+
+def thread_control() -> dict[str, str]:
+    return {"pytorch": "torch.set_num_threads(n)", **{name: c.thread_control for name, c in REGISTRY.items()}}
+
+
 RSS_METHOD = ("Each model runs in a fresh `python -m benchmarks.measure` process. *Baseline*: that process's RSS "
               "after it imported everything the model's runtime needs (numpy, torch, the project, the runtime), "
               "before any model is loaded; the kernel's peak-RSS mark is then reset to it (Linux: "
@@ -127,36 +129,28 @@ def targets(manifest: dict) -> list[dict]:
             rows.append({"name": f"pytorch_{tag}", "label": f"PyTorch {tag} reference", "kind": "baseline",
                          "backend": "pytorch", "quant": tag, "format": "pt2", "scheme": tag,
                          "file": f"{quantize.folder(Path('.'), tag) / quantize.PROGRAM}", "target": "pytorch_quantized"})
-    order = list(BACKEND_NAMES)
+    names = backend_names()
+    order = list(names)
     by_backend = sorted(manifest["artifacts"].items(),
                         key=lambda kv: (order.index(kv[1]["backend"]) if kv[1]["backend"] in order else len(order), kv[0]))
     for file, a in by_backend:
-        rows.append({"name": file, "label": f"{BACKEND_NAMES.get(a['backend'], a['backend'])} {a['quant']}",
+        rows.append({"name": file, "label": f"{names.get(a['backend'], a['backend'])} {a['quant']}",
                      "kind": "artifact", "backend": a["backend"], "quant": a["quant"], "format": a["format"],
                      "file": file, "target": "artifact"})
     return rows
 
 
 def batch_support(row: dict, artifact: dict | None) -> tuple[bool, str | None]:
-    """Can this model run a batch of THROUGHPUT_BATCH in one call? If not, why."""
+    """Can this model run a batch of THROUGHPUT_BATCH in one call? If not, why (the backend says)."""
     if row["backend"] == "pytorch":
         return True, None
-    if row["backend"] == "coreml":
-        return False, f"the .mlpackage takes batch 1 (image input of shape {artifact['input']['shape']})"
-    max_batch = artifact["input"]["shape"][0]
-    if not artifact["input"].get("dynamic_batch"):
-        hint = "; re-export with --dynamic-batch 32" if row["backend"] == "executorch" else ""
-        return False, f"static batch-1 export (input.dynamic_batch is false){hint}"
-    if max_batch < THROUGHPUT_BATCH:
-        return False, f"dynamic batch up to {max_batch} only, < {THROUGHPUT_BATCH}"
-    return True, None
+    why = REGISTRY[row["backend"]].batch_support(artifact, THROUGHPUT_BATCH)
+    return why is None, why
 
 
 def can_run(row: dict) -> tuple[bool, str | None]:
-    if row["backend"] == "coreml" and platform.system() != "Darwin":
-        return False, (f"Core ML runs only on macOS; on {platform.system()} only size and accuracy "
-                       "(accuracy from the weights read back into PyTorch)")
-    return True, None
+    why = REGISTRY[row["backend"]].runs_here() if row["backend"] in REGISTRY else None
+    return why is None, why
 
 
 # ---- size and accuracy (no model run needed) ------------------------------------------------
@@ -199,7 +193,7 @@ def accuracy_of(row: dict, manifest: dict, workspace: Workspace) -> tuple[float 
     artifact = manifest["artifacts"][row["file"]]
     tag = (artifact.get("scheme") or {}).get("tag")
     entry = manifest.get("stages", {}).get("quantize", {}).get(tag, {})
-    scheme = Scheme(**{k: v for k, v in entry.get("scheme", {}).items() if k in Scheme.__dataclass_fields__}) if tag else None
+    scheme = Scheme.from_dict(entry.get("scheme", {})) if tag else None
     source = workspace.export_source(scheme)
     logits, method = run_artifact(workspace.out / row["file"], artifact, source, data)
     return accuracy(logits, labels), f"computed by bench, {len(labels)} test images, {method}"
@@ -235,7 +229,7 @@ def measure_row(row: dict, manifest: dict, cfg: RunConfig, inputs: Path, work: P
             "batch_iterations": max(3, cfg.bench_iterations // 10),
             "source": {"model_name": cfg.model, "input_shape": manifest["model"]["input_shape"],
                        "labels": dataset["labels"], "mean": dataset["mean"], "std": dataset["std"]}}
-    if row["backend"] == "coreml":  # Core ML takes no thread count: one measurement, its own scheduling
+    if row["backend"] in REGISTRY and not REGISTRY[row["backend"]].takes_threads:  # one measurement, its own scheduling
         spec["threads"] = [None]
     try:
         result = run_child(spec, work)
@@ -359,7 +353,7 @@ def bench(cfg, compare_to: str | None = None) -> bool:
         "settings": {"warmup": cfg.bench_warmup, "iterations": cfg.bench_iterations, "seconds": cfg.bench_seconds,
                      "throughput_batch": THROUGHPUT_BATCH, "threads": threads,
                      "train_steps": cfg.bench_train_steps, "train_seconds": cfg.bench_train_seconds},
-        "methods": {"thread_control": THREAD_CONTROL, "rss": RSS_METHOD,
+        "methods": {"thread_control": thread_control(), "rss": RSS_METHOD,
                     "compression_ratio": "fp32 PyTorch state_dict bytes / this model's bytes",
                     "latency": "batch 1, one call from Python per image (input conversion included), "
                                "time.perf_counter_ns around each call after the warm-up"},

@@ -11,6 +11,7 @@ then the model is loaded and run. The peak RSS is reported as a delta over that 
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
 import sys
@@ -114,7 +115,7 @@ def import_runtime(spec: dict) -> None:
     import numpy  # noqa: F401
     import torch  # noqa: F401
 
-    import converters  # noqa: F401
+    import converters
 
     if spec["target"] == "pytorch_fp32":
         from core import workspace  # noqa: F401
@@ -122,13 +123,9 @@ def import_runtime(spec: dict) -> None:
         from core import quantize  # noqa: F401
         import torchao.quantization  # noqa: F401
         import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
-    elif spec["backend"] == "executorch":
-        import executorch.runtime  # noqa: F401
-        from executorch.extension.pybindings import portable_lib  # noqa: F401
-    elif spec["backend"] == "tflite":
-        import ai_edge_litert.interpreter  # noqa: F401
-    elif spec["backend"] == "coreml":
-        import coremltools  # noqa: F401
+    else:
+        for module in converters.REGISTRY[spec["backend"]].runtime_modules:
+            importlib.import_module(module)
 
 
 def set_threads(spec: dict, n: int | None) -> dict:
@@ -138,14 +135,11 @@ def set_threads(spec: dict, n: int | None) -> dict:
     if n:
         torch.set_num_threads(n)
     reported = {"torch": torch.get_num_threads()}
-    if spec.get("backend") == "tflite" and n:
-        reported["tflite_num_threads"] = n  # passed to Interpreter(num_threads=n); it has no getter
-    if spec.get("backend") == "executorch" and n:
-        from executorch.extension.pybindings import portable_lib
+    if n:
+        from converters import REGISTRY
 
-        # Experimental pybinding; ExecuTorch says to call it before loading a program.
-        portable_lib._unsafe_reset_threadpool(n)
-        reported["executorch_threadpool"] = portable_lib._threadpool_get_thread_count()
+        if spec.get("backend") in REGISTRY:  # each runtime takes its thread count its own way
+            reported.update(REGISTRY[spec["backend"]].set_threads(n))
     return reported
 
 

@@ -1,13 +1,26 @@
-"""Converter backends by name. Each implements `Converter`: export, then a runner to verify by."""
+"""Converter backends by name. Each implements `Converter`: it describes itself, exports, then runs what it made.
+
+Adding a runtime is one module with a `Converter` subclass and one line in REGISTRY (or `register()`).
+"""
 
 from __future__ import annotations
 
-from .base import Artifact, ConversionError, Converter, ExportSource, MissingDependency, PartialExport
+from core import config
+
+from .base import Artifact, ConversionError, Converter, ExportOptions, ExportSource, MissingDependency, PartialExport
 from .coreml import CoreMLConverter
 from .executorch import ExecuTorchConverter
 from .tflite import TFLiteConverter
 
 REGISTRY: dict[str, Converter] = {c.name: c for c in (ExecuTorchConverter(), TFLiteConverter(), CoreMLConverter())}
+
+
+def register(converter: Converter) -> Converter:
+    """Add a backend: from then on --backends, `schemes`, export, verify, bench and the reports know it."""
+    REGISTRY[converter.name] = converter
+    if converter.name not in config.BACKENDS:
+        config.BACKENDS.append(converter.name)
+    return converter
 
 
 def select(names: str) -> list[Converter]:
@@ -21,4 +34,10 @@ def select(names: str) -> list[Converter]:
     return [REGISTRY[n] for n in wanted]
 
 
-__all__ = ["Artifact", "ConversionError", "Converter", "ExportSource", "MissingDependency", "PartialExport", "REGISTRY", "select"]
+def by_format(fmt: str) -> Converter | None:
+    """The backend whose files have this suffix (`pte`, `tflite`, `mlpackage`), if one is registered."""
+    return next((c for c in REGISTRY.values() if c.format == fmt), None)
+
+
+__all__ = ["Artifact", "ConversionError", "Converter", "ExportOptions", "ExportSource", "MissingDependency", "PartialExport", "REGISTRY",
+           "by_format", "register", "select"]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import platform
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from core.errors import BadInput
+from core.schemes import Scheme, Support
 from core.workspace import ExportSource  # noqa: F401  (re-exported: the converters' input)
 
 
@@ -51,26 +53,88 @@ class Artifact:
 Runner = Callable[[np.ndarray], np.ndarray]  # normalized float32 NCHW batch -> float32 logits
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the converters read of a run's settings (the export group of core/config.py), and the study's explicit
+    mixed precision: one typed value instead of the whole config."""
+
+    allow_fallback: bool  # ExecuTorch: accept ops left outside XNNPACK
+    dynamic_batch: int  # ExecuTorch: max batch of a dynamic-batch .pte (0: static batch 1)
+    nhwc: bool  # TFLite: channels-last input
+    nbits: int  # Core ML palettization
+    granularity: str
+    group_size: int
+    weight_threshold: int
+    float_layers: tuple[str, ...] = ()  # layers the scheme's program left float (the study's --keep-float)
+
+    @classmethod
+    def from_config(cls, cfg, **changes) -> "ExportOptions":
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name != "float_layers"}
+        return cls(**{**values, **changes})
+
+
 class Converter(ABC):
-    name: str
+    """One backend, and everything the rest of the project needs to know of it: adding a runtime is a subclass of
+    this and one line in converters/__init__.py's REGISTRY."""
+
+    name: str  # in --backends and the manifest
+    display_name: str  # in tables, messages and reports: "ExecuTorch (XNNPACK)"
+    format: str  # its files' suffix, without the dot: "pte"
     packages: tuple[str, ...]  # import names the backend needs
     settings: tuple[str, ...]  # RunConfig fields that change this backend's artifacts
+    systems: tuple[str, ...] = ()  # the platform.system() names its runtime runs on; empty: every host
+    runtime_modules: tuple[str, ...] = ()  # what a process imports to run its files (before the bench reads memory)
+    thread_control: str = "not controllable"  # how a thread count reaches its runtime, for the bench report
+    takes_threads: bool = False  # does set_threads(n) change how many threads its runtime uses?
+
+    @abstractmethod
+    def support(self, scheme: Scheme) -> Support:
+        """Does this backend export `scheme`, and through what (its row of the support matrix)?"""
+
+    def require_support(self, scheme: Scheme) -> str:
+        """How this backend exports `scheme`, or a ConversionError with the reason it cannot."""
+        s = self.support(scheme)
+        if not s.ok:
+            raise ConversionError(f"{self.name} cannot export {scheme.summary()}: {s.reason}")
+        return s.how
+
+    def runs_here(self) -> str | None:
+        """Why this host cannot run this backend's files (None: it can)."""
+        if self.systems and platform.system() not in self.systems:
+            return f"{self.display_name} runs only on {', '.join(self.systems)}, not on {platform.system()}"
+        return None
+
+    def batch_support(self, artifact: dict, batch: int) -> str | None:
+        """Why `artifact` cannot run `batch` images in one call (None: it can)."""
+        if not artifact["input"].get("dynamic_batch"):
+            return "static batch-1 export (input.dynamic_batch is false)"
+        if artifact["input"]["shape"][0] < batch:
+            return f"dynamic batch up to {artifact['input']['shape'][0]} only, < {batch}"
+        return None
+
+    def set_threads(self, n: int) -> dict:
+        """Give the runtime n threads before a file is loaded; what it reports back (empty: nothing to report)."""
+        return {}
+
+    def placement(self, artifact: dict) -> tuple[str, str]:
+        """Its row of the report's op placement: where the file's ops run, and what runs outside the fast path."""
+        return "–", "–"
 
     def check_dependencies(self) -> None:
         missing = [p for p in self.packages if importlib.util.find_spec(p) is None]
         if missing:
             raise MissingDependency(f"{self.name}: missing Python package(s) {', '.join(missing)}; run `make setup`")
 
-    def validate(self, options) -> list[str]:
+    def validate(self, options: ExportOptions) -> list[str]:
         """Problems with this backend's settings, found before any stage runs (empty list: none)."""
         return []
 
     @abstractmethod
-    def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+    def export_baseline(self, source: ExportSource, out: Path, options: ExportOptions) -> list[Artifact]:
         """Write this backend's float baseline (fp32 or fp16) of the fp32 model, atomically, and check it."""
 
     @abstractmethod
-    def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
+    def export_scheme(self, source: ExportSource, out: Path, options: ExportOptions) -> list[Artifact]:
         """Write this backend's artifacts of `source.scheme` (atomically) and check their structure."""
 
     @abstractmethod
@@ -78,14 +142,11 @@ class Converter(ABC):
         """A function running the artifact in its real runtime, and a word on how it runs."""
 
 
-def require_support(scheme, runtime: str) -> str:
-    """How `runtime` exports `scheme` (core/schemes.py), or a ConversionError with the reason it cannot."""
-    from core.schemes import support
-
-    s = support(scheme, runtime)
-    if not s.ok:
-        raise ConversionError(f"{runtime} cannot export {scheme.summary()}: {s.reason}")
-    return s.how
+def ops_text(counts: dict, limit: int = 8) -> str:
+    """`op ×n` for the most frequent ops, for the report's op placement."""
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{op} ×{n}" for op, n in top[:limit])
+    return text + (f", … ({len(top) - limit} more)" if len(top) > limit else "") if top else "–"
 
 
 def float_layers(options, scheme) -> tuple[str, ...]:
@@ -96,7 +157,7 @@ def float_layers(options, scheme) -> tuple[str, ...]:
     when the program was made (core.qat's `keep_float`); the converters check the file agrees.
     A float baseline (`scheme` None) has nothing to keep float: empty.
     """
-    layers = tuple(getattr(options, "float_layers", ()) or ()) if scheme is not None else ()
+    layers = tuple(options.float_layers) if scheme is not None else ()
     if layers and scheme.activations != "static":
         raise ConversionError(f"float_layers {list(layers)}: mixed precision applies to static int8 schemes (a PT2E "
                               f"graph with layers left float), not to {scheme.summary()}")

@@ -16,9 +16,10 @@ import torch.nn as nn
 
 from core import io as atomic
 from core.rewrites import native_activations
+from core.schemes import Scheme, Support
 
 from .base import (Artifact, ConversionError, Converter, ExportSource, PartialExport, float_layers, float_output_spec,
-                   mixed, require_support)
+                   mixed, ops_text)
 from .coreml_graph import drop_dead_buffer_updates, explained, layer_of, refuse_state
 from .coreml_weights import fold_batchnorm, load_into, read_weights  # noqa: F401  (read_weights: parity's too)
 
@@ -42,8 +43,46 @@ def palettized_file(model_name: str, scheme, nbits: int, kept_float: tuple[str, 
 
 class CoreMLConverter(Converter):
     name = "coreml"
+    display_name = "Core ML"
+    format = "mlpackage"
     packages = ("coremltools",)
     settings = ("nbits", "granularity", "group_size", "weight_threshold")
+    systems = ("Darwin",)
+    runtime_modules = ("coremltools",)
+    thread_control = "not controllable: Core ML schedules its own work (macOS only)"
+
+    def support(self, scheme: Scheme) -> Support:
+        sym, bits, gran, acts = scheme.symmetry == "symmetric", scheme.weight_bits, scheme.granularity, scheme.activations
+        if acts == "dynamic":
+            return Support(self.name, False, reason="Core ML has no dynamic activation quantization")
+        if acts == "none":
+            mode = "linear_symmetric" if sym else "linear"
+            return Support(self.name, True, f"coremltools linear_quantize_weights (mode {mode}, int{bits}, "
+                                            f"{gran}): every conv/linear weight stored as int{bits} + scale, "
+                                            "compute in fp16")
+        if bits == 8 and sym and gran != "per_block":
+            return Support(self.name, True, "ct.convert of the same folded PT2E graph: int8 weights "
+                                            "(constexpr_blockwise_shift_scale) and quantize/dequantize activations")
+        return Support(self.name, False, reason="Core ML takes static int8 activations only from a symmetric 8-bit "
+                                                "per-channel or per-tensor PT2E graph; for other weights use "
+                                                "--activations none (weight-only)")
+
+    def runs_here(self) -> str | None:
+        if platform.system() != "Darwin":
+            return (f"Core ML runs only on macOS; on {platform.system()} only size and accuracy "
+                    "(accuracy from the weights read back into PyTorch)")
+        return None
+
+    def batch_support(self, artifact: dict, batch: int) -> str | None:
+        return f"the .mlpackage takes batch 1 (image input of shape {artifact['input']['shape']})"
+
+    def placement(self, artifact: dict) -> tuple[str, str]:
+        c = artifact.get("checks", {})
+        p, dense = c.get("placement", {}), c.get("dense") or []
+        where = (f"{ops_text({k: v for k, v in p.get('ops', {}).items() if not k.startswith('const')})}; "
+                 f"compute outputs by type {p.get('compute_outputs_by_dtype', {})}; LUT weights {p.get('lut_weights', 0)}")
+        left = f"weights left dense fp16: {', '.join(dense)}" if dense else ("all weights fp16" if artifact["quant"] == "fp16" else "none")
+        return where, left
 
     def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
         """An fp16 mlprogram of the fp32 model: the float baseline every other .mlpackage is compared with."""
@@ -66,7 +105,7 @@ class CoreMLConverter(Converter):
         problems = self.validate(options)
         if problems:
             raise ConversionError("; ".join(problems))
-        how = require_support(source.scheme, self.name)
+        how = self.require_support(source.scheme)
         made, failed = [], []
         for make in (self._scheme_file, self._palettize):
             try:

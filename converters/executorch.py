@@ -11,9 +11,10 @@ from torch.export import Dim
 
 from core import io as atomic
 from core.rewrites import graph_rewrites
+from core.schemes import Scheme, Support
 
 from .base import (Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_layers,
-                   float_output_spec, mixed, require_support)
+                   float_output_spec, mixed, ops_text)
 
 # Nodes that only plumb the delegate's inputs and outputs; anything else outside XNNPACK is a fallback.
 PLUMBING = {"getitem", "executorch_call_delegate"}
@@ -23,8 +24,55 @@ DYNAMIC_MIN_EXAMPLE = 16  # XNNPACK's conv shape guard needs an example batch >=
 
 class ExecuTorchConverter(Converter):
     name = "executorch"
+    display_name = "ExecuTorch (XNNPACK)"
+    format = "pte"
     packages = ("executorch",)
     settings = ("allow_fallback", "dynamic_batch")
+    runtime_modules = ("executorch.runtime", "executorch.extension.pybindings.portable_lib")
+    thread_control = ("executorch.extension.pybindings.portable_lib._unsafe_reset_threadpool(n) before loading "
+                      "(experimental pybinding; resizes the one process-wide threadpool that XNNPACK uses); "
+                      "_threadpool_get_thread_count() reads it back")
+    takes_threads = True
+
+    def support(self, scheme: Scheme) -> Support:
+        bits, gran, acts = scheme.weight_bits, scheme.granularity, scheme.activations
+        if scheme.symmetry != "symmetric":
+            return Support(self.name, False, reason="XNNPACK's int8 kernels take symmetric weights only (zero point 0)")
+        if bits == 8 and acts == "static" and gran != "per_block":
+            return Support(self.name, True, "PT2E graph (XNNPACKQuantizer), lowered to XNNPACK int8 kernels")
+        if bits == 8 and acts == "dynamic" and gran != "per_block":
+            return Support(self.name, True, "PT2E graph with dynamic int8 activations (XNNPACKQuantizer is_dynamic): "
+                                            "linear layers, and convolutions not followed by ReLU, run dynamically "
+                                            "quantized; the rest stays fp32 inside XNNPACK")
+        if bits == 4 and acts == "dynamic" and gran in ("per_block", "per_channel"):
+            return Support(self.name, True, "torchao Int8DynamicActivationIntxWeightConfig (int4 weights, dynamic "
+                                            "int8 activations) for linear layers, lowered to XNNPACK; convolutions "
+                                            "stay fp32")
+        if acts == "none":
+            return Support(self.name, False, reason="no weight-only path: XNNPACK runs int8/int4 weights with "
+                                                    "int8 activations (static or dynamic); use --activations dynamic")
+        if bits == 4:
+            return Support(self.name, False, reason="XNNPACK takes 4-bit weights only with dynamic int8 activations "
+                                                    "(linear layers); use --activations dynamic")
+        return Support(self.name, False, reason="XNNPACK has no per-block 8-bit weights; use per_channel or per_tensor")
+
+    def batch_support(self, artifact: dict, batch: int) -> str | None:
+        why = super().batch_support(artifact, batch)
+        return why + f"; re-export with --dynamic-batch {batch}" if why and not artifact["input"].get("dynamic_batch") else why
+
+    def set_threads(self, n: int) -> dict:
+        from executorch.extension.pybindings import portable_lib
+
+        # Experimental pybinding; ExecuTorch says to call it before loading a program.
+        portable_lib._unsafe_reset_threadpool(n)
+        return {"executorch_threadpool": portable_lib._threadpool_get_thread_count()}
+
+    def placement(self, artifact: dict) -> tuple[str, str]:
+        c = artifact.get("checks", {})
+        outside = c.get("non_delegated_ops") or {}
+        return (f"XNNPACK: {c.get('delegated_ops', 0)} ops in {len(c.get('delegates', []))} delegate backend(s); "
+                f"int8 conv/linear {c.get('int8_compute_ops', 0)}/{c.get('compute_ops', 0)}",
+                ops_text(outside) if outside else "none")
 
     def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
         return [self._export(source.fp32_model.eval(), f"{source.model_name}_xnnpack_fp32.pte", "fp32", "fp32",
@@ -32,7 +80,7 @@ class ExecuTorchConverter(Converter):
 
     def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
         scheme = source.scheme
-        how = require_support(scheme, self.name)
+        how = self.require_support(scheme)
         quant = mixed(scheme.tag, float_layers(options, scheme))
         artifact = self._export(source.program, f"{source.model_name}_xnnpack_{quant}.pte", quant,
                                 "quantized", scheme, source, out, options)

@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import REGISTRY
 from .layers import Layer, capture_local, capture_pytorch, quantized_layers
 from .parity_capture import TFLiteLayers, kernel_op, layer_program, xnnpack_float_kernels
 
 PAIRS = {"pytorch_vs_pte": ("pytorch", "pte"), "pytorch_vs_tflite": ("pytorch", "tflite"), "pte_vs_tflite": ("pte", "tflite")}
-RUNTIME_NAMES = {"pytorch": "PyTorch (converted PT2E graph)", "pte": ".pte (ExecuTorch, XNNPACK)",
-                 "tflite": ".tflite (LiteRT)"}
+# The compared runtimes by their files' suffix, each named as its backend names itself.
+RUNTIME_NAMES = {"pytorch": "PyTorch (converted PT2E graph)",
+                 **{c.format: f"{c.display_name} .{c.format}" for c in REGISTRY.values() if c.format in ("pte", "tflite")}}
 # XNNPACK kernel names (ETDump) -> the PyTorch ops they compute
 KERNEL_OPS = {"hardswish": {"hardswish"}, "sigmoid": {"sigmoid"}, "multiply": {"mul"}, "add": {"add"},
               "global_average_pooling": {"mean", "adaptive_avg_pool2d"}, "average_pooling": {"avg_pool2d"},

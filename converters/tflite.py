@@ -13,18 +13,60 @@ import numpy as np
 import torch
 
 from core import io as atomic
+from core.schemes import Scheme, Support
 
 from .base import (Artifact, ConversionError, Converter, ExportSource, float_input_spec, float_layers,
-                   float_output_spec, mixed, require_support)
+                   float_output_spec, mixed, ops_text)
 
 FLOAT_TYPES = {"float32", "float16"}
 DYNAMIC_AGREEMENT_FLOOR = 0.90
+BLOCK_SIZES = (32, 64, 128, 256)  # ai-edge-quantizer's blockwise granularities
 
 
 class TFLiteConverter(Converter):
     name = "tflite"
+    display_name = "TFLite (LiteRT)"
+    format = "tflite"
     packages = ("litert_torch", "ai_edge_litert")
     settings = ("nhwc", "allow_fallback")
+    runtime_modules = ("ai_edge_litert.interpreter",)
+    thread_control = "ai_edge_litert Interpreter(model_path, num_threads=n) (XNNPACK delegate, on by default)"
+    takes_threads = True
+
+    def support(self, scheme: Scheme) -> Support:
+        bits, gran, acts = scheme.weight_bits, scheme.granularity, scheme.activations
+        if scheme.symmetry != "symmetric":
+            return Support(self.name, False, reason="LiteRT's kernels take symmetric weights only (zero point 0)")
+        if gran == "per_block" and acts == "none":
+            return Support(self.name, False, reason="ai-edge-quantizer's weight-only recipes take per-channel or "
+                                                    "per-tensor weights; blocks only with dynamic activations")
+        if gran == "per_block" and bits == 8:
+            return Support(self.name, False, reason="ai-edge-quantizer's policy takes blockwise weights at 4 bits "
+                                                    "only (dynamic); use per_channel for 8 bits")
+        if gran == "per_block" and scheme.block_size not in BLOCK_SIZES:
+            return Support(self.name, False, reason=f"ai-edge-quantizer blocks are {BLOCK_SIZES}, "
+                                                    f"not {scheme.block_size}")
+        if bits == 8 and acts == "static" and gran != "per_block":
+            return Support(self.name, True, "litert-torch converts the same PT2E graph: fully int8")
+        if acts == "dynamic":
+            return Support(self.name, True, f"ai-edge-quantizer dynamic int{bits} recipe for the linear layers "
+                                            "(FULLY_CONNECTED, as XNNPACK's dynamic path), on the float .tflite of "
+                                            "the same float weights; activations quantized at run time")
+        if acts == "none":
+            return Support(self.name, True, f"ai-edge-quantizer weight-only int{bits} recipe on the float .tflite: "
+                                            "every conv/linear weight stored as integers, dequantized before float "
+                                            "compute")
+        return Support(self.name, False, reason="static int8 activations need 8-bit per-channel or per-tensor "
+                                                "weights here")
+
+    def set_threads(self, n: int) -> dict:
+        return {"tflite_num_threads": n}  # passed to Interpreter(num_threads=n); it has no getter
+
+    def placement(self, artifact: dict) -> tuple[str, str]:
+        c = artifact.get("checks", {})
+        floats = c.get("float_ops") or {}
+        where = f"{ops_text(c.get('ops', {}))}; XNNPACK delegate partitions: {c.get('xnnpack_partitions', '–')}"
+        return where, (f"float ops: {ops_text(floats)}" if floats else "none") if artifact["quant"] != "fp32" else "fp32 model"
 
     def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
         file = f"{source.model_name}_tflite_fp32.tflite"
@@ -33,7 +75,7 @@ class TFLiteConverter(Converter):
 
     def export_scheme(self, source: ExportSource, out: Path, options) -> list[Artifact]:
         scheme = source.scheme
-        how = require_support(scheme, self.name)
+        how = self.require_support(scheme)
         quant = mixed(scheme.tag, float_layers(options, scheme))
         file = f"{source.model_name}_tflite_{quant}.tflite"
         if scheme.activations == "static":  # the same PT2E graph, converted by litert-torch

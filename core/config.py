@@ -13,7 +13,7 @@ import yaml
 from .errors import BadInput
 
 
-BACKENDS = ("executorch", "tflite", "coreml")
+BACKENDS = ["executorch", "tflite", "coreml"]  # what --backends accepts; converters.register() adds a new backend
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOADERS = ("auto", "memory", "stream")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -168,7 +168,7 @@ class RunConfig:
         for name in ("freeze_bn_at", "freeze_observers_at"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{_flag(name)} is a fraction in [0, 1], got {getattr(self, name)}")
-        unknown = [b for b in self.backends.split(",") if b.strip() and b.strip() not in BACKENDS + ("all", "none")]
+        unknown = [b for b in self.backends.split(",") if b.strip() and b.strip() not in [*BACKENDS, "all", "none"]]
         if unknown:
             problems.append(f"unknown backend(s) {unknown} in --backends; choose from {', '.join(BACKENDS)}")
         for name in ("min_agreement", "rounding_agreement"):

@@ -1,12 +1,11 @@
-"""Quantization schemes as choices, and which runtime honours which.
+"""Quantization schemes as choices, with what holds whatever the runtime.
 
 A `Scheme` is one frozen value built from the settings (`--weight-bits`, `--weight-granularity`,
-`--block-size`, `--weight-symmetry`, `--activations`, `--quant-mode`, `--calibration`). The
-support matrix lives here as data and functions, next to the scheme, so the CLI's refusal, the
-README's table (`mobile-pipeline schemes`) and the tests all read the same source.
-
-Each runtime either honours a scheme (and says how: which quantizer, which kernels), or refuses it
-with the reason. A scheme no runtime exports can still be simulated in PyTorch; the report says so.
+`--block-size`, `--weight-symmetry`, `--activations`, `--quant-mode`, `--calibration`). Which
+runtime honours which scheme is each backend's own fact (`Converter.support`, converters/); the
+support matrix over them is converters/support.py, which the CLI's refusal, the scheme table of
+the docs (`mobile-pipeline schemes`) and the tests all read. A scheme no runtime exports can still
+be simulated in PyTorch; the report says so.
 """
 
 from __future__ import annotations
@@ -21,9 +20,6 @@ SYMMETRIES = ("symmetric", "asymmetric")
 ACTIVATIONS = ("static", "dynamic", "none")
 MODES = ("auto", "qat", "ptq")
 CALIBRATIONS = ("histogram", "minmax", "moving_average", "percentile")
-BLOCK_SIZES_TFLITE = (32, 64, 128, 256)  # ai-edge-quantizer's blockwise granularities
-RUNTIMES = ("executorch", "tflite", "coreml")
-RUNTIME_NAMES = {"executorch": "ExecuTorch (XNNPACK)", "tflite": "TFLite (LiteRT)", "coreml": "Core ML"}
 
 
 class SchemeError(BadInput, ValueError):
@@ -44,6 +40,11 @@ class Scheme:
     def from_config(cls, cfg) -> "Scheme":
         return cls(cfg.weight_bits, cfg.weight_granularity, cfg.block_size, cfg.weight_symmetry,
                    cfg.activations, cfg.quant_mode, cfg.calibration)
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> "Scheme":
+        """The scheme a manifest recorded (`describe()`): its derived entries (tag, summary) and unset ones left out."""
+        return cls(**{k: v for k, v in recorded.items() if k in cls.__dataclass_fields__ and v is not None})
 
     def problems(self) -> list[str]:
         """Values out of range, and combinations that mean nothing anywhere."""
@@ -134,84 +135,7 @@ class Support:
     reason: str = ""
 
 
-def support(scheme: Scheme, runtime: str) -> Support:
-    """Does `runtime` export `scheme`, and through what? The single source of the support matrix."""
-    s = scheme
-    sym, bits, gran, acts = s.symmetry == "symmetric", s.weight_bits, s.granularity, s.activations
-    if runtime == "executorch":
-        if not sym:
-            return Support(runtime, False, reason="XNNPACK's int8 kernels take symmetric weights only (zero point 0)")
-        if bits == 8 and acts == "static" and gran != "per_block":
-            return Support(runtime, True, "PT2E graph (XNNPACKQuantizer), lowered to XNNPACK int8 kernels")
-        if bits == 8 and acts == "dynamic" and gran != "per_block":
-            return Support(runtime, True, "PT2E graph with dynamic int8 activations (XNNPACKQuantizer is_dynamic): "
-                                          "linear layers, and convolutions not followed by ReLU, run dynamically "
-                                          "quantized; the rest stays fp32 inside XNNPACK")
-        if bits == 4 and acts == "dynamic" and gran in ("per_block", "per_channel"):
-            return Support(runtime, True, "torchao Int8DynamicActivationIntxWeightConfig (int4 weights, dynamic int8 "
-                                          "activations) for linear layers, lowered to XNNPACK; convolutions stay fp32")
-        if acts == "none":
-            return Support(runtime, False, reason="no weight-only path: XNNPACK runs int8/int4 weights with "
-                                                  "int8 activations (static or dynamic); use --activations dynamic")
-        if bits == 4:
-            return Support(runtime, False, reason="XNNPACK takes 4-bit weights only with dynamic int8 activations "
-                                                  "(linear layers); use --activations dynamic")
-        return Support(runtime, False, reason="XNNPACK has no per-block 8-bit weights; use per_channel or per_tensor")
-    if runtime == "tflite":
-        if not sym:
-            return Support(runtime, False, reason="LiteRT's kernels take symmetric weights only (zero point 0)")
-        if gran == "per_block" and acts == "none":
-            return Support(runtime, False, reason="ai-edge-quantizer's weight-only recipes take per-channel or "
-                                                  "per-tensor weights; blocks only with dynamic activations")
-        if gran == "per_block" and bits == 8:
-            return Support(runtime, False, reason="ai-edge-quantizer's policy takes blockwise weights at 4 bits only "
-                                                  "(dynamic); use per_channel for 8 bits")
-        if gran == "per_block" and s.block_size not in BLOCK_SIZES_TFLITE:
-            return Support(runtime, False, reason=f"ai-edge-quantizer blocks are {BLOCK_SIZES_TFLITE}, "
-                                                  f"not {s.block_size}")
-        if bits == 8 and acts == "static" and gran != "per_block":
-            return Support(runtime, True, "litert-torch converts the same PT2E graph: fully int8")
-        if acts == "dynamic":
-            return Support(runtime, True, f"ai-edge-quantizer dynamic int{bits} recipe for the linear layers "
-                                          "(FULLY_CONNECTED, as XNNPACK's dynamic path), on the float .tflite of "
-                                          "the same float weights; activations quantized at run time")
-        if acts == "none":
-            return Support(runtime, True, f"ai-edge-quantizer weight-only int{bits} recipe on the float .tflite: "
-                                          "every conv/linear weight stored as integers, dequantized before float "
-                                          "compute")
-        return Support(runtime, False, reason="static int8 activations need 8-bit per-channel or per-tensor "
-                                              "weights here")
-    if runtime == "coreml":
-        if acts == "dynamic":
-            return Support(runtime, False, reason="Core ML has no dynamic activation quantization")
-        if acts == "none":
-            mode = "linear_symmetric" if sym else "linear"
-            return Support(runtime, True, f"coremltools linear_quantize_weights (mode {mode}, int{bits}, "
-                                          f"{gran}): every conv/linear weight stored as int{bits} + scale, "
-                                          "compute in fp16")
-        if bits == 8 and sym and gran != "per_block":
-            return Support(runtime, True, "ct.convert of the same folded PT2E graph: int8 weights "
-                                          "(constexpr_blockwise_shift_scale) and quantize/dequantize activations")
-        return Support(runtime, False, reason="Core ML takes static int8 activations only from a symmetric 8-bit "
-                                              "per-channel or per-tensor PT2E graph; for other weights use "
-                                              "--activations none (weight-only)")
-    raise SchemeError(f"unknown runtime {runtime!r}")
-
-
-def check(scheme: Scheme, runtimes: list[str]) -> list[str]:
-    """Everything wrong with `scheme` for the selected runtimes (empty list: it can run)."""
-    problems = scheme.problems()
-    if problems:
-        return problems
-    for runtime in runtimes:
-        s = support(scheme, runtime)
-        if not s.ok:
-            problems.append(f"{RUNTIME_NAMES[runtime]} cannot export {scheme.summary()}: {s.reason}. "
-                            f"Choose another scheme, or drop {runtime} from --backends")
-    return problems
-
-
-# ---- the matrix, for `mobile-pipeline schemes` and the README -----------------------------------
+# ---- the rows of the support matrix (converters/support.py) ------------------------------------
 MATRIX_ROWS = [
     ("int8 weights, symmetric, per channel; static int8 activations (default)", Scheme()),
     ("int8 weights, symmetric, per tensor; static activations", Scheme(granularity="per_tensor")),
@@ -230,19 +154,6 @@ MATRIX_ROWS = [
 ]
 
 
-def matrix() -> list[dict]:
-    rows = []
-    for label, scheme in MATRIX_ROWS:
-        refused = scheme.problems()
-        cells = {r: (Support(r, False, reason=f"not offered: {refused[0]}") if refused else support(scheme, r))
-                 for r in RUNTIMES}
-        rows.append({"scheme": label, "tag": scheme.tag, "flags": flags_for(scheme),
-                     "qat": scheme.trainable, **{r: asdict(c) for r, c in cells.items()},
-                     "simulated_only": not refused and not any(c.ok for c in cells.values()),
-                     "refused": bool(refused)})
-    return rows
-
-
 def flags_for(scheme: Scheme) -> str:
     default = Scheme()
     parts = [f"{FLAGS[f.name]} {getattr(scheme, f.name)}" for f in fields(Scheme)
@@ -250,17 +161,3 @@ def flags_for(scheme: Scheme) -> str:
     if scheme.granularity == "per_block":
         parts.append(f"--block-size {scheme.block_size}")
     return " ".join(parts) or "(defaults)"
-
-
-def matrix_markdown() -> str:
-    head = "| scheme | flags | " + " | ".join(RUNTIME_NAMES[r] for r in RUNTIMES) + " | QAT |"
-    lines = [head, "|" + "---|" * (len(RUNTIMES) + 3)]
-    for row in matrix():
-        cells = [("yes: " + row[r]["how"]) if row[r]["ok"] else ("no: " + row[r]["reason"]) for r in RUNTIMES]
-        label = row["scheme"] + (" (simulated in PyTorch only)" if row["simulated_only"] else "")
-        qat = "–" if row["refused"] else ("yes" if row["qat"] else "no (PTQ)")
-        lines.append(f"| {label} | `{row['flags']}` | " + " | ".join(cells) + f" | {qat} |")
-    lines += ["", "PTQ calibration of static activation ranges: `--calibration histogram` (default, XNNPACKQuantizer's own), "
-              "`minmax`, `moving_average`, `percentile` (torchao observers; percentile clips the 0.01% tails). A scheme "
-              "that no runtime exports is still quantized and measured in PyTorch, and labelled simulated."]
-    return "\n".join(lines)

@@ -71,13 +71,13 @@ def run(cfg: RunConfig, args: argparse.Namespace) -> bool:
 
 
 def schemes(cfg: RunConfig, args: argparse.Namespace) -> bool:
-    from core import schemes
+    from core.schemes import Scheme
 
-    from converters import select
+    from converters import select, support
 
-    print(schemes.matrix_markdown())
-    problems = schemes.check(schemes.Scheme.from_config(cfg), [c.name for c in select(cfg.backends)])
-    scheme = schemes.Scheme.from_config(cfg)
+    print(support.matrix_markdown())
+    scheme = Scheme.from_config(cfg)
+    problems = support.check(scheme, [c.name for c in select(cfg.backends)])
     print(f"\nThe settings given: {scheme.summary()} (tag {scheme.tag}): "
           + ("; ".join(problems) if problems else f"exported by {cfg.backends}"))
     return not problems

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-import traceback
 
 from core import io as atomic
 from core import manifest as mf
 from core.console import say, say_brief
+
+from converters import ExportOptions
+from converters.export import export_part
 
 from . import verify
 from .state import OutState
@@ -50,8 +52,6 @@ def took_elsewhere(backends: dict, names: list[str], parts: tuple[str, ...]) -> 
 
 def _export_part(pipeline: OutState, conv, part: str, source) -> bool:
     """One backend's baseline (part "fp32") or scheme artifacts: reuse them if intact, else export them."""
-    from converters import ConversionError, PartialExport
-
     base = pipeline.train_key() if part == "fp32" else pipeline.quant_key()
     key, name = f"{base}/{pipeline.cfg.key(*conv.settings)}", f"{conv.name}:{part}"
     previous = pipeline.manifest["backends"].get(name, {})
@@ -68,27 +68,16 @@ def _export_part(pipeline: OutState, conv, part: str, source) -> bool:
     pipeline.manifest["backends"][name] = {"key": key, "status": "running"}
     pipeline.save()
     start = time.perf_counter()
-    try:
-        conv.check_dependencies()
-        artifacts = (conv.export_baseline if part == "fp32" else conv.export_scheme)(source, pipeline.out, pipeline.cfg)
-    except atomic.OutputDirError:
-        raise  # a full or read-only disk stops every backend: exit 2 with the file named
-    except Exception as exc:  # a failing backend must not stop the others; the files it did make are kept
-        failures = exc.failures if isinstance(exc, PartialExport) else [exc]
-        reasons = []
-        for failure in failures:
-            if not isinstance(failure, ConversionError):  # a raw library exception: its traceback to the log
-                traceback.print_exception(failure)
-            first = (str(failure).strip().splitlines() or [""])[0][:300]
-            reasons.append(str(failure) if isinstance(failure, ConversionError) else
-                           f"{type(failure).__name__}: {first} (the full traceback is in the log)")
-            say_brief(f"[x] export: {name} FAILED: {reasons[-1]}")
-        _record(pipeline, exc.artifacts if isinstance(exc, PartialExport) else [])
-        pipeline.manifest["backends"][name] = {"key": key, "status": "failed", "reason": "; ".join(reasons)}
+    # a full or read-only disk stops every backend (exit 2, the file named); any other failure is this backend's
+    result = export_part(conv, part, source, pipeline.out, ExportOptions.from_config(pipeline.cfg))
+    for reason in result.failures:
+        say_brief(f"[x] export: {name} FAILED: {reason}")
+    _record(pipeline, result.made)  # the files it did make are kept
+    if not result.ok:
+        pipeline.manifest["backends"][name] = {"key": key, "status": "failed", "reason": "; ".join(result.failures)}
         pipeline.retire([f for f in files if f not in pipeline.manifest["artifacts"]], f"export: {name}")
         pipeline.save()
         return False
-    _record(pipeline, artifacts)
     pipeline.retire([f for f in files if f not in pipeline.manifest["artifacts"]], f"export: {name}")
     pipeline.manifest["backends"][name] = {"key": key, "status": "ok", "reason": None,
                                                "wall_time_s": time.perf_counter() - start}

@@ -15,7 +15,9 @@ from pathlib import Path
 from core import io as atomic
 from core import quantize
 from core.console import say
-from core.schemes import Scheme, support
+from core.schemes import Scheme
+from converters import REGISTRY
+from converters.support import support
 
 from . import parity_report
 from .state import OutState, StageError
@@ -42,7 +44,7 @@ def comparable(scheme: Scheme) -> str | None:
 
 
 def _file(artifacts: dict, backend: str, tag: str) -> str | None:
-    fmt = {"executorch": "pte", "tflite": "tflite"}[backend]
+    fmt = REGISTRY[backend].format
     return next((f for f, a in sorted(artifacts.items())
                  if a["backend"] == backend and a["format"] == fmt and a["quant"] == tag), None)
 

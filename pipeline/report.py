@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import io as atomic
+from converters import REGISTRY
 
 from . import parity_report
 
@@ -115,12 +116,6 @@ def quantization_error_table(manifest: dict) -> list[str]:
     return lines
 
 
-def _ops(counts: dict, limit: int = 8) -> str:
-    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    text = ", ".join(f"{op} ×{n}" for op, n in top[:limit])
-    return text + (f", … ({len(top) - limit} more)" if len(top) > limit else "") if top else "–"
-
-
 def placement_section(manifest: dict) -> list[str]:
     """Which ops ran where, per exported file: XNNPACK delegation, float ops in the .tflite, Core ML's program."""
     arts = manifest.get("artifacts", {})
@@ -134,24 +129,10 @@ def placement_section(manifest: dict) -> list[str]:
         lines += [f"- {r['from']} → {r['to']} ×{r['count']}: {r['why']}" for r in rewrites] + [""]
     rows = ["| artifact | where the ops run | outside the fast path |", "|---|---|---|"]
     for file, a in sorted(arts.items()):
-        c = a.get("checks", {})
-        if a["backend"] == "executorch":
-            outside = c.get("non_delegated_ops") or {}
-            where = (f"XNNPACK: {c.get('delegated_ops', 0)} ops in {len(c.get('delegates', []))} delegate backend(s); "
-                     f"int8 conv/linear {c.get('int8_compute_ops', 0)}/{c.get('compute_ops', 0)}")
-            rows.append(f"| `{file}` | {where} | {_ops(outside) if outside else 'none'} |")
-        elif a["backend"] == "tflite":
-            floats = c.get("float_ops") or {}
-            where = f"{_ops(c.get('ops', {}))}; XNNPACK delegate partitions: {c.get('xnnpack_partitions', '–')}"
-            flag = (f"float ops: {_ops(floats)}" if floats else "none") if a["quant"] != "fp32" else "fp32 model"
-            rows.append(f"| `{file}` | {where} | {flag} |")
-        elif a["backend"] == "coreml":
-            p = c.get("placement", {})
-            dense = c.get("dense") or []
-            where = (f"{_ops({k: v for k, v in p.get('ops', {}).items() if not k.startswith('const')})}; "
-                     f"compute outputs by type {p.get('compute_outputs_by_dtype', {})}; LUT weights {p.get('lut_weights', 0)}")
-            left = f"weights left dense fp16: {', '.join(dense)}" if dense else ("all weights fp16" if a["quant"] == "fp16" else "none")
-            rows.append(f"| `{file}` | {where} | {left} |")
+        backend = REGISTRY.get(a["backend"])
+        if backend is not None:  # each backend says where its file's ops run
+            where, outside = backend.placement(a)
+            rows.append(f"| `{file}` | {where} | {outside} |")
     lines += rows + ["", "Core ML decides on the device which compute unit runs each op; the file fixes only the "
                      "ops, their precision and how each weight is stored.", ""]
     return lines

@@ -27,9 +27,12 @@ from core.errors import BadInput
 from core.evaluate import predict
 from core.export_check import check_exportable
 from core.recipe import Recipe
-from core import schemes, statistics
+from core import statistics
 from core.schemes import Scheme
 from core.workspace import CHECKPOINT, ExportSource, Workspace
+
+import converters
+from converters import support
 
 from . import report
 
@@ -39,7 +42,6 @@ TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "li
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
 SCHEME_SETTINGS = ("quant_mode", "weight_bits", "weight_granularity", "block_size", "weight_symmetry", "activations",
                    "calibration")
-ARTIFACT_SUFFIXES = (".pte", ".tflite", ".mlpackage")
 
 
 class StageError(BadInput, RuntimeError):
@@ -80,11 +82,9 @@ class OutState(Workspace):
     # ---- checks before anything runs ---------------------------------------------
     def preflight(self) -> None:
         """Refuse, before any stage runs, settings that cannot give a sound model or artifact."""
-        import converters
-
         selected = converters.select(self.cfg.backends)
-        problems = [p for conv in selected for p in conv.validate(self.cfg)]
-        problems += schemes.check(self.scheme(), [c.name for c in selected])
+        problems = [p for conv in selected for p in conv.validate(converters.ExportOptions.from_config(self.cfg))]
+        problems += support.check(self.scheme(), [c.name for c in selected])
         if problems:  # settings alone: refused before any data is read
             raise StageError("; ".join(problems))
         scheme = self.scheme()
@@ -164,7 +164,8 @@ class OutState(Workspace):
     def downstream_of(self, stage: str) -> list[str]:
         """Files in OUT that were made from the result of `stage` (artifacts, reports, bench results)."""
         files = list(self.manifest["artifacts"])
-        files += [p.name for p in self.out.iterdir() if p.suffix in ARTIFACT_SUFFIXES and p.name not in files]
+        suffixes = {f".{c.format}" for c in converters.REGISTRY.values()}
+        files += [p.name for p in self.out.iterdir() if p.suffix in suffixes and p.name not in files]
         files += ["report.md", "labels.txt", "bench", "parity"]
         if stage == "train":
             files += ["quantized"]
@@ -252,5 +253,4 @@ class OutState(Workspace):
         damaged = self.quantized_damaged(tag)
         if damaged:
             raise qat.QuantError(f"{', '.join(damaged)} of scheme {tag} are missing or changed; rerun `qat` for it")
-        fields = {k: v for k, v in entry["scheme"].items() if k in Scheme.__dataclass_fields__}
-        return super().export_source(Scheme(**fields))
+        return super().export_source(Scheme.from_dict(entry["scheme"]))

@@ -3,8 +3,6 @@ reference, and its accuracy with fp32 and with PTQ of its scheme (the cost of qu
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from core import io as atomic
@@ -12,6 +10,8 @@ from core import manifest as mf
 from core import qat, train
 from core.console import say, say_brief
 from core.evaluate import predict
+
+from converters import REGISTRY
 
 from . import parity
 from .state import OutState
@@ -33,7 +33,8 @@ def run(pipeline: OutState, backends: list[str] | None = None, sources: dict | N
     reuse (what `export` asks for): an artifact that already passed on the same bytes, the same reference
     files, the same test set and the same thresholds keeps that result instead of running again; `verify`
     itself always runs everything."""
-    from converters.verify import Thresholds, cross_agreement, run_artifact, verify
+    from converters.export import reference_logits, verify_file
+    from converters.verify import Thresholds, cross_agreement, verify
 
     data, labels = pipeline.data, pipeline.data.test_labels.numpy()
     thresholds = Thresholds.from_config(pipeline.cfg)
@@ -63,26 +64,21 @@ def run(pipeline: OutState, backends: list[str] | None = None, sources: dict | N
             artifact["verification"] = {"passed": False, "failures": [failure]}
             say(f"[x] verify: {file}: {failure}")
             continue
-        reference = (artifact["reference"], tag)
-        if reference not in ref_logits:
-            model = {"fp32": source.fp32_model, "quantized": source.program, "float": source.float_model}
-            ref_logits[reference] = predict(model[artifact["reference"]], data)
-        start = time.perf_counter()
-        try:
-            logits, method = run_artifact(path, artifact, source, data)
-        except Exception as exc:
-            artifact["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
-            say_brief(f"[x] verify: {file}: could not run it: {type(exc).__name__}: {exc}\n    the file passed "
-                      "its sha256 check, so its runtime refused it: see the log; `export --force` rebuilds it")
-            continue
+        reference = reference_logits(source, artifact, data, ref_logits)
         baselines = _baselines(pipeline, tag, source, ref_logits, labels)
-        result = verify(artifact, logits, ref_logits[reference], labels, thresholds, baselines)
-        result.update({"method": method, "seconds": time.perf_counter() - start, "basis": basis})
+        result, logits = verify_file(path, artifact, source, data, reference, thresholds, baselines)
+        if logits is None:
+            artifact["verification"] = result
+            say_brief(f"[x] verify: {file}: could not run it: {result['failures'][0].removeprefix('could not run: ')}"
+                      "\n    the file passed its sha256 check, so its runtime refused it: see the log; "
+                      "`export --force` rebuilds it")
+            continue
+        result["basis"] = basis
         artifact["verification"] = result
         logits_by_file[file] = logits
-        recheck[file] = lambda rounding, a=artifact, lg=logits, ref=ref_logits[reference], b=baselines: verify(
+        recheck[file] = lambda rounding, a=artifact, lg=logits, ref=reference, b=baselines: verify(
             a, lg, ref, labels, thresholds, b, rounding)
-        say_verdict(file, result, f"max |dlogit| {result['max_abs_logit_diff']:.4g} ({method})")
+        say_verdict(file, result, f"max |dlogit| {result['max_abs_logit_diff']:.4g} ({result['method']})")
     smallest = thresholds.smallest_test_set()
     if len(labels) < smallest:
         say(f"verify: WARNING: {len(labels)} test images cannot show {100 * thresholds.min_agreement:g}% agreement "
@@ -142,7 +138,7 @@ def accept_rounding(pipeline: OutState, recheck: dict, thresholds, parity_result
     for file, again in recheck.items():
         artifact = pipeline.manifest["artifacts"][file]
         result = artifact["verification"]
-        runtime = {"executorch": "pte", "tflite": "tflite"}.get(artifact["backend"])
+        runtime = REGISTRY[artifact["backend"]].format  # parity names runtimes by their files' suffix: pte, tflite
         if (result["passed"] or runtime not in verdicts or mf.scheme_tag(artifact) != scheme_tag
                 or (parity_result.get("files") or {}).get(file) != artifact.get("sha256")):  # not these bytes
             continue

@@ -24,6 +24,9 @@ from core.console import say, say_brief
 from core.statistics import unpack as unpack_answers
 from core.workspace import ExportSource
 
+from converters.export import PARTS, export_part, reference_logits, verify_file
+from converters.verify import Thresholds
+
 from . import quant
 from .context import Study
 
@@ -35,13 +38,11 @@ def variant_source(base: ExportSource, **changes) -> ExportSource:
     return dataclasses.replace(base, **changes)
 
 
-PARTS = ("fp32", "scheme")  # the converters' export_baseline and export_scheme
-
-
 def export_variant(study: Study, name: str, source: ExportSource, backends: list[str] | None = None,
                    float_layers: tuple[str, ...] = (), parts: tuple[str, ...] = PARTS) -> tuple[list[dict], dict[str, str]]:
     """Export with each converter into OUT/study/<name>/: the float baseline ("fp32") and `source.scheme`'s files
-    ("scheme"). A failing part is recorded under "backend:part" and the others go on."""
+    ("scheme"), as `export` does (converters/export.py). A failing part is recorded under "backend:part" and the
+    others go on; the files it made are kept."""
     import converters
 
     out_dir = study.root / name
@@ -51,18 +52,11 @@ def export_variant(study: Study, name: str, source: ExportSource, backends: list
     options = quant.export_options(study.cfg, float_layers)
     for conv, part in [(c, p) for c in chosen for p in parts]:
         key = f"{conv.name}:{part if part == 'fp32' else source.scheme.tag}"
-        try:
-            conv.check_dependencies()
-            made = (conv.export_baseline if part == "fp32" else conv.export_scheme)(source, out_dir, options)
-        except atomic.OutputDirError:
-            raise
-        except Exception as exc:  # one backend failing must not stop the study; the files it made are kept
-            failures[key] = str(exc) if isinstance(exc, converters.ConversionError) else f"{type(exc).__name__}: {exc}"
+        result = export_part(conv, part, source, out_dir, options)
+        if not result.ok:
+            failures[key] = "; ".join(result.failures)
             say_brief(f"[x] study: {name}: {key} export FAILED: {failures[key]}")
-            made = exc.artifacts if isinstance(exc, converters.PartialExport) else []
-            if not made:
-                continue
-        for a in made:
+        for a in result.made:
             rows.append(artifact_row(study, out_dir / a.file, a.to_dict()))
             print(f"[✓] study: exported {name}/{a.file}")
     return rows, failures
@@ -96,33 +90,24 @@ def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines:
     `measurement`: the files probe a limit (2-bit weights, pruning without fine-tuning); falling outside the
     thresholds is their result, reported as such, not a failed verification.
     """
-    from converters.verify import Thresholds, run_artifact, verify
-    from core.evaluate import predict
-
-    cfg = study.cfg
-    thresholds = Thresholds.from_config(cfg)
-    references = {"quantized": source.program, "fp32": source.fp32_model, "float": source.float_model}
-    logits_of: dict[str, np.ndarray] = {}
+    thresholds = Thresholds.from_config(study.cfg)  # the same thresholds as `verify`, --rounding-agreement included
+    logits_of: dict[tuple, np.ndarray] = {}
     ok = True
     for row in rows:
-        reference = row["reference"]
-        if reference not in logits_of:
-            logits_of[reference] = predict(references[reference], study.data)
-        try:
-            logits, method = run_artifact(row["path"], row, source, study.data)
-        except Exception as exc:
-            row["verification"] = {"passed": False, "failures": [f"could not run: {type(exc).__name__}: {exc}"]}
-            row["accuracy"] = None
-            say(f"[x] study: verify {row['file']}: could not run it: {exc}")
+        reference = reference_logits(source, row, study.data, logits_of)
+        result, logits = verify_file(row["path"], row, source, study.data, reference, thresholds, baselines)
+        if logits is None:
+            row["verification"], row["accuracy"] = result, None
+            say(f"[x] study: verify {row['file']}: {result['failures'][0]}")
             ok = False
             continue
-        result = verify(row, logits, logits_of[reference], study.labels, thresholds, baselines)
-        row["verification"] = {**result, "method": method}
+        row["verification"] = result
+        method = result["method"]
         row["accuracy"] = result["accuracy"]
         row["how"] = how_it_ran(row)
         mark = "✓" if result["passed"] else "·" if measurement else "x"
         print(f"[{mark}] study: verify {row['file']}: accuracy {result['accuracy']:.4f}, agreement with "
-              f"{reference} {result['agreement']:.4f} ({method})")
+              f"{row['reference']} {result['agreement']:.4f} ({method})")
         for failure in result["failures"]:
             say(f"    {'outside the thresholds' if measurement else 'FAILED'}: {row['file']}: {failure}")
         ok &= result["passed"] or measurement
@@ -178,7 +163,8 @@ def public(row: dict) -> dict:
 
 
 def _reusable(study: Study, artifact: dict) -> bool:
-    """An artifact `export` wrote for OUT's model that this run's settings would write the same way."""
+    """An artifact `export` wrote for OUT's model, that passed `verify`, and that this run's settings would write
+    the same way."""
     if not artifact.get("verification", {}).get("passed"):
         return False
     if artifact["backend"] == "coreml" and artifact["quant"].startswith("pal"):
@@ -186,6 +172,13 @@ def _reusable(study: Study, artifact: dict) -> bool:
         return (checks.get("nbits"), checks.get("granularity"), checks.get("group_size"), checks.get("weight_threshold")) \
             == (cfg.nbits, cfg.granularity, cfg.group_size, cfg.weight_threshold)
     return True
+
+
+def verdict_holds(study: Study, artifact: dict) -> bool:
+    """Was `artifact` verified under the thresholds this run holds its own files to (--rounding-agreement among
+    them)? If not, its file is verified again here rather than its verdict taken over."""
+    basis = (artifact.get("verification") or {}).get("basis") or {}
+    return basis.get("thresholds") == Thresholds.from_config(study.cfg).basis()
 
 
 def baseline(study: Study) -> list[dict]:
@@ -207,23 +200,32 @@ def baseline(study: Study) -> list[dict]:
         if (artifact["backend"] in wanted and mf.scheme_tag(artifact) in (None, study.scheme.tag)
                 and atomic.intact(path, artifact.get("sha256"))):
             by_backend.setdefault(artifact["backend"], []).append((path, artifact))
+    ptq = unpack_answers((study.ws.manifest.get("per_image") or {}).get(f"{study.scheme.tag}:ptq"),
+                         len(study.labels))  # None in an OUT quantized before answers were recorded
+    baselines = {"fp32": study.fp32_answers, "ptq": ptq}
     rows = []
     for name in wanted:
         found = by_backend.get(name, [])
         if found and all(_reusable(study, a) for _, a in found):
+            again = []
             for path, artifact in found:
                 checked = artifact["verification"]
                 row = {**artifact, "file": str(Path("..") / path.name), "path": path, **sizes(path), "reused": True,
                        "accuracy": checked["accuracy"],
                        "verification": {**checked, "method": f"{checked.get('method')}, run by `verify` on these bytes"}}
-                rows.append({**row, "how": how_it_ran(row)})
-            print(f"study: baseline {name}: using the pipeline's verified {', '.join(p.name for p, _ in found)}")
+                if verdict_holds(study, artifact):
+                    rows.append({**row, "how": how_it_ran(row)})
+                else:
+                    again.append(row)
+            if again:  # `verify` held them to other thresholds: this run's are applied to the same bytes
+                verify_rows(study, again, study.source(), baselines)
+                rows += again
+            print(f"study: baseline {name}: using the pipeline's verified {', '.join(p.name for p, _ in found)}"
+                  + (f" ({len(again)} verified again under this run's thresholds)" if again else ""))
     missing = [n for n in wanted if n not in {r["backend"] for r in rows}]
     if missing:
         made, failures = export_variant(study, "baseline", study.source(), backends=missing)
-        ptq = unpack_answers((study.ws.manifest.get("per_image") or {}).get(f"{study.scheme.tag}:ptq"),
-                                len(study.labels))  # None in an OUT quantized before answers were recorded
-        verify_rows(study, made, study.source(), {"fp32": study.fp32_answers, "ptq": ptq})
+        verify_rows(study, made, study.source(), baselines)
         rows += made
     study.baseline_rows = rows
     return rows

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -23,6 +22,8 @@ from core.data import DataBundle
 from core.recipe import Recipe
 from core.schemes import Scheme
 from core.workspace import ExportSource
+
+from converters import ExportOptions
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -58,9 +59,9 @@ def variant(base: ExportSource, result: quantize.Quantized, folder: Path, **chan
     return dataclasses.replace(base, **fields)
 
 
-def export_options(cfg: RunConfig, float_layers: tuple[str, ...] = (), **overrides) -> SimpleNamespace:
+def export_options(cfg: RunConfig, float_layers: tuple[str, ...] = (), **overrides) -> ExportOptions:
     """The run's settings as the converters read them, plus the study's explicit mixed-precision option.
 
     Study artifacts are static batch 1 (what the latency comparisons time).
     """
-    return SimpleNamespace(**{**cfg.to_dict(), "dynamic_batch": 0, **overrides, "float_layers": tuple(float_layers)})
+    return ExportOptions.from_config(cfg, **{"dynamic_batch": 0, **overrides, "float_layers": tuple(float_layers)})

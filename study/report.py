@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.report import num, pct
+from converters import REGISTRY
 from benchmarks.report import table as markdown_table
 
 from .context import SECTIONS, TITLES
@@ -233,7 +234,7 @@ def summary(r: dict) -> list[list]:
             speed = a["p50_ms"] / b["p50_ms"] if a and b else None
         return f"{pct(row['accuracy'])} · {num(row['zip_ratio'], '.3f')} · {num(speed, '.2f', '×')}"
 
-    for backend in ("executorch", "tflite", "coreml"):
+    for backend in REGISTRY:
         base_q = next((x for x in table_rows if x["variant"] == "baseline" and x["backend"] == backend
                        and x["what"] == "quantization alone"), None)
         for method in ("unstructured", "structured"):

@@ -24,6 +24,8 @@ from __future__ import annotations
 from core import train
 from core.console import say
 
+from converters import REGISTRY
+
 from . import artifacts, compress, pruning, quant
 from .context import Study
 
@@ -106,7 +108,7 @@ def coreml_sparse(study: Study, fp16: dict, folder: str, target: float | None) -
 def measure(study: Study, variants: dict, sources: dict) -> dict:
     """Per runtime that runs here: every variant's files timed in one interleaved set; ratios to the baseline."""
     result = {}
-    for backend in ("executorch", "tflite", "coreml"):
+    for backend in REGISTRY:
         timed, owners = {}, {}
         for name, v in variants.items():
             for row in v["rows"]:

@@ -20,7 +20,8 @@ import dataclasses
 
 from core import quantize
 from core.evaluate import accuracy
-from core.schemes import support
+
+from converters.support import support
 
 from . import artifacts, numerics, quant
 from .context import Study

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters import ConversionError
+from converters import ConversionError, ExportOptions
 from converters.coreml import CoreMLConverter, palettized_file, fold_batchnorm, load_into, lut_checks, read_weights
 
 pytestmark = pytest.mark.cpu_sensitive  # re-run under forced CPU capabilities (make test-cpus)
@@ -49,13 +49,13 @@ def test_metadata_and_classifier_survive(exported):
 def test_unsupported_nbits_is_refused(exported, tmp_path, monkeypatch, nbits):
     monkeypatch.setattr(exported.cfg, "nbits", nbits)
     with pytest.raises(ConversionError, match=f"--nbits {nbits} is not supported"):
-        CoreMLConverter().export_scheme(exported.export_source(), tmp_path, exported.cfg)
+        CoreMLConverter().export_scheme(exported.export_source(), tmp_path, ExportOptions.from_config(exported.cfg))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_two_bit_palettization(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(exported.cfg, "nbits", 2)
-    artifacts = CoreMLConverter().export_scheme(exported.export_source(), tmp_path, exported.cfg)
+    artifacts = CoreMLConverter().export_scheme(exported.export_source(), tmp_path, ExportOptions.from_config(exported.cfg))
     assert artifacts[1].file == "convnet_coreml_pal2.mlpackage"
     assert all(v["indices"] == "UINT2" for v in artifacts[1].checks["palettized"].values())
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from converters import ConversionError
+from converters import ConversionError, ExportOptions
 
 
 class CountingBatchNormAct(nn.BatchNorm2d):
@@ -145,7 +145,7 @@ def test_a_failing_w8a8_file_leaves_nothing_in_out_and_the_palettized_one_is_mad
 
     monkeypatch.setattr(coreml, "w8a8_checks", not_the_graphs_numbers)
     with pytest.raises(PartialExport) as error:
-        coreml.CoreMLConverter().export_scheme(source, tmp_path, RunConfig(weight_threshold=0))
+        coreml.CoreMLConverter().export_scheme(source, tmp_path, ExportOptions.from_config(RunConfig(weight_threshold=0)))
     assert [a.file for a in error.value.artifacts] == ["bnact_coreml_pal4.mlpackage"]
     assert [str(f) for f in error.value.failures] == [
         "bnact_coreml_int8.mlpackage: the file does not hold the int8 graph's numbers"]

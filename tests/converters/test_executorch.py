@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from converters import ConversionError
+from converters import ConversionError, ExportOptions
 from converters.executorch import ExecuTorchConverter, delegation_checks, lower
 from converters.verify import run_artifact
 
@@ -56,10 +56,10 @@ def test_fallback_fails_export_unless_allowed(exported, tmp_path, monkeypatch):
     source = exported.export_source()
     source.fp32_model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), CumsumHead())
     with pytest.raises(ConversionError, match="XNNPACK delegate does not take.*--allow-fallback"):
-        ExecuTorchConverter().export_baseline(source, tmp_path, exported.cfg)
+        ExecuTorchConverter().export_baseline(source, tmp_path, ExportOptions.from_config(exported.cfg))
     assert not (tmp_path / "convnet_xnnpack_fp32.pte").exists()
     monkeypatch.setattr(exported.cfg, "allow_fallback", True)
-    artifacts = ExecuTorchConverter().export_baseline(source, tmp_path, exported.cfg)
+    artifacts = ExecuTorchConverter().export_baseline(source, tmp_path, ExportOptions.from_config(exported.cfg))
     assert artifacts[0].checks["non_delegated_ops"] and (tmp_path / "convnet_xnnpack_fp32.pte").exists()
 
 

@@ -178,8 +178,8 @@ def test_an_untraceable_network_names_the_layer():
 
 
 def test_the_readme_example_factory_works(tmp_path):
-    """The factory shown in README.md's "Your own network" section builds and exports."""
-    readme = (models.__file__.rsplit("/core/", 1)[0]) + "/README.md"
+    """The factory shown in docs/own-network.md builds and exports."""
+    readme = (models.__file__.rsplit("/core/", 1)[0]) + "/docs/own-network.md"
     text = open(readme).read()
     code = text.split("<!-- factory-example -->")[1].split("```python")[1].split("```")[0]
     (tmp_path / "tiny_net.py").write_text(textwrap.dedent(code))

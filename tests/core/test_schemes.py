@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from core import schemes
+from converters import REGISTRY
+from converters import support as schemes
 from core.config import ConfigError, resolve
 from core.schemes import Scheme
 from pipeline import cli
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "quantization.md"
 
 
 def test_the_default_scheme_is_int8_and_named_in_full():
@@ -53,14 +54,14 @@ def test_unsupported_combinations_name_the_runtime_and_the_reason(scheme, runtim
     support = schemes.support(scheme, runtime)
     assert not support.ok and reason in support.reason
     problems = schemes.check(scheme, [runtime])
-    assert problems and schemes.RUNTIME_NAMES[runtime] in problems[0] and reason in problems[0]
+    assert problems and REGISTRY[runtime].display_name in problems[0] and reason in problems[0]
 
 
 @pytest.mark.parametrize("scheme", [Scheme(), Scheme(granularity="per_tensor"), Scheme(activations="dynamic"),
                                     Scheme(4, "per_block", activations="dynamic"), Scheme(activations="none"),
                                     Scheme(4, "per_channel", activations="none")])
 def test_every_exported_scheme_has_a_runtime(scheme):
-    assert any(schemes.support(scheme, r).ok for r in schemes.RUNTIMES)
+    assert any(schemes.support(scheme, r).ok for r in REGISTRY)
 
 
 def test_invalid_values_and_post_training_qat_are_refused():
