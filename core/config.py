@@ -69,6 +69,11 @@ class RunConfig:
     qat_lr: float = _opt(1e-4, "QAT learning rate", "quant")
     freeze_bn_at: float = _opt(0.6, "fraction of QAT steps after which BatchNorm statistics freeze", "quant")
     freeze_observers_at: float = _opt(0.8, "fraction of QAT steps after which quantization ranges freeze", "quant")
+    distill: bool = _opt(False, "QAT learns from the fp32 model as teacher: KL divergence of temperature-softened "
+                               "logits (x T^2) mixed with cross-entropy", "quant")
+    distill_temperature: float = _opt(4.0, "--distill: softmax temperature T of teacher and student", "quant")
+    distill_weight: float = _opt(0.5, "--distill: share of the distillation term in the loss (0 = plain "
+                                      "cross-entropy, 1 = the teacher alone)", "quant")
     calib_batches: int = _opt(32, "calibration batches for PTQ", "quant")
     quant_mode: str = _opt("auto", "auto (export the better of PTQ and QAT) | qat | ptq", "quant")
     weight_bits: int = _opt(8, "weight bits: 8 | 4 (where a runtime has kernels for it; see `mobile-pipeline schemes`)", "quant")
@@ -172,6 +177,10 @@ class RunConfig:
         for name in ("min_agreement", "rounding_agreement"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{_flag(name)} is a fraction in [0, 1], got {getattr(self, name)}")
+        if not self.distill_temperature > 0:
+            problems.append(f"--distill-temperature must be > 0, got {self.distill_temperature}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            problems.append(f"--distill-weight is a fraction in [0, 1], got {self.distill_weight}")
         if not 0.5 <= self.confidence < 1.0:
             problems.append(f"--confidence is a level in [0.5, 1), e.g. 0.95, got {self.confidence}")
         problems += self._compute_problems()

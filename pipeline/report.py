@@ -62,7 +62,9 @@ def accuracy_table(manifest: dict) -> list[str]:
         else:
             versus, significant = "–", False
         warn = " ⚠ PTQ significantly better" if significant and a.get("qat") is not None and a["qat"] < a.get("ptq", 0) else ""
-        lines.append(f"| `{tag}`: {summary} | {_pct(acc.get('fp32'))} | {_pct(a.get('ptq'))} | {_pct(a.get('qat'))} | "
+        d = entry.get("distill")
+        taught = f" (distilled: T {d['temperature']:g}, weight {d['weight']:g})" if d and a.get("qat") is not None else ""
+        lines.append(f"| `{tag}`: {summary} | {_pct(acc.get('fp32'))} | {_pct(a.get('ptq'))} | {_pct(a.get('qat'))}{taught} | "
                      f"{versus} | {(a.get('chosen') or '–').upper()}{warn} | {_pct(a.get('float'))} |")
     if not stages:
         lines.append(f"| – | {_pct(acc.get('fp32'))} | – | – | – | – | – |")
@@ -171,7 +173,9 @@ def export_report(manifest: dict) -> str:
         "",
         "## PyTorch accuracy (test set)",
         "",
-        "Each scheme is quantized by PTQ, and by QAT where it trains; `--quant-mode auto` exports the better one.",
+        "Each scheme is quantized by PTQ, and by QAT where it trains; `--quant-mode auto` exports the better one. "
+        "*Distilled*: QAT learned from the fp32 model as teacher (--distill: weight x T² x KL of the "
+        "temperature-softened answers, plus (1 - weight) x cross-entropy).",
         "",
         *accuracy_table(manifest),
         "",

@@ -27,6 +27,7 @@ from core import distributed, loaders, models, qat, quantize, rewrites, train
 from core.config import RunConfig
 from core.console import say, say_brief
 from core.data import DataError
+from core.distill import Distillation
 from core.device import check_amp, check_input_memory, for_quantization
 from core.evaluate import predict
 from core.export_check import check_exportable
@@ -43,6 +44,7 @@ TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "li
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
 SCHEME_SETTINGS = ("quant_mode", "weight_bits", "weight_granularity", "block_size", "weight_symmetry", "activations",
                    "calibration")
+DISTILL_SETTINGS = ("distill", "distill_temperature", "distill_weight")
 ARTIFACT_SUFFIXES = (".pte", ".tflite", ".mlpackage")
 APP_DIRS = {"android": Path("android_demo/app/src/main/assets"), "ios": Path("ios_demo/Resources")}
 APP_FORMATS = {"android": ("pte", "tflite"), "ios": ("mlpackage", "pte")}
@@ -297,7 +299,8 @@ class Pipeline(Workspace):
         return Scheme.from_config(self.cfg)
 
     def quant_key(self) -> str:
-        return f"{self.train_key()}/{self.cfg.key('epochs', *QAT_SETTINGS, *SCHEME_SETTINGS)}"
+        distill = DISTILL_SETTINGS if self.cfg.distill else ()  # plain runs keep the keys they always had
+        return f"{self.train_key()}/{self.cfg.key('epochs', *QAT_SETTINGS, *SCHEME_SETTINGS, *distill)}"
 
     @run_by_every_rank
     def qat(self) -> None:
@@ -343,7 +346,7 @@ class Pipeline(Workspace):
             schedule = self.schedule()
             loader = self.train_loader(schedule.shuffle_seed, dataclasses.replace(self.ctx, device=qdevice))
             results["qat"] = quantize.quant_aware(model, scheme, loader, self.shape, schedule,
-                                                  recipe=Recipe.from_config(cfg))
+                                                  recipe=Recipe.from_config(cfg), distill=Distillation.from_config(cfg))
             if not self.ctx.is_main:
                 return  # rank 0 converts, evaluates and writes
             answers["qat"] = self._answers(results["qat"].program, on_device=False)
@@ -379,7 +382,7 @@ class Pipeline(Workspace):
             "images_per_s": qat_run.stats["images_per_s"] if qat_run else None,
             "history": qat_run.stats["history"] if qat_run else [], "compute": compute,
             "synced_across_ranks": qat_run.stats["synced_across_ranks"] if qat_run else None,
-            "float_bn_recalibration": float_bn,
+            "float_bn_recalibration": float_bn, "distill": qat_run.stats.get("distill") if qat_run else None,
             "wall_time_s": time.perf_counter() - start}
         self._save()
 
