@@ -123,8 +123,10 @@ class RunConfig:
     study_sections: str = _opt("all", "study sections: all, or some of error,sensitivity,mixed,sweep,pruning,wa (or 1-6)", "study")
     study_batches: int = _opt(8, "test batches of 256 for the per-layer activation error (0 = the whole test set)", "study")
     sweep_bits: str = _opt("8,6,4,3,2,1", "Core ML palettization widths of the bit-width sweep (some of 8,6,4,3,2,1)", "study")
-    keep_float: str = _opt("auto:0.5", "layers left float: auto:PP (fewest, most sensitive, until PTQ is within PP "
-                                       "points of fp32), NAME,... or none", "study")
+    keep_float: str | None = _opt(None, "layers left float: auto:PP (fewest, most sensitive, until PTQ is within PP "
+                                        "points of fp32), NAME,... or none. qat/export/run: they stay float in the "
+                                        ".pte, .tflite and Core ML W8A8 (unset: none); study: its mixed-precision "
+                                        "section (unset: auto:0.5)", "study")
     sparsity: float = _opt(0.75, "unstructured global magnitude pruning: fraction of conv/linear weights zeroed", "study")
     channel_ratio: float = _opt(0.5, "structured pruning (torch-pruning): fraction of channels removed per layer", "study")
     prune_epochs: float = _opt(1.0, "fine-tuning epochs of the gradual pruning schedule (fractions allowed)", "study")

@@ -36,7 +36,7 @@ from core import schemes, statistics
 from core.schemes import Scheme
 from core.workspace import CHECKPOINT, Workspace
 
-from . import parity, report
+from . import keep_float, parity, report
 
 TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "limit_train", "limit_test", "batch_size", "lr",
                   "seed", "optimizer", "momentum", "weight_decay", "lr_schedule", "lr_gamma", "warmup_epochs",
@@ -300,7 +300,8 @@ class Pipeline(Workspace):
 
     def quant_key(self) -> str:
         distill = DISTILL_SETTINGS if self.cfg.distill else ()  # plain runs keep the keys they always had
-        return f"{self.train_key()}/{self.cfg.key('epochs', *QAT_SETTINGS, *SCHEME_SETTINGS, *distill)}"
+        kept = ("keep_float",) if keep_float.active(self.cfg) else ()
+        return f"{self.train_key()}/{self.cfg.key('epochs', *QAT_SETTINGS, *SCHEME_SETTINGS, *distill, *kept)}"
 
     @run_by_every_rank
     def qat(self) -> None:
@@ -321,6 +322,7 @@ class Pipeline(Workspace):
         if not self._done("train", self.train_key()):
             raise train.CheckpointError(f"{self.out / CHECKPOINT} was not trained with these settings; run `train` first")
         model = self.fp32_model()
+        kept, kept_choice = keep_float.choose(self)  # before anything is retired: a bad layer name changes nothing
         replaced = [f for f, a in self.manifest["artifacts"].items() if mf.scheme_tag(a) == tag]
         # Files of this scheme from other settings go aside (with the bench results that measured them);
         # other schemes in OUT stay.
@@ -338,7 +340,7 @@ class Pipeline(Workspace):
         results, accuracy, answers, loader = {}, {}, {}, None
         if self.ctx.is_main:  # PTQ: rank 0 alone calibrates, on the batches one process would use
             ptq = quantize.post_training(model, scheme, data, self.shape, cfg.calib_batches, cfg.batch_size,
-                                         device=qdevice)
+                                         keep_float=kept, device=qdevice)
             results["ptq"], answers["ptq"] = ptq, self._answers(ptq.program, on_device=False)
             accuracy["ptq"] = float(answers["ptq"].mean())
         if scheme.trainable and scheme.mode in ("auto", "qat"):
@@ -346,7 +348,8 @@ class Pipeline(Workspace):
             schedule = self.schedule()
             loader = self.train_loader(schedule.shuffle_seed, dataclasses.replace(self.ctx, device=qdevice))
             results["qat"] = quantize.quant_aware(model, scheme, loader, self.shape, schedule,
-                                                  recipe=Recipe.from_config(cfg), distill=Distillation.from_config(cfg))
+                                                  recipe=Recipe.from_config(cfg), distill=Distillation.from_config(cfg),
+                                                  keep_float=kept)
             if not self.ctx.is_main:
                 return  # rank 0 converts, evaluates and writes
             answers["qat"] = self._answers(results["qat"].program, on_device=False)
@@ -382,7 +385,8 @@ class Pipeline(Workspace):
             "images_per_s": qat_run.stats["images_per_s"] if qat_run else None,
             "history": qat_run.stats["history"] if qat_run else [], "compute": compute,
             "synced_across_ranks": qat_run.stats["synced_across_ranks"] if qat_run else None,
-            "float_bn_recalibration": float_bn, "distill": qat_run.stats.get("distill") if qat_run else None,
+            "float_bn_recalibration": float_bn, "keep_float": {"setting": cfg.keep_float, "layers": list(kept),
+                                                               "choice": kept_choice} if kept_choice else None, "distill": qat_run.stats.get("distill") if qat_run else None,
             "wall_time_s": time.perf_counter() - start}
         self._save()
 
@@ -464,7 +468,9 @@ class Pipeline(Workspace):
         start = time.perf_counter()
         try:
             conv.check_dependencies()
-            artifacts = (conv.export_baseline if part == "fp32" else conv.export_scheme)(source, self.out, self.cfg)
+            kept = ((self.quant_stage(part).get("keep_float") or {}).get("layers") if part != "fp32" else None)
+            options = keep_float.export_options(self.cfg, kept)
+            artifacts = (conv.export_baseline if part == "fp32" else conv.export_scheme)(source, self.out, options)
         except atomic.OutputDirError:
             raise  # a full or read-only disk stops every backend: exit 2 with the file named
         except Exception as exc:  # a failing backend must not stop the others; the files it did make are kept
