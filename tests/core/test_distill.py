@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +103,12 @@ def test_distilled_qat_differs_from_plain_and_is_recorded(tmp_path, make_config)
     assert any(not torch.equal(weights[k], plain_weights[k]) for k in weights)
     assert entry["history"][0]["loss"] != plain_entry["history"][0]["loss"]
     assert "(distilled: T 3, weight 0.7)" in export_report(taught.manifest)
+
+
+@pytest.mark.parametrize("setting, message", [(dict(distill_weight=1.5), "--distill-weight is a fraction in [0, 1], got 1.5"),
+                                              (dict(distill_temperature=0.0), "--distill-temperature must be > 0, got 0.0")])
+def test_bad_distillation_settings_are_refused_by_name(setting, message):
+    from core.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunConfig(**setting).validate()
