@@ -121,7 +121,8 @@ class CoreMLConverter(Converter):
     def _scheme_file(self, source: ExportSource, out: Path, options, how: str) -> Artifact:
         scheme = source.scheme
         start = time.perf_counter()
-        quant = mixed(scheme.tag, float_layers(options, scheme))  # mixed: the PT2E graph holds the float layers
+        kept = float_layers(options, scheme)
+        quant = mixed(scheme.tag, kept)  # mixed: the PT2E graph holds the float layers
         file = f"{source.model_name}_coreml_{quant}.mlpackage"
         static = scheme.activations == "static"
         checks = {"how": how}
@@ -141,6 +142,9 @@ class CoreMLConverter(Converter):
             checks["placement"] = op_histogram(tmp)
             if static:
                 checks.update(w8a8_checks(tmp, source.program))
+                if kept:  # mixed precision: which kept layers' weights the file holds dense in fp16
+                    stored = read_weights(tmp)
+                    checks["float_layers"] = [n for n in kept if weight_const(n) in stored]
             elif not checks["placement"]["linear_quantized_weights"]:
                 raise ConversionError(f"{file}: no weight was linearly quantized (none fits blocks of {scheme.block_size})")
 

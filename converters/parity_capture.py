@@ -266,6 +266,8 @@ class TFLiteLayers:
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         scale, zero = self.input["quantization"]
         x = x[None].transpose(0, 2, 3, 1) if self.nhwc else x[None]
+        if np.dtype(self.input["dtype"]) != np.int8:  # a float first layer (--keep-float): the file takes float input
+            return x.astype(self.input["dtype"])
         return np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
 
     def run(self, images: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:

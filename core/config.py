@@ -71,6 +71,11 @@ class RunConfig:
     qat_lr: float = _opt(1e-4, "QAT learning rate", "quant")
     freeze_bn_at: float = _opt(0.6, "fraction of QAT steps after which BatchNorm statistics freeze", "quant")
     freeze_observers_at: float = _opt(0.8, "fraction of QAT steps after which quantization ranges freeze", "quant")
+    distill: bool = _opt(False, "QAT learns from the fp32 model as teacher: KL divergence of temperature-softened "
+                               "logits (x T^2) mixed with cross-entropy", "quant")
+    distill_temperature: float = _opt(4.0, "--distill: softmax temperature T of teacher and student", "quant")
+    distill_weight: float = _opt(0.5, "--distill: share of the distillation term in the loss (0 = plain "
+                                      "cross-entropy, 1 = the teacher alone)", "quant")
     calib_batches: int = _opt(32, "calibration batches for PTQ", "quant")
     quant_mode: str = _opt("auto", "auto (export the better of PTQ and QAT) | qat | ptq", "quant")
     weight_bits: int = _opt(8, "weight bits: 8 | 4 (where a runtime has kernels for it; see `mobile-pipeline schemes`)", "quant")
@@ -120,8 +125,10 @@ class RunConfig:
     study_sections: str = _opt("all", "study sections: all, or some of error,sensitivity,mixed,sweep,pruning,wa (or 1-6)", "study")
     study_batches: int = _opt(8, "test batches of 256 for the per-layer activation error (0 = the whole test set)", "study")
     sweep_bits: str = _opt("8,6,4,3,2,1", "Core ML palettization widths of the bit-width sweep (some of 8,6,4,3,2,1)", "study")
-    keep_float: str = _opt("auto:0.5", "layers left float: auto:PP (fewest, most sensitive, until PTQ is within PP "
-                                       "points of fp32), NAME,... or none", "study")
+    keep_float: str | None = _opt(None, "layers left float: auto:PP (fewest, most sensitive, until PTQ is within PP "
+                                        "points of fp32), NAME,... or none. qat/export/run: they stay float in the "
+                                        ".pte, .tflite and Core ML W8A8 (unset: none); study: its mixed-precision "
+                                        "section (unset: auto:0.5)", "study")
     sparsity: float = _opt(0.75, "unstructured global magnitude pruning: fraction of conv/linear weights zeroed", "study")
     channel_ratio: float = _opt(0.5, "structured pruning (torch-pruning): fraction of channels removed per layer", "study")
     prune_epochs: float = _opt(1.0, "fine-tuning epochs of the gradual pruning schedule (fractions allowed)", "study")
@@ -174,6 +181,10 @@ class RunConfig:
         for name in ("min_agreement", "rounding_agreement"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{_flag(name)} is a fraction in [0, 1], got {getattr(self, name)}")
+        if not self.distill_temperature > 0:
+            problems.append(f"--distill-temperature must be > 0, got {self.distill_temperature}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            problems.append(f"--distill-weight is a fraction in [0, 1], got {self.distill_weight}")
         if not 0.5 <= self.confidence < 1.0:
             problems.append(f"--confidence is a level in [0.5, 1), e.g. 0.95, got {self.confidence}")
         problems += self._compute_problems()

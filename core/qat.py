@@ -21,6 +21,7 @@ import torch.nn as nn
 from . import distributed
 from .data import DataBundle
 from .errors import BadInput
+from .distill import Distillation, WithTeacher, teacher_from
 from .console import StageClock, say
 from . import int8_constraints
 from .export_check import export_training_graph
@@ -294,8 +295,13 @@ class QATSchedule:
 
 def qat(model: nn.Module, data: DataBundle | TrainLoader, shape: tuple[int, ...], schedule: QATSchedule,
         keep_float: tuple[str, ...] = (), scheme: Scheme | None = None,
-        recipe: Recipe = Recipe(), each_step=None) -> tuple[torch.fx.GraphModule, dict]:
+        recipe: Recipe = Recipe(), each_step=None,
+        distill: Distillation | None = None) -> tuple[torch.fx.GraphModule, dict]:
     """Fake-quant fine-tuning from the fp32 model; returns the prepared model in eval mode, on the CPU, and its stats.
+
+    With `distill`, `model` itself (frozen, in eval mode) is the teacher: the loss mixes the KL
+    divergence to its temperature-softened answers with the cross-entropy (core/distill.py). Under
+    torchrun each process runs the teacher on its own shard's batches.
 
     `data` is a dataset (one process on the CPU, shuffled with `schedule.shuffle_seed`) or a
     `TrainLoader`, which also says the device and this process's rank. Under torchrun the
@@ -314,6 +320,9 @@ def qat(model: nn.Module, data: DataBundle | TrainLoader, shape: tuple[int, ...]
     optimizer = recipe.make_optimizer(prepared.parameters(), schedule.lr)
     net = distributed.wrap(prepared, ctx)
     loss_fn = recipe.loss_fn()
+    if distill is not None:
+        net = WithTeacher(net, teacher_from(model, ctx.device))
+        loss_fn = net.loss_fn(distill, loss_fn)
     total = schedule.total_steps(loader.samples_per_epoch)
     freeze_bn_step = int(schedule.freeze_bn_at * total)
     freeze_obs_step = int(schedule.freeze_observers_at * total)
@@ -350,7 +359,8 @@ def qat(model: nn.Module, data: DataBundle | TrainLoader, shape: tuple[int, ...]
     images = sum(h["images"] for h in history)
     seconds = sum(h["seconds"] for h in history)
     return prepared, {"steps": total, "history": history, "events": events, "synced_across_ranks": synced,
-                      "images_per_s": images / seconds if seconds else 0.0}
+                      "images_per_s": images / seconds if seconds else 0.0,
+                      "distill": distill.describe() if distill else None}
 
 
 def weight_quantization_error(prepared: torch.fx.GraphModule) -> list[dict]:

@@ -29,6 +29,7 @@ from torch.export import Dim
 from . import io as atomic
 from . import qat
 from .data import DataBundle
+from .distill import Distillation
 from .export_check import MAX_BATCH
 from .loaders import TrainLoader
 from .recipe import Recipe
@@ -74,12 +75,13 @@ def post_training(model: nn.Module, scheme: Scheme, data: DataBundle, shape: tup
 
 
 def quant_aware(model: nn.Module, scheme: Scheme, data: DataBundle | TrainLoader, shape: tuple[int, ...],
-                schedule: qat.QATSchedule, keep_float: tuple[str, ...] = (), recipe: Recipe = Recipe(), each_step=None) -> Quantized | None:
+                schedule: qat.QATSchedule, keep_float: tuple[str, ...] = (), recipe: Recipe = Recipe(), each_step=None,
+                distill: Distillation | None = None) -> Quantized | None:
     """QAT (see qat.qat: `data` may be a TrainLoader, for a device and torchrun), then conversion.
 
     Under torchrun every process fine-tunes; only rank 0 converts, and the others get None.
     """
-    prepared, stats = qat.qat(model, data, shape, schedule, keep_float, scheme, recipe, each_step)
+    prepared, stats = qat.qat(model, data, shape, schedule, keep_float, scheme, recipe, each_step, distill)
     if isinstance(data, TrainLoader) and not data.ctx.is_main:
         return None  # the ranks ended with identical weights, observers and BatchNorm statistics: rank 0 has them all
     trained = copy.deepcopy(model)

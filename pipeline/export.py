@@ -69,7 +69,9 @@ def _export_part(pipeline: OutState, conv, part: str, source) -> bool:
     pipeline.save()
     start = time.perf_counter()
     # a full or read-only disk stops every backend (exit 2, the file named); any other failure is this backend's
-    result = export_part(conv, part, source, pipeline.out, ExportOptions.from_config(pipeline.cfg))
+    kept = (pipeline.quant_stage(part).get("keep_float") or {}).get("layers") if part != "fp32" else None
+    result = export_part(conv, part, source, pipeline.out,
+                         ExportOptions.from_config(pipeline.cfg, float_layers=tuple(kept or ())))
     for reason in result.failures:
         say_brief(f"[x] export: {name} FAILED: {reason}")
     _record(pipeline, result.made)  # the files it did make are kept

@@ -46,7 +46,7 @@ def comparable(scheme: Scheme) -> str | None:
 def _file(artifacts: dict, backend: str, tag: str) -> str | None:
     fmt = REGISTRY[backend].format
     return next((f for f, a in sorted(artifacts.items())
-                 if a["backend"] == backend and a["format"] == fmt and a["quant"] == tag), None)
+                 if a["backend"] == backend and a["format"] == fmt and a["quant"] in (tag, f"{tag}_mixed")), None)
 
 
 def _coreml_files(artifacts: dict, tag: str) -> dict[str, str]:

@@ -10,11 +10,13 @@ from core import io as atomic
 from core import manifest as mf
 from core import quantize, statistics, train
 from core.console import say
+from core.distill import Distillation
 from core.device import for_quantization
 from core.recipe import Recipe
 from core.schemes import Scheme
 from core.workspace import CHECKPOINT
 
+from . import keep_float
 from .state import OutState, run_by_every_rank
 
 
@@ -37,6 +39,7 @@ def run(pipeline: OutState) -> None:
     if not pipeline.stage_done("train", pipeline.train_key()):
         raise train.CheckpointError(f"{pipeline.out / CHECKPOINT} was not trained with these settings; run `train` first")
     model = pipeline.fp32_model()
+    kept, kept_choice = keep_float.choose(pipeline)  # before anything is retired: a bad layer name changes nothing
     replaced = [f for f, a in pipeline.manifest["artifacts"].items() if mf.scheme_tag(a) == tag]
     # Files of this scheme from other settings go aside (with the bench results that measured them);
     # other schemes in OUT stay.
@@ -54,7 +57,7 @@ def run(pipeline: OutState) -> None:
     results, accuracy, answers, loader = {}, {}, {}, None
     if pipeline.ctx.is_main:  # PTQ: rank 0 alone calibrates, on the batches one process would use
         ptq = quantize.post_training(model, scheme, data, pipeline.shape, cfg.calib_batches, cfg.batch_size,
-                                     device=qdevice)
+                                     keep_float=kept, device=qdevice)
         results["ptq"], answers["ptq"] = ptq, pipeline.answers(ptq.program, on_device=False)
         accuracy["ptq"] = float(answers["ptq"].mean())
     if scheme.trainable and scheme.mode in ("auto", "qat"):
@@ -62,7 +65,8 @@ def run(pipeline: OutState) -> None:
         schedule = pipeline.schedule()
         loader = pipeline.train_loader(schedule.shuffle_seed, dataclasses.replace(pipeline.ctx, device=qdevice))
         results["qat"] = quantize.quant_aware(model, scheme, loader, pipeline.shape, schedule,
-                                              recipe=Recipe.from_config(cfg))
+                                              recipe=Recipe.from_config(cfg), distill=Distillation.from_config(cfg),
+                                              keep_float=kept)
         if not pipeline.ctx.is_main:
             return  # rank 0 converts, evaluates and writes
         answers["qat"] = pipeline.answers(results["qat"].program, on_device=False)
@@ -100,6 +104,8 @@ def run(pipeline: OutState) -> None:
         "history": qat_run.stats["history"] if qat_run else [], "compute": compute,
         "synced_across_ranks": qat_run.stats["synced_across_ranks"] if qat_run else None,
         "float_bn_recalibration": float_bn,
+        "keep_float": {"setting": cfg.keep_float, "layers": list(kept), "choice": kept_choice} if kept_choice else None,
+        "distill": qat_run.stats.get("distill") if qat_run else None,
         "wall_time_s": time.perf_counter() - start}
     pipeline.save()
 

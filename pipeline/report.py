@@ -6,6 +6,7 @@ from pathlib import Path
 
 from core import io as atomic
 from converters import REGISTRY
+from core.manifest import scheme_tag
 
 from . import parity_report
 
@@ -63,7 +64,9 @@ def accuracy_table(manifest: dict) -> list[str]:
         else:
             versus, significant = "–", False
         warn = " ⚠ PTQ significantly better" if significant and a.get("qat") is not None and a["qat"] < a.get("ptq", 0) else ""
-        lines.append(f"| `{tag}`: {summary} | {_pct(acc.get('fp32'))} | {_pct(a.get('ptq'))} | {_pct(a.get('qat'))} | "
+        d = entry.get("distill")
+        taught = f" (distilled: T {d['temperature']:g}, weight {d['weight']:g})" if d and a.get("qat") is not None else ""
+        lines.append(f"| `{tag}`: {summary} | {_pct(acc.get('fp32'))} | {_pct(a.get('ptq'))} | {_pct(a.get('qat'))}{taught} | "
                      f"{versus} | {(a.get('chosen') or '–').upper()}{warn} | {_pct(a.get('float'))} |")
     if not stages:
         lines.append(f"| – | {_pct(acc.get('fp32'))} | – | – | – | – | – |")
@@ -152,7 +155,9 @@ def export_report(manifest: dict) -> str:
         "",
         "## PyTorch accuracy (test set)",
         "",
-        "Each scheme is quantized by PTQ, and by QAT where it trains; `--quant-mode auto` exports the better one.",
+        "Each scheme is quantized by PTQ, and by QAT where it trains; `--quant-mode auto` exports the better one. "
+        "*Distilled*: QAT learned from the fp32 model as teacher (--distill: weight x T² x KL of the "
+        "temperature-softened answers, plus (1 - weight) x cross-entropy).",
         "",
         *accuracy_table(manifest),
         "",
@@ -177,6 +182,7 @@ def export_report(manifest: dict) -> str:
         lines += ["", "Checks loosened where a runtime computes differently by design (the agreement floor "
                   "there is the one shown in the manifest; the cost of quantization against fp32 and PTQ still "
                   "holds):", ""] + [f"- `{f}`: {why}" for f, why in loosened.items()]
+    lines += [""] + keep_float_section(manifest)
     lines += [""] + placement_section(manifest)
     cross = manifest.get("verification", {}).get("cross_backend", {})
     if cross:
@@ -209,3 +215,48 @@ def summary_line(manifest: dict, backends: list[str] | None = None) -> str:
     if (manifest.get("verification") or {}).get("parity_passed") is False:
         line += "; the .pte/.tflite layer parity failed"
     return line
+
+
+def kept_float_in(artifact: dict, kept: list[str]) -> str:
+    """What the file itself shows of the layers --keep-float left float, read from its export checks."""
+    checks = artifact.get("checks") or {}
+    if artifact["format"] == "pte":
+        compute, int8 = checks.get("compute_ops", 0), checks.get("int8_compute_ops", 0)
+        return f"{compute - int8} of {compute} conv/linear ops run as fp32 XNNPACK ops (the rest int8)"
+    if artifact["format"] == "tflite":
+        from study.mixed import tflite_float_layers
+
+        found = tflite_float_layers({"checks": checks}, tuple(kept))
+        return "float conv/linear ops: " + ", ".join(f"`{k}` {'float' if v else '**not float**'}" for k, v in found.items())
+    if "dense" in checks:  # palettized: the kept layers' weights stay dense fp16
+        from converters.coreml import weight_const
+
+        return "dense fp16 weights: " + ", ".join(
+            f"`{k}` {'yes' if weight_const(k) in checks['dense'] else '**no**'}" for k in kept)
+    if "float_layers" in checks:  # W8A8: the kept layers' weights are stored fp16, not int8
+        return "fp16 weights (not int8): " + ", ".join(
+            f"`{k}` {'yes' if k in checks['float_layers'] else '**no**'}" for k in kept)
+    return "–"
+
+
+def keep_float_section(manifest: dict) -> list[str]:
+    """--keep-float in the shipped files: the layers chosen, how, and per runtime what each file shows."""
+    lines = []
+    for tag, entry in sorted(manifest.get("stages", {}).get("quantize", {}).items()):
+        kf = entry.get("keep_float")
+        if not kf:
+            continue
+        choice = kf.get("choice") or {}
+        trace = "; ".join(f"{len(t['kept'])} float: PTQ {100 * t['ptq_accuracy']:.2f}% ({t['drop_pp']:+.2f} pp below fp32)"
+                          for t in choice.get("trace", []))
+        lines += [f"## Layers kept float: `{tag}` (--keep-float {kf['setting']})", "",
+                  f"Kept float: {', '.join(f'`{n}`' for n in kf['layers']) or 'none (full int8 is within the budget)'}. "
+                  f"Chosen {choice.get('mode', '?')}" + (f" with a budget of {choice['budget_pp']} pp" if choice.get("budget_pp") is not None else "")
+                  + (f"; PTQ trace: {trace}" if trace else "") + ".", ""]
+        files = {f: a for f, a in sorted(manifest.get("artifacts", {}).items())
+                 if str(a.get("quant", "")).endswith("_mixed") and scheme_tag(a) == tag}
+        if files and kf["layers"]:
+            lines += ["| file | runtime | what the file shows |", "|---|---|---|"]
+            lines += [f"| `{f}` | {a['backend']} | {kept_float_in(a, kf['layers'])} |" for f, a in files.items()]
+            lines.append("")
+    return lines

@@ -42,6 +42,7 @@ TRAIN_SETTINGS = ("dataset", "model", "weights", "pretrained", "image_size", "li
 QAT_SETTINGS = ("qat_epochs", "qat_max_steps", "qat_lr", "freeze_bn_at", "freeze_observers_at", "calib_batches")
 SCHEME_SETTINGS = ("quant_mode", "weight_bits", "weight_granularity", "block_size", "weight_symmetry", "activations",
                    "calibration")
+DISTILL_SETTINGS = ("distill", "distill_temperature", "distill_weight")
 
 
 class StageError(BadInput, RuntimeError):
@@ -227,7 +228,9 @@ class OutState(Workspace):
         return Scheme.from_config(self.cfg)
 
     def quant_key(self) -> str:
-        return f"{self.train_key()}/{self.cfg.key('epochs', *QAT_SETTINGS, *SCHEME_SETTINGS)}"
+        distill = DISTILL_SETTINGS if self.cfg.distill else ()  # plain runs keep the keys they always had
+        kept = ("keep_float",) if self.cfg.keep_float not in (None, "none") else ()
+        return f"{self.train_key()}/{self.cfg.key('epochs', *QAT_SETTINGS, *SCHEME_SETTINGS, *distill, *kept)}"
 
     def export_source(self, scheme: Scheme | None = None) -> ExportSource:
         """The converters' input for `scheme` (the configured one by default), only as `qat` made it with these settings."""

@@ -27,6 +27,7 @@ TITLES = {"error": "Per-layer quantization error", "sensitivity": "Sensitivity",
 # Settings that describe the trained model (its data, training and quantization): the study takes them from
 # OUT's manifest, so it studies the model OUT holds, whatever the command line says about data or model.
 RECORDED_GROUPS = ("data", "train", "quant")
+STUDY_KEEP_FLOAT = "auto:0.5"  # the study's --keep-float when none is given
 NOT_RECORDED = ("threads", "resume")
 
 
@@ -111,7 +112,7 @@ class Study:
     @classmethod
     def open(cls, cfg: RunConfig, root: Path | None = None) -> "Study":
         sections = parse_sections(cfg.study_sections)
-        keep = parse_keep_float(cfg.keep_float)
+        keep = parse_keep_float(STUDY_KEEP_FLOAT if cfg.keep_float is None else cfg.keep_float)
         parse_bits(cfg.sweep_bits)
         ws = Workspace(cfg)
         cfg = resolve_config(cfg, ws.manifest)

@@ -23,6 +23,7 @@ import torch.nn.utils.prune as prune
 
 from core.config import RunConfig
 from core.data import DataBundle
+from core.distill import Distillation, WithTeacher, teacher_from
 from core.loaders import TrainLoader
 from core.models import count_macs
 from core.train import run_epoch
@@ -65,13 +66,19 @@ def final_layer(model: nn.Module) -> nn.Module:
     return [m for m in model.modules() if isinstance(m, QUANTIZABLE)][-1]
 
 
-def _train(model: nn.Module, data: DataBundle, cfg: RunConfig, steps: int, seed: int, desc: str) -> list[dict]:
-    """`steps` fine-tuning steps with a fresh Adam (after structured pruning the parameters are new tensors)."""
+def _train(model: nn.Module, data: DataBundle, cfg: RunConfig, steps: int, seed: int, desc: str,
+           teacher: nn.Module | None = None) -> list[dict]:
+    """`steps` fine-tuning steps with a fresh Adam (after structured pruning the parameters are new tensors);
+    with `teacher` (--distill), the loss is the distillation loss against it (core/distill.py)."""
     history = []
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.prune_lr)
     loader, part = TrainLoader(data, cfg.batch_size, seed=seed), 0  # pass `part` shuffles with seed + part
+    net, loss = model, {}
+    if teacher is not None:
+        net = WithTeacher(model, teacher)
+        loss = {"loss_fn": net.loss_fn(Distillation.from_config(cfg))}
     while steps > 0:
-        stats = run_epoch(model, optimizer, loader, part, desc, max_steps=steps)
+        stats = run_epoch(net, optimizer, loader, part, desc, max_steps=steps, **loss)
         steps -= math.ceil(stats["images"] / cfg.batch_size)
         history.append(stats)
         part += 1
@@ -83,11 +90,13 @@ def _finetune(model: nn.Module, data: DataBundle, cfg: RunConfig, events: list[i
     """Prune at each event (prune_to(k)), fine-tune up to the next event, then fine-tune to the end."""
     history = []
     bounds = events + [total]
+    teacher = teacher_from(model, "cpu") if cfg.distill else None  # the unpruned model teaches (--distill)
     for k, start in enumerate(events):
         prune_to(k + 1)
         steps = bounds[k + 1] - start
         if steps:
-            history += _train(model, data, cfg, steps, cfg.seed * 1000 + 700 + 10 * k, f"{label} {k + 1}/{len(events)}")
+            history += _train(model, data, cfg, steps, cfg.seed * 1000 + 700 + 10 * k, f"{label} {k + 1}/{len(events)}",
+                              teacher)
     model.eval()
     return history
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 from core import qat, quantize
 from core.config import RunConfig
 from core.data import DataBundle
+from core.distill import Distillation
 from core.recipe import Recipe
 from core.schemes import Scheme
 from core.workspace import ExportSource
@@ -44,7 +45,8 @@ def quantized(model: nn.Module, data: DataBundle, shape: tuple[int, ...], cfg: R
     """The scheme by PTQ or by QAT (the `qat` stage's schedule), as core.quantize makes it for the pipeline."""
     if mode == "qat":
         return quantize.quant_aware(model, scheme, data, shape, qat.QATSchedule.from_config(cfg), tuple(keep_float),
-                                    recipe=Recipe.from_config(cfg), each_step=each_step)
+                                    recipe=Recipe.from_config(cfg), each_step=each_step,
+                                    distill=Distillation.from_config(cfg))
     return quantize.post_training(model, scheme, data, shape, cfg.calib_batches, cfg.batch_size, tuple(keep_float))
 
 

@@ -149,7 +149,7 @@ def test_bundle_for_android(exported, tmp_path):
     dest = exported.bundle("android", tmp_path / "assets")
     names = sorted(p.name for p in dest.iterdir())
     assert names == sorted(["convnet_xnnpack_int8.pte", "convnet_xnnpack_fp32.pte", "convnet_tflite_int8.tflite",
-                            "convnet_tflite_fp32.tflite", "labels.txt", "models.json", "test_sample.json",
+                            "convnet_tflite_fp32.tflite", "golden_outputs.json", "labels.txt", "models.json", "test_sample.json",
                             "test_sample.u8"])
     sample = json.loads((dest / "test_sample.json").read_text())
     assert sample["count"] == 20 and sample["shape"] == [1, 28, 28]

@@ -5,6 +5,7 @@
                                                (os._exit) at the second step of epoch CRASH_EPOCH (1-based)
     ddp_worker.py qat-sync RESULT.json         QAT of a small BatchNorm net, without and with the
                                                cross-rank sync; rank 0 writes what differs between ranks
+                                               (DISTILL=1: QAT distils from the fp32 net, each rank on its shard)
 """
 
 import json
@@ -50,6 +51,7 @@ def qat_sync(result: Path) -> int:
 
     from core import distributed, qat
     from core.data import DataBundle
+    from core.distill import Distillation
     from core.loaders import TrainLoader
 
     ctx = distributed.setup("cpu")
@@ -69,7 +71,8 @@ def qat_sync(result: Path) -> int:
         schedule = qat.QATSchedule(epochs=1.0, max_steps=4, lr=1e-3, batch_size=16, seed=0,
                                    freeze_bn_at=freeze_at, freeze_observers_at=freeze_at)
         loader = TrainLoader(bundle, 16, seed=schedule.shuffle_seed, ctx=ctx)
-        prepared, stats = qat.qat(model, loader, (1, 28, 28), schedule)
+        distill = Distillation() if os.environ.get("DISTILL") else None
+        prepared, stats = qat.qat(model, loader, (1, 28, 28), schedule, distill=distill)
         state = {}
         for name, fq in distributed.observers(prepared):
             obs = fq.activation_post_process
@@ -85,7 +88,8 @@ def qat_sync(result: Path) -> int:
         return {"tensors": len(states[0]), "observers": len(distributed.observers(prepared)),
                 "batchnorm": sum(k.startswith("bn:") for k in states[0]), "differ": differ,
                 "qparams_match": all(bool(v) for k, v in states[0].items() if k.endswith("qparams_match")),
-                "events": stats["events"], "synced": stats["synced_across_ranks"], "steps": stats["steps"]}
+                "events": stats["events"], "synced": stats["synced_across_ranks"], "steps": stats["steps"],
+                "distill": stats["distill"], "loss": stats["history"][0]["loss"]}
 
     # Freezing at 1.0 keeps observers and BatchNorm statistics updating to the last step, where ranks diverge.
     report = {"without_sync": run(False, 1.0), "with_sync": run(True, 1.0)}

@@ -78,6 +78,18 @@ def test_two_processes_train_write_once_resume_after_a_rank_died_and_learn(tmp_p
     assert writes(tmp_path, 0)[3:] == ["manifest.json", "report.md", "fp32.pt", "manifest.json", "report.md"]
 
 
+def test_distilled_qat_under_ddp_runs_the_teacher_per_rank_and_ends_in_sync(tmp_path):
+    """--distill under torchrun: each rank's teacher answers its own shard; the ranks still end identical."""
+    plain, taught = tmp_path / "plain.json", tmp_path / "taught.json"
+    for result, env in ((plain, {}), (taught, {"DISTILL": "1"})):
+        done = torchrun("qat-sync", str(result), env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    plain, taught = (json.loads(p.read_text())["with_sync"] for p in (plain, taught))
+    assert plain["distill"] is None and taught["distill"]["temperature"] == 4.0 and taught["distill"]["weight"] == 0.5
+    assert taught["differ"] == [] and taught["steps"] == 4
+    assert taught["loss"] != plain["loss"]  # the loss the ranks summed is the distillation loss
+
+
 def test_qat_under_ddp_ends_with_the_same_observers_and_batchnorm_on_both_ranks(tmp_path):
     result = tmp_path / "qat.json"
     done = torchrun("qat-sync", str(result))

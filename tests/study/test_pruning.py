@@ -62,3 +62,25 @@ def test_pruning_against_quantization(section):
     assert "constexpr_sparse_to_dense" in files["sparse_fp16"]["checks"]["weight_ops"]
     assert "constexpr_lut_to_sparse" in files["sparse_pal4"]["checks"]["weight_ops"]  # joint sparse + LUT
     assert files["sparse_pal4"]["bytes"] < 0.6 * files["pal4"]["bytes"]
+
+
+def test_distill_teaches_pruning_fine_tuning_from_the_unpruned_model():
+    """--distill: the pruned model's fine-tuning loss is the distillation loss against the model before pruning."""
+    import copy
+
+    from core.data import DataBundle
+
+    g = torch.Generator().manual_seed(0)
+    data = DataBundle("random", "torch.randint", torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g),
+                      torch.randint(0, 10, (64,), generator=g), torch.zeros(1, 1, 28, 28, dtype=torch.uint8),
+                      torch.zeros(1, dtype=torch.int64), [str(i) for i in range(10)], mean=[0.5], std=[0.29])
+    torch.manual_seed(0)
+    start = ConvNet()
+    results = {}
+    for distill in (False, True):
+        cfg = RunConfig(batch_size=16, prune_steps=4, sparsity=0.5, distill=distill).validate()
+        torch.manual_seed(1)
+        results[distill] = pruning.unstructured(copy.deepcopy(start), data, (1, 28, 28), cfg)
+    plain, taught = (results[d].stats["history"] for d in (False, True))
+    assert plain[0]["loss"] != taught[0]["loss"]
+    assert not torch.equal(results[False].model.fc1.weight, results[True].model.fc1.weight)
