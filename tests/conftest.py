@@ -39,7 +39,22 @@ def _shared_fixtures(item) -> list[str]:
     return keys
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def _put_in_group(config, item, group: str) -> None:
+    """Mark `item` xdist_group(group) and, under `--dist loadgroup`, give its nodeid the "@group" suffix that
+    xdist's scheduler groups by. xdist 3.8 sets that suffix through `item._nodeid`, which pytest 9.2 no longer
+    reads (its nodeid comes from `item._id`): set here, after xdist's hook, with whichever pytest has."""
+    item.add_marker(pytest.mark.xdist_group(group))
+    if not getattr(config.option, "loadgroup", False) or "@" in item.nodeid:
+        return
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(f"{item.nodeid}@{group}")
+    else:
+        item._nodeid = f"{item.nodeid}@{group}"
+
+
+@pytest.hookimpl(trylast=True)  # after xdist's own hook (see _put_in_group)
 def pytest_collection_modifyitems(config, items):
     """One xdist group per set of tests linked by a shared fixture (union-find over the fixtures they share)."""
     parent: dict[str, str] = {}
@@ -55,7 +70,8 @@ def pytest_collection_modifyitems(config, items):
             parent[find(key)] = find(keys[0])
     for item in items:
         if shared[item.nodeid]:
-            item.add_marker(pytest.mark.xdist_group(find(shared[item.nodeid][0]).replace("@", "-in-")))
+            _put_in_group(config, item, find(shared[item.nodeid][0]).replace("@", "-in-"))
+
 
 TINY = dict(dataset="mnist-5k", model="convnet", epochs=1, limit_train=1024, limit_test=300,
             batch_size=32, qat_epochs=1.0, qat_max_steps=20, calib_batches=4, sample_size=20,
