@@ -22,7 +22,7 @@ LAUNCH    = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCH
 BENCH_TRAIN_ARGS  ?=
 BENCH_STREAM_ARGS ?=
 
-.PHONY: test-cpus setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models zoo fashion-mnist-data study test clean distclean
+.PHONY: test-cpus test-slow test-all coverage setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models zoo fashion-mnist-data study test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -95,8 +95,35 @@ fashion-mnist-data:
 include android_demo/android.mk
 include ios_demo/ios.mk
 
+# Two tiers (README "Tests"): `make test` is every test not marked slow, on TEST_WORKERS pytest-xdist workers
+# (tests that share a fixture broader than one test stay on one worker: tests/conftest.py, --dist loadgroup);
+# `make test-slow` the long end-to-end runs (marked slow), one at a time; `make test-all` both.
+TEST_WORKERS ?= 2
+FAST_TESTS  = -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
+SLOW_TESTS  = -m slow
 test: $(VENV_STAMP) android-toolchain
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q $(FAST_TESTS) --durations=25 tests
+
+test-slow: $(VENV_STAMP) android-toolchain
+	$(PY) -m pytest -q $(SLOW_TESTS) --durations=10 tests
+
+test-all: test test-slow
+
+# coverage.py line coverage of the packages ([tool.coverage] in pyproject.toml), per tier and for both together;
+# xdist workers and the tests' subprocesses (CLI runs, torchrun ranks, make) are measured too (patch = subprocess).
+COVERAGE_DIR := .coverage-data
+COVERAGE      = $(PY) -m coverage
+coverage: $(VENV_STAMP) android-toolchain
+	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)/fast $(COVERAGE_DIR)/slow $(COVERAGE_DIR)/all
+	COVERAGE_FILE=$(CURDIR)/$(COVERAGE_DIR)/fast/cov $(COVERAGE) run -m pytest -q $(FAST_TESTS) tests
+	COVERAGE_FILE=$(CURDIR)/$(COVERAGE_DIR)/slow/cov $(COVERAGE) run -m pytest -q $(SLOW_TESTS) tests
+	$(COVERAGE) combine -q --keep --data-file=$(COVERAGE_DIR)/fast/cov $(COVERAGE_DIR)/fast/cov.*
+	$(COVERAGE) combine -q --keep --data-file=$(COVERAGE_DIR)/all/cov $(COVERAGE_DIR)/fast/cov.* $(COVERAGE_DIR)/slow/cov.*
+	$(COVERAGE) report --data-file=$(COVERAGE_DIR)/all/cov > $(COVERAGE_DIR)/all.txt
+	$(COVERAGE) report --data-file=$(COVERAGE_DIR)/fast/cov > $(COVERAGE_DIR)/fast.txt
+	@echo "line coverage: make test $$($(COVERAGE) report --data-file=$(COVERAGE_DIR)/fast/cov --format=total)%," \
+		"make test-all $$($(COVERAGE) report --data-file=$(COVERAGE_DIR)/all/cov --format=total)%" \
+		"(per file: $(COVERAGE_DIR)/fast.txt, $(COVERAGE_DIR)/all.txt)"
 
 # The verdicts another CPU could move (tests marked cpu_sensitive), once per forced ATen CPU capability:
 # results must not depend on AVX2 vs AVX-512. ATen ignores a capability the CPU lacks (it falls back to its best).

@@ -1,4 +1,8 @@
-"""Shared fixtures: one tiny trained, QAT fine-tuned and exported model per test session."""
+"""Shared fixtures: one tiny trained, QAT fine-tuned and exported model per test session (per xdist worker).
+
+Tiers: a test marked `slow` runs in `make test-slow` (and `make test-all`, CI) only; everything else is in
+`make test`, which runs on pytest-xdist workers. See README "Tests" for when to mark a test slow.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,66 @@ import shutil
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# On an xdist worker: the cores shared out between the workers (torch's and OpenMP's thread pools size themselves
+# from this variable when torch is first imported, which is after this conftest), so that 2 workers on 2 cores do
+# not run 4 busy threads. Set before any test module imports torch; an explicit OMP_NUM_THREADS wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+# Fixtures that every xdist worker builds for itself (needed by most of the suite, so worth building twice in
+# parallel). Any other non-function-scoped fixture defined in tests/ keeps all of its tests on one worker
+# (an xdist_group per shared fixture; with `--dist loadgroup` the group runs on one worker), so that a study,
+# a bench run or a module's export is built once, not once per worker.
+PER_WORKER = {"exported", "make_config", "calibrated", "ghost_gate", "config_for"}
+
+
+def _shared_fixtures(item) -> list[str]:
+    """The keys of the fixtures broader than one test that `item` uses and that are not PER_WORKER."""
+    keys = []
+    for name, defs in item._fixtureinfo.name2fixturedefs.items():
+        fixturedef = defs[-1]
+        if name in PER_WORKER or fixturedef.scope == "function" or not fixturedef.baseid.startswith("tests"):
+            continue  # pytest's own and plugins' fixtures have no baseid under tests/
+        where = item.nodeid.split("::")[0] if fixturedef.scope in ("module", "class") else fixturedef.baseid
+        keys.append(f"{name}@{where}")
+    return keys
+
+
+def _put_in_group(config, item, group: str) -> None:
+    """Mark `item` xdist_group(group) and, under `--dist loadgroup`, give its nodeid the "@group" suffix that
+    xdist's scheduler groups by. xdist 3.8 sets that suffix through `item._nodeid`, which pytest 9.2 no longer
+    reads (its nodeid comes from `item._id`): set here, after xdist's hook, with whichever pytest has."""
+    item.add_marker(pytest.mark.xdist_group(group))
+    if not getattr(config.option, "loadgroup", False) or "@" in item.nodeid:
+        return
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(f"{item.nodeid}@{group}")
+    else:
+        item._nodeid = f"{item.nodeid}@{group}"
+
+
+@pytest.hookimpl(trylast=True)  # after xdist's own hook (see _put_in_group)
+def pytest_collection_modifyitems(config, items):
+    """One xdist group per set of tests linked by a shared fixture (union-find over the fixtures they share)."""
+    parent: dict[str, str] = {}
+
+    def find(key):
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    shared = {item.nodeid: _shared_fixtures(item) for item in items}
+    for keys in shared.values():
+        for key in keys[1:]:
+            parent[find(key)] = find(keys[0])
+    for item in items:
+        if shared[item.nodeid]:
+            _put_in_group(config, item, find(shared[item.nodeid][0]).replace("@", "-in-"))
+
 
 TINY = dict(dataset="mnist-5k", model="convnet", epochs=1, limit_train=1024, limit_test=300,
             batch_size=32, qat_epochs=1.0, qat_max_steps=20, calib_batches=4, sample_size=20,

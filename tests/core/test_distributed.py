@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # real torchrun jobs of 2 processes each
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 SETTINGS = ["--batch-size", "32", "--device", "cpu", "--workers", "0"]

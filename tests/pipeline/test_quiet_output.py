@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_ARGS = "--limit-train 256 --limit-test 100 --qat-max-steps 5 --calib-batches 2 --sample-size 10"
 
 
+@pytest.mark.slow  # the real `make export-android` job: train, QAT, export and bundle in subprocesses
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_export_android_is_quiet_and_announces_the_fallback_once(tmp_path):
     """The main job, offline (no MNIST in DATA_DIR and no network: the mnist-5k fallback), on tiny settings."""

@@ -7,7 +7,11 @@ for what they mean (files agree with their references), not for how well the net
 
 import json
 
+import pytest
+
 from pipeline.stages import Pipeline
+
+pytestmark = pytest.mark.slow  # a real network through train, QAT and all three runtimes: about 5 minutes on 2 cores
 
 BACKENDS = {"executorch", "tflite", "coreml"}
 
