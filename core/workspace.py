@@ -114,7 +114,9 @@ class Workspace:
         if scheme is None:
             return source
         folder = self.quantized_folder(scheme.tag)
-        float_model = self.build_model(len(data.labels))
+        # the QAT weights are keyed as the rewritten network the QAT graph came from (core/rewrites.py: a lone
+        # BatchNorm became a conv), so they load into that structure
+        float_model = self.export_ready(self.build_model(len(data.labels))).train()
         float_model.load_state_dict(qat.load_float_weights(folder / quantize.FLOAT))
         unfolded = folder / quantize.UNFOLDED
         entry = self.manifest.get("accuracy", {}).get(scheme.tag, {})

@@ -37,16 +37,16 @@ def run(pipeline: OutState) -> bool:
 
 
 def took_elsewhere(backends: dict, names: list[str], parts: tuple[str, ...]) -> list[str]:
-    """For each backend that failed a part, which other runtimes exported that same graph: whatever op a runtime
-    lacks, the ones named took it, so the gap is that runtime's, not the network's."""
+    """For each backend that failed a part, which other runtimes exported that same graph: where the failure is an
+    op the runtime lacks, the ones named took that op."""
     lines = []
     for part in parts:
         failed = [n for n in names if (backends.get(f"{n}:{part}") or {}).get("status") == "failed"]
         took = [n for n in names if (backends.get(f"{n}:{part}") or {}).get("status") == "ok"]
         for name in failed:
-            lines.append(f"    export: {name}:{part} failed where " + (
-                f"{', '.join(f'{t}:{part}' for t in took)} took the same graph (its ops included): a gap of "
-                f"{name}, not of the network" if took else "no other selected runtime took this graph either"))
+            lines.append(f"    export: {name}:{part} failed; " + (
+                f"the same graph, its ops included, did export to {', '.join(f'{t}:{part}' for t in took)}"
+                if took else "no other selected runtime took this graph either"))
     return lines
 
 

@@ -9,10 +9,8 @@ def test_a_failed_backend_names_the_runtimes_that_took_the_same_graph():
                 "coreml:fp32": {"status": "ok"}, "coreml:int8": {"status": "failed"}}
     lines = took_elsewhere(backends, ["executorch", "tflite", "coreml"], ("fp32", "int8"))
     assert lines == [
-        "    export: executorch:int8 failed where tflite:int8 took the same graph (its ops included): a gap of "
-        "executorch, not of the network",
-        "    export: coreml:int8 failed where tflite:int8 took the same graph (its ops included): a gap of "
-        "coreml, not of the network"]
+        "    export: executorch:int8 failed; the same graph, its ops included, did export to tflite:int8",
+        "    export: coreml:int8 failed; the same graph, its ops included, did export to tflite:int8"]
     assert took_elsewhere({"tflite:int8": {"status": "failed"}}, ["tflite"], ("int8",)) == [
-        "    export: tflite:int8 failed where no other selected runtime took this graph either"]
+        "    export: tflite:int8 failed; no other selected runtime took this graph either"]
     assert took_elsewhere(backends, ["tflite"], ("fp32", "int8")) == []
