@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from converters.base import ConversionError, float_layers, mixed
+from converters.base import ConversionError, ExportOptions, float_layers, mixed
 from converters.executorch import quantized_check
 from converters.tflite import float_compute, mixed_problems
 from core.schemes import Scheme
@@ -14,7 +14,9 @@ def test_float_layers_only_for_static_schemes():
     options = SimpleNamespace(float_layers=("fc2",))
     assert float_layers(options, Scheme()) == ("fc2",)
     assert float_layers(options, None) == ()  # a float baseline has nothing to keep float
-    assert float_layers(SimpleNamespace(), Scheme()) == ()  # the pipeline's own settings: a normal export
+    normal = ExportOptions(allow_fallback=False, dynamic_batch=0, nhwc=False, nbits=4, granularity="per_grouped_channel",
+                           group_size=16, weight_threshold=2048)
+    assert float_layers(normal, Scheme()) == ()  # the typed options' default: a normal export keeps nothing float
     with pytest.raises(ConversionError, match="static int8 schemes"):
         float_layers(options, Scheme(activations="dynamic"))
     assert mixed("int8", ("fc2",)) == "int8_mixed" and mixed("pal4", ()) == "pal4"
