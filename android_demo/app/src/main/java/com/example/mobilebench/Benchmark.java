@@ -255,7 +255,7 @@ final class Benchmark {
             runner.setInput(spec.input.normalize(sample, i));
             runner.invoke();
             float[] out = runner.output();
-            if (argmax(out) == sample.labels[i]) {
+            if (Agreement.argmax(out) == sample.labels[i]) {
                 correct++;
             }
             if (host != null) {
@@ -304,15 +304,6 @@ final class Benchmark {
         }
     }
 
-    static int argmax(float[] v) {
-        int best = 0;
-        for (int i = 1; i < v.length; i++) {
-            if (v[i] > v[best]) {
-                best = i;
-            }
-        }
-        return best;
-    }
 
     private static ModelRunner newRunner(String runtime) {
         return "executorch".equals(runtime) ? new ExecuTorchRunner() : new LiteRtRunner();
