@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.models import cli, host, outside_fast_path, slug
+from converters import REGISTRY
 from core import io as atomic
 
 # The list of issue 25: torchvision's and timm's mobile classifiers (random initial weights, trained here).
@@ -59,7 +60,6 @@ def one_line(text: str, limit: int = 160) -> str:
 
 
 COST_CHECKS = ("agreement", "accuracy drop", "quantization cost")  # verdicts on what quantization costs, not on the file
-RUNTIME_OF = {"executorch": "pte", "tflite": "tflite"}  # the parity's names for the int8 pair
 
 
 def _faithful(manifest: dict, a: dict) -> bool:
@@ -71,7 +71,8 @@ def _faithful(manifest: dict, a: dict) -> bool:
     if a.get("quant") in ("fp32", "fp16"):
         return False  # a float file's disagreement is a conversion fault, not a quantization cost
     p = manifest.get("parity") or {}
-    runtime = RUNTIME_OF.get(a.get("backend"))
+    converter = REGISTRY.get(a.get("backend"))
+    runtime = converter.format if converter else None  # parity names runtimes by their files' suffix
     local = (p.get("local_check") or {}).get(runtime) or {}
     return bool(local.get("passed")) and (p.get("files") or {}).get(a.get("file")) == a.get("sha256")
 

@@ -116,13 +116,13 @@ class Workspace:
         folder = self.quantized_folder(scheme.tag)
         # the QAT weights are keyed as the rewritten network the QAT graph came from (core/rewrites.py: a lone
         # BatchNorm became a conv), so they load into that structure
-        float_model = self.export_ready(self.build_model(len(data.labels))).train()
+        float_model = self.export_ready(self.build_model(len(data.labels)))
         float_model.load_state_dict(qat.load_float_weights(folder / quantize.FLOAT))
         unfolded = folder / quantize.UNFOLDED
         entry = self.manifest.get("accuracy", {}).get(scheme.tag, {})
         source.scheme, source.program = scheme, self.quantized_program(scheme.tag)
         source.unfolded = quantize.load_program(unfolded) if unfolded.exists() else None
-        source.float_model = self.export_ready(float_model)
+        source.float_model = float_model.eval()  # already rewritten (export_ready above)
         source.metadata.update({"accuracy": entry.get("quantized"),
                                 "weights_from": "QAT-trained weights" if entry.get("chosen") == "qat" else "fp32 weights"})
         return source
