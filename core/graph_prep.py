@@ -8,6 +8,9 @@ Each step computes the same values as the graph it replaces, in a form the int8 
 - nearest upsampling by an integer factor becomes concatenations and reshapes (XNNPACK has no
   nearest resize; `cat` and `view` it delegates, in float and int8, without new rounding);
 - `silu(x)` becomes `x * sigmoid(x)`: LiteRT has no int8 SiLU (it ran as float ops in the `.tflite`);
+- division by a constant (`x / 2`, RepViT's `(a + b) / 2` head) becomes multiplication by its
+  reciprocal: the int8 quantizers annotate mul and leave div float, so the division stayed a float MUL
+  between a DEQUANTIZE and a QUANTIZE in the `.tflite` (exact for powers of two, else within an ulp);
 - integer scalars in float arithmetic (`(a + b) / 2`, RepViT's distillation head) become float
   scalars: ExecuTorch lifts an int scalar to an int64 constant and casts it to float with a
   `_to_dim_order_copy` that XNNPACK refuses (a dtype conversion), outside the delegate.
@@ -138,6 +141,34 @@ def float_scalars(gm: torch.fx.GraphModule) -> int:
     return done
 
 
+DIVISIONS = (aten.div.Tensor, aten.div.Scalar)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def division_as_multiplication(gm: torch.fx.GraphModule) -> int:
+    """`x / c` for a constant number c (not 0) as `x * (1 / c)`; returns how many.
+
+    Only true division of a float tensor: a `rounding_mode` (floor, trunc) is left alone.
+    """
+    done = 0
+    for node in list(gm.graph.nodes):
+        if not _call(node, DIVISIONS) or node.kwargs.get("rounding_mode") is not None or len(node.args) != 2:
+            continue
+        x, c = node.args
+        value = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+        if not _number(c) or c == 0 or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
+            continue
+        with gm.graph.inserting_before(node):
+            product = _meta(gm.graph.call_function(aten.mul.Tensor, (x, 1.0 / float(c))), node, node.meta.get("val"))
+        node.replace_all_uses_with(product)
+        gm.graph.erase_node(node)
+        done += 1
+    return done
+
+
 SILU = (aten.silu.default, aten.silu_.default)
 
 
@@ -171,6 +202,8 @@ STEPS = (
      "integer factor; XNNPACK has no nearest resize, and delegates cat and reshape"),
     ("silu", "sigmoid + mul", silu_as_sigmoid_mul,
      "its definition; LiteRT has no int8 SiLU, and int8 sigmoid and mul it has"),
+    ("division by a constant", "multiplication by its reciprocal", division_as_multiplication,
+     "the int8 quantizers annotate mul, not div: the division stayed a float MUL in the .tflite"),
     ("int scalar in float arithmetic", "float scalar", float_scalars,
      "an int scalar becomes an int64 constant cast by a _to_dim_order_copy XNNPACK refuses"),
 )

@@ -14,7 +14,8 @@ quantizer and the delegates take:
 - In the exported graph: `mean(x, [2, 3])` -> `mean(x, [2, 3], keepdim=True)` then a reshape
   (XNNPACK delegates the mean only with keepdim), and `split`/`chunk` -> one `slice` per piece.
 - In the exported graph (core/graph_prep.py): no-op slices and aliases removed, nearest upsampling
-  by an integer factor as concatenations and reshapes, integer scalars of float arithmetic made float.
+  by an integer factor as concatenations and reshapes, division by a constant as multiplication by its
+  reciprocal, integer scalars of float arithmetic made float, silu as x * sigmoid(x).
 - In the exported graph: BatchNorm's training-only counter (`num_batches_tracked.add_(1)`, in
   any BatchNorm class or subclass, e.g. timm's BatchNormAct2d) is removed when nothing in the
   graph reads the counter. A train-mode export records it; torchao drops it only for the exact

@@ -99,6 +99,33 @@ def test_silu_reaches_both_int8_files_as_int8_sigmoid_and_mul(tmp_path, calibrat
     assert all(r["max_steps"] == 0 for r in rows), result["pairs"]["pte_vs_tflite"]["verdict"]
 
 
+def test_a_head_averaged_by_division_is_int8_in_the_tflite(tmp_path, calibrated):
+    """RepViT's head returns (head(x) + head_dist(x)) / 2: the quantizers leave div float, so the .tflite had a float
+    MUL between a DEQUANTIZE and a QUANTIZE. As a multiplication by 0.5 (core/graph_prep.py) it is int8."""
+    import litert_torch
+
+    from converters.tflite import _int8_config, inspect
+
+    class Averaged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head, self.head_dist = nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.body(x)
+            return (self.head(x) + self.head_dist(x)) / 2
+
+    torch.manual_seed(0)
+    shape = (3, 16, 16)
+    unfolded = qat.convert(calibrated(Averaged().eval(), shape, batch=8), fold=False)
+    unfolded.training = False
+    tflite = tmp_path / "averaged.tflite"
+    litert_torch.convert(unfolded, (torch.zeros(1, *shape),), quant_config=_int8_config()).export(str(tflite))
+    checks, _ = inspect(tflite)
+    assert checks["fully_int8"] and checks["float_ops"] == {} and checks["ops"].get("MUL") == 1, checks["ops"]
+
+
 def test_the_tables_name_the_kernels_grids():
     aten = torch.ops.aten
     assert int8_constraints.FIXED_GRIDS[aten.sigmoid.default].scale == 1 / 256

@@ -6,15 +6,16 @@ from core.export_check import export_training_graph
 from core.rewrites import graph_rewrites
 
 
-def test_noop_slice_nearest_upsampling_and_int_scalars_are_rewritten_exactly(ghost_gate):
+def test_noop_slice_nearest_upsampling_and_division_by_a_constant_are_rewritten_exactly(ghost_gate):
     torch.manual_seed(0)
     net = ghost_gate().eval()
     gm = export_training_graph(net, (1, 32, 32))
     done = {r["from"]: r for r in graph_rewrites(gm)}
     assert done["no-op slice / alias"]["count"] == 1 and done["upsample_nearest2d"]["count"] == 1
-    assert done["int scalar in float arithmetic"]["count"] == 1
+    assert done["division by a constant"]["count"] == 1  # RepViT's (a + b) / 2, as (a + b) * 0.5
     ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
     assert torch.ops.aten.slice.Tensor not in ops and torch.ops.aten.upsample_nearest2d.vec not in ops
+    assert torch.ops.aten.div.Tensor not in ops
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(gm(x), net(x))  # the same values, not merely close
@@ -33,3 +34,20 @@ def test_silu_becomes_sigmoid_times_its_input_exactly():
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(gm(x), net(x), atol=1e-6)
+
+
+def test_int_scalars_of_float_arithmetic_become_float_and_floor_division_is_left_alone():
+    """An int scalar became an int64 constant cast by a _to_dim_order_copy outside XNNPACK; a division with a
+    rounding mode is not a multiplication by the reciprocal, so it stays."""
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.div(x * 3, 2, rounding_mode="floor") + 1
+
+    gm = export_training_graph(Net(), (2, 4, 4))
+    done = {r["from"]: r["count"] for r in graph_rewrites(gm)}
+    assert done.get("int scalar in float arithmetic") == 2 and "division by a constant" not in done
+    assert [n.args[1] for n in gm.graph.nodes if n.target in (torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor)] == [3.0, 1.0]
+    x = torch.randn(2, 2, 4, 4) * 4
+    with torch.no_grad():
+        assert torch.equal(gm(x), Net()(x))
