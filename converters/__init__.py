@@ -5,6 +5,11 @@ Adding a runtime is one module with a `Converter` subclass and one line in REGIS
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
+import sys
+
 from core import config
 
 from .base import Artifact, ConversionError, Converter, ExportOptions, ExportSource, MissingDependency, PartialExport
@@ -21,6 +26,39 @@ def register(converter: Converter) -> Converter:
     if converter.name not in config.BACKENDS:
         config.BACKENDS.append(converter.name)
     return converter
+
+
+def origin(converter: Converter) -> dict:
+    """Where a fresh process finds a backend that was registered at run time (its class; the bench measures each
+    file in a child process, which knows only the built-in REGISTRY): its module, the module's file, the class."""
+    cls = type(converter)
+    return {"module": cls.__module__, "file": inspect.getsourcefile(cls), "class": cls.__qualname__}
+
+
+def restore(name: str, where: dict | None) -> Converter:
+    """The backend `name`: from REGISTRY, or its class (see `origin`) imported, built with no arguments and registered."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if not where:
+        raise ConversionError(f"unknown backend {name!r}, and no module to load it from; choose from {', '.join(REGISTRY)}")
+    module = sys.modules.get(where["module"])
+    if module is None or not hasattr(module, where["class"].split(".")[0]):
+        try:
+            module = importlib.import_module(where["module"])
+        except ImportError:  # a module that is not on the path (a test file, a script): load it from its file
+            spec = importlib.util.spec_from_file_location(where["module"], where["file"])
+            if spec is None or spec.loader is None:
+                raise ConversionError(f"backend {name!r}: cannot load {where['file']}") from None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[where["module"]] = module
+            spec.loader.exec_module(module)
+    cls = module
+    for part in where["class"].split("."):  # a class defined inside another
+        cls = getattr(cls, part)
+    converter = cls()
+    if converter.name != name:
+        raise ConversionError(f"{where['module']}.{where['class']} names itself {converter.name!r}, not {name!r}")
+    return register(converter)
 
 
 def select(names: str) -> list[Converter]:
@@ -40,4 +78,4 @@ def by_format(fmt: str) -> Converter | None:
 
 
 __all__ = ["Artifact", "ConversionError", "Converter", "ExportOptions", "ExportSource", "MissingDependency", "PartialExport", "REGISTRY",
-           "by_format", "register", "select"]
+           "by_format", "origin", "register", "restore", "select"]

@@ -116,6 +116,11 @@ class Converter(ABC):
         """Give the runtime n threads before a file is loaded; what it reports back (empty: nothing to report)."""
         return {}
 
+    def threads_note(self, reported: list[dict]) -> str | None:
+        """A line for the bench report on what the runtime read back of the thread counts it was given (what
+        `set_threads` returned, with the count asked as `threads`, over its files); None: nothing to say."""
+        return None
+
     def placement(self, artifact: dict) -> tuple[str, str]:
         """Its row of the report's op placement: where the file's ops run, and what runs outside the fast path."""
         return "–", "–"

@@ -67,6 +67,11 @@ class ExecuTorchConverter(Converter):
         portable_lib._unsafe_reset_threadpool(n)
         return {"executorch_threadpool": portable_lib._threadpool_get_thread_count()}
 
+    def threads_note(self, reported: list[dict]) -> str | None:
+        seen = sorted({f"asked {t['threads']}, threadpool reports {t['executorch_threadpool']}"
+                       for t in reported if "executorch_threadpool" in t})
+        return f"ExecuTorch threadpool read back: {'; '.join(seen)}." if seen else None
+
     def placement(self, artifact: dict) -> tuple[str, str]:
         c = artifact.get("checks", {})
         outside = c.get("non_delegated_ops") or {}
