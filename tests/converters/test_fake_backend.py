@@ -143,3 +143,39 @@ def test_a_fake_backend_is_benchmarked(fake_backend, copy_of, capsys):
     assert "| `convnet_fake_int8.fake` | fake | int8 |" in report
     assert "- **fake**: fake: torch.set_num_threads(n)" in report
     assert f"- Fake runtime read back: {'; '.join(sorted(f'asked {n}, got {n}' for n in threads))}." in report
+
+
+def test_what_the_zoo_the_study_the_apps_and_the_keep_float_report_know_of_a_backend_comes_from_it(fake_backend,
+                                                                                                     monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import zoo
+    from converters import golden
+    from core.config import RunConfig
+    from pipeline.report import kept_float_in
+    from study import artifacts
+
+    assert [(label, backend) for label, backend, _ in zoo.file_cells() if backend == "fake"] == \
+        [(".fake fp32", "fake"), (".fake int8", "fake")]  # its file_kinds are the zoo's columns
+    failed_float = {"backend": "fake", "quant": "fp32", "file": "m.fake"}
+    assert zoo._faithful({}, failed_float) is False  # no parity of its own, and it does not check stored weights
+    monkeypatch.setattr(fake_backend, "checks_stored_weights", True)
+    assert zoo._faithful({}, failed_float) is True
+    monkeypatch.setattr(fake_backend, "app_name", "fakert")
+    assert golden.runtime_name(fake_backend) == "fakert"
+    row = {"backend": "fake", "quant": "int8", "reference": "quantized", "checks": {}, "verification": {"passed": True}}
+    assert artifacts.how_it_ran(row) == "runtime"
+    monkeypatch.setattr(fake_backend, "how_it_runs", lambda artifact: "readback")
+    assert artifacts.how_it_ran(row) == "readback" and not artifacts.timeable({**row, "verification": {"method": "x"}})
+    study = SimpleNamespace(cfg=RunConfig())
+    assert artifacts._reusable(study, row) is True
+    monkeypatch.setattr(fake_backend, "same_settings", lambda artifact, options: options.nbits == 3)
+    assert artifacts._reusable(study, row) is False and artifacts._reusable(SimpleNamespace(cfg=RunConfig(nbits=3)), row)
+    assert kept_float_in(row, ["fc2"]) == "–"
+    monkeypatch.setattr(fake_backend, "float_in_file", lambda artifact, layers: {k: k == "fc2" for k in layers})
+    assert kept_float_in(row, ["fc1", "fc2"]) == "`fc1` **no**, `fc2` yes"
+    from benchmarks.models import outside_fast_path
+
+    assert outside_fast_path(row) == "none"  # the model and zoo tables' column: what the backend says runs outside
+    monkeypatch.setattr(fake_backend, "outside_ops", lambda artifact: {"aten.gelu": 2, "aten.add": 1})
+    assert outside_fast_path(row) == "aten.add, aten.gelu x2"
