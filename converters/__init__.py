@@ -32,7 +32,11 @@ def origin(converter: Converter) -> dict:
     """Where a fresh process finds a backend that was registered at run time (its class; the bench measures each
     file in a child process, which knows only the built-in REGISTRY): its module, the module's file, the class."""
     cls = type(converter)
-    return {"module": cls.__module__, "file": inspect.getsourcefile(cls), "class": cls.__qualname__}
+    try:
+        file = inspect.getsourcefile(cls)
+    except TypeError:  # a class with no source file (built in C, or typed into a console)
+        file = None
+    return {"module": cls.__module__, "file": file, "class": cls.__qualname__}
 
 
 def restore(name: str, where: dict | None) -> Converter:
@@ -41,17 +45,21 @@ def restore(name: str, where: dict | None) -> Converter:
         return REGISTRY[name]
     if not where:
         raise ConversionError(f"unknown backend {name!r}, and no module to load it from; choose from {', '.join(REGISTRY)}")
+    top = where["class"].split(".")[0]
     module = sys.modules.get(where["module"])
-    if module is None or not hasattr(module, where["class"].split(".")[0]):
+    if (module is None or not hasattr(module, top)) and where["module"] != "__main__":  # __main__ here is not the script's
         try:
             module = importlib.import_module(where["module"])
-        except ImportError:  # a module that is not on the path (a test file, a script): load it from its file
-            spec = importlib.util.spec_from_file_location(where["module"], where["file"])
-            if spec is None or spec.loader is None:
-                raise ConversionError(f"backend {name!r}: cannot load {where['file']}") from None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[where["module"]] = module
-            spec.loader.exec_module(module)
+        except ImportError:
+            module = None
+    if module is None or not hasattr(module, top):  # not on the path (a test file, a script): load it from its file
+        spec = importlib.util.spec_from_file_location(f"_backend_{name}", where["file"]) if where.get("file") else None
+        if spec is None or spec.loader is None:
+            raise ConversionError(f"backend {name!r}: cannot import {where['module']} (file {where.get('file')}); "
+                                  "put its module on PYTHONPATH")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
     cls = module
     for part in where["class"].split("."):  # a class defined inside another
         cls = getattr(cls, part)

@@ -179,3 +179,29 @@ def test_what_the_zoo_the_study_the_apps_and_the_keep_float_report_know_of_a_bac
     assert outside_fast_path(row) == "none"  # the model and zoo tables' column: what the backend says runs outside
     monkeypatch.setattr(fake_backend, "outside_ops", lambda artifact: {"aten.gelu": 2, "aten.add": 1})
     assert outside_fast_path(row) == "aten.add, aten.gelu x2"
+
+
+def test_a_backend_registered_at_run_time_is_found_again_from_its_file(tmp_path):
+    """What the bench's measuring process does: rebuild a registered backend from `origin` (module, file, class)."""
+    from converters import ConversionError, origin, restore
+
+    (tmp_path / "elsewhere.py").write_text(
+        "from converters.base import Converter\n\n"
+        "class Other(Converter):\n    name, display_name, format, packages, settings = 'other', 'Other', 'oth', (), ()\n"
+        "    support = export_baseline = export_scheme = runner = None\n")
+    where = {"module": "not_on_the_path", "file": str(tmp_path / "elsewhere.py"), "class": "Other"}
+    names = list(config.BACKENDS)
+    try:
+        other = restore("other", where)
+        assert REGISTRY["other"] is other and other.display_name == "Other" and "other" in config.BACKENDS
+        assert restore("other", None) is other  # registered now
+        assert origin(other)["file"] == str(tmp_path / "elsewhere.py") and origin(other)["class"] == "Other"
+    finally:
+        REGISTRY.pop("other", None)
+        config.BACKENDS[:] = names
+    with pytest.raises(ConversionError, match="cannot import not_on_the_path .*PYTHONPATH"):
+        restore("other", {**where, "file": None})
+    with pytest.raises(ConversionError, match="names itself 'other', not 'another'"):
+        restore("another", where)
+    REGISTRY.pop("other", None)
+    config.BACKENDS[:] = names
