@@ -32,7 +32,7 @@ from core.console import say
 from core.errors import BadInput
 from core.schemes import Scheme
 from core.workspace import Workspace
-from converters import REGISTRY
+from converters import REGISTRY, origin
 
 from . import compare, device_agreement, plots, report, training
 
@@ -225,7 +225,7 @@ def measure_row(row: dict, manifest: dict, cfg: RunConfig, inputs: Path, work: P
             "artifact": artifact, "out": str(Path(cfg.out).resolve()), "config": {**cfg.to_dict(), "threads": 0},
             "inputs": str(inputs), "threads": threads, "warmup": cfg.bench_warmup,
             "iterations": cfg.bench_iterations, "seconds": cfg.bench_seconds, "throughput": supported,
-            "batch": THROUGHPUT_BATCH,
+            "batch": THROUGHPUT_BATCH, "converter": origin(REGISTRY[row["backend"]]) if row["backend"] in REGISTRY else None,
             "batch_iterations": max(3, cfg.bench_iterations // 10),
             "source": {"model_name": cfg.model, "input_shape": manifest["model"]["input_shape"],
                        "labels": dataset["labels"], "mean": dataset["mean"], "std": dataset["std"]}}

@@ -123,8 +123,8 @@ def import_runtime(spec: dict) -> None:
         from core import quantize  # noqa: F401
         import torchao.quantization  # noqa: F401
         import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
-    else:
-        for module in converters.REGISTRY[spec["backend"]].runtime_modules:
+    else:  # a backend registered at run time is not in this process's REGISTRY: the spec says where its class is
+        for module in converters.restore(spec["backend"], spec.get("converter")).runtime_modules:
             importlib.import_module(module)
 
 

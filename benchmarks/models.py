@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from converters import REGISTRY
 from core import io as atomic
 
 
@@ -37,15 +38,11 @@ def cli(command: str, *args: str) -> tuple[int, float]:
 
 
 def outside_fast_path(artifact: dict) -> str:
-    c, backend = artifact.get("checks", {}), artifact["backend"]
-    if backend == "executorch":
-        ops = c.get("non_delegated_ops") or {}
-    elif backend == "tflite":
-        if (artifact.get("scheme") or {}).get("activations") in ("dynamic", "none"):
-            return "float compute by design (dynamic / weight-only)"
-        ops = (c.get("float_ops") or {}) if artifact["quant"] != "fp32" else {}
-    else:
-        ops = {w: 1 for w in c.get("dense") or []}
+    """What of the file runs outside its runtime's fast path, as its backend says (`Converter.outside_ops`)."""
+    converter = REGISTRY.get(artifact["backend"])
+    ops = converter.outside_ops(artifact) if converter else {}
+    if isinstance(ops, str):
+        return ops
     return ", ".join(f"{k} x{v}" if v > 1 else k for k, v in sorted(ops.items())) or "none"
 
 

@@ -89,9 +89,10 @@ def accuracy_vs_size(results: dict, path: Path) -> Path:
         ax.set_xlim(0, max(sizes) * 1.7)
         span = max(max(accs) - min(accs), 1.0)
         ax.set_ylim(min(accs) - 0.7 * span, max(accs) + 0.5 * span)
-    for backend, color in COLORS.items():
-        if any(r["backend"] == backend for r in rows):
-            ax.scatter([], [], color=color, marker="o", s=60, label=backend)
+    seen = {r["backend"] for r in rows}
+    for backend in [*COLORS, *sorted(seen - set(COLORS))]:  # a backend without a colour of its own is black
+        if backend in seen:
+            ax.scatter([], [], color=COLORS.get(backend, "k"), marker="o", s=60, label=backend)
     for quant, marker in {**MARKERS, "palettized": "D"}.items():
         if any(r["quant"] == quant or (quant == "palettized" and r["quant"].startswith("pal")) for r in rows):
             ax.scatter([], [], color="white", edgecolors="black", marker=marker, s=60, label=quant)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import jsonschema
 
+from converters import REGISTRY
+
 from . import device_agreement
 
 DEVICE_SCHEMA = Path(__file__).parent / "schemas" / "device_results.schema.json"
@@ -120,13 +122,10 @@ def memory_table(results: dict) -> list[str]:
 
 def threads_section(results: dict) -> list[str]:
     lines = [f"- **{backend}**: {how}" for backend, how in results["methods"]["thread_control"].items()]
-    seen = []
-    for r in results["rows"]:
-        for t in r["threads_reported"]:
-            if "executorch_threadpool" in t:
-                seen.append(f"asked {t['threads']}, threadpool reports {t['executorch_threadpool']}")
-    if seen:
-        lines.append(f"- ExecuTorch threadpool read back: {'; '.join(sorted(set(seen)))}.")
+    for name, converter in REGISTRY.items():  # each runtime says what it read back of the counts it was given
+        note = converter.threads_note([t for r in results["rows"] if r["backend"] == name for t in r["threads_reported"]])
+        if note:
+            lines.append(f"- {note}")
     return lines
 
 

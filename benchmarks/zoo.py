@@ -24,6 +24,7 @@ import json
 import shlex
 import sys
 import time
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from benchmarks.models import cli, host, outside_fast_path, slug
@@ -41,16 +42,15 @@ NETWORKS = (
 )
 FLAGS = ("--dataset mnist-5k --image-size 64 --epochs 1 --limit-train 1024 --limit-test 200 --qat-max-steps 20 "
          "--backends executorch,tflite,coreml --nbits 8")
-# (column, backend, quant test): the seven files a default `export` makes.
-CELLS = (
-    (".pte fp32", "executorch", lambda q: q == "fp32"),
-    (".pte int8", "executorch", lambda q: q == "int8"),
-    (".tflite fp32", "tflite", lambda q: q == "fp32"),
-    (".tflite int8", "tflite", lambda q: q == "int8"),
-    ("Core ML fp16", "coreml", lambda q: q in ("fp16", "fp32")),
-    ("Core ML W8A8", "coreml", lambda q: q == "int8"),
-    ("Core ML palettized", "coreml", lambda q: q.startswith("pal")),
-)
+
+
+def file_cells() -> list[tuple]:
+    """(column, backend, quant test): the files a default `export` makes, each registered backend's kinds as it
+    names them (`Converter.file_kinds`)."""
+    return [(label, name, lambda q, patterns=patterns: any(fnmatchcase(q, p) for p in patterns))
+            for name, c in REGISTRY.items() for label, patterns in c.file_kinds()]
+
+
 STATE = "zoo.json"  # in each network's OUT: the flags it ran with and the stage exit codes
 
 
@@ -66,12 +66,12 @@ def _faithful(manifest: dict, a: dict) -> bool:
     """The file is what its graph says, whatever the cost checks found: an int8 .pte/.tflite whose every layer the
     teacher-forced parity of these bytes found within its step bound; a Core ML file, whose weights verify read back
     from the file itself (so its checks measure the scheme's cost, not the conversion)."""
-    if a.get("backend") == "coreml":
+    converter = REGISTRY.get(a.get("backend"))
+    if converter and converter.checks_stored_weights:
         return True
     if a.get("quant") in ("fp32", "fp16"):
         return False  # a float file's disagreement is a conversion fault, not a quantization cost
     p = manifest.get("parity") or {}
-    converter = REGISTRY.get(a.get("backend"))
     runtime = converter.format if converter else None  # parity names runtimes by their files' suffix
     local = (p.get("local_check") or {}).get(runtime) or {}
     return bool(local.get("passed")) and (p.get("files") or {}).get(a.get("file")) == a.get("sha256")
@@ -134,18 +134,18 @@ def network_row(model: str, out: Path) -> dict:
     row = {"model": model, "out": str(out), "codes": state.get("codes", {}), "seconds": state.get("seconds", {})}
     if not (out / "manifest.json").exists():
         first = next((f"{k} exited {c}" for k, c in row["codes"].items() if c), "not run")
-        row.update(cells={c: {"state": "missing", "cause": first} for c, *_ in CELLS},
+        row.update(cells={c: {"state": "missing", "cause": first} for c, *_ in file_cells()},
                    parity={"state": "missing", "text": first}, verified=0, accuracy={})
         return row
     manifest = json.loads((out / "manifest.json").read_text())
-    cells = {name: _cell(manifest, backend, wanted) for name, backend, wanted in CELLS}
+    cells = {name: _cell(manifest, backend, wanted) for name, backend, wanted in file_cells()}
     acc = manifest.get("accuracy", {})
     tag = next((t for t in acc if t != "fp32" and isinstance(acc[t], dict)), None)
     row.update(cells=cells, parity=parity_verdict(manifest), verified=sum(c["state"] == "ok" for c in cells.values()),
                accuracy={"fp32": acc.get("fp32"), "ptq": (acc.get(tag) or {}).get("ptq"),
                          "qat": (acc.get(tag) or {}).get("qat")},
                export_s={b: round(e.get("wall_time_s") or 0.0, 1) for b, e in manifest.get("backends", {}).items()})
-    row["all_verified"] = row["verified"] == len(CELLS) and row["parity"]["state"] == "ok"
+    row["all_verified"] = row["verified"] == len(file_cells()) and row["parity"]["state"] == "ok"
     row["all_faithful"] = all(c["state"] in ("ok", "cost") for c in cells.values()) and row["parity"]["state"] == "ok"
     return row
 
@@ -172,7 +172,7 @@ def run_network(model: str, out: Path, flags: list[str], rerun: bool) -> None:
 
 
 def markdown(rows: list[dict], header: dict) -> str:
-    names = [c for c, *_ in CELLS]
+    names = [c for c, *_ in file_cells()]
     full = sum(r.get("all_verified", False) for r in rows)
     faithful = sum(r.get("all_faithful", False) for r in rows)
     lines = ["# Zoo: mobile networks through every runtime", "",

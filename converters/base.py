@@ -86,6 +86,10 @@ class Converter(ABC):
     runtime_modules: tuple[str, ...] = ()  # what a process imports to run its files (before the bench reads memory)
     thread_control: str = "not controllable"  # how a thread count reaches its runtime, for the bench report
     takes_threads: bool = False  # does set_threads(n) change how many threads its runtime uses?
+    app_name: str = ""  # what the Android/iOS apps call this runtime in their results (empty: `name`)
+    # Verify checks the weights stored in the file itself (not a second conversion), so a failed cost check
+    # (agreement, accuracy drop) measures the scheme, not the conversion (the zoo's "cost" verdict).
+    checks_stored_weights: bool = False
 
     @abstractmethod
     def support(self, scheme: Scheme) -> Support:
@@ -116,9 +120,46 @@ class Converter(ABC):
         """Give the runtime n threads before a file is loaded; what it reports back (empty: nothing to report)."""
         return {}
 
+    def outside_ops(self, artifact: dict) -> dict[str, int] | str:
+        """What of the file runs outside its runtime's fast path, op -> count (the model and zoo tables), or a
+        sentence where that is so by design."""
+        return {}
+
+    def threads_note(self, reported: list[dict]) -> str | None:
+        """A line for the bench report on what the runtime read back of the thread counts it was given (what
+        `set_threads` returned, with the count asked as `threads`, over its files); None: nothing to say."""
+        return None
+
     def placement(self, artifact: dict) -> tuple[str, str]:
         """Its row of the report's op placement: where the file's ops run, and what runs outside the fast path."""
         return "–", "–"
+
+    def how_it_runs(self, artifact: dict) -> str:
+        """How `runner` runs `artifact` on this host: "runtime" (in its own runtime), "readback" (its weights, read
+        back from the file, in PyTorch) or "simulated" (its numbers checked equal to a PyTorch graph, which runs)."""
+        return "runtime"
+
+    def same_settings(self, artifact: dict, options: ExportOptions) -> bool:
+        """Would `options` write `artifact` the same way (so the study may take the file over)?"""
+        return True
+
+    def float_in_file(self, artifact: dict, layers: tuple[str, ...]) -> dict[str, bool] | None:
+        """Per layer that --keep-float left float: does the file itself hold it float? None: the file does not say."""
+        return None
+
+    def kept_float_note(self, artifact: dict, layers: tuple[str, ...]) -> str:
+        """The report's line on what the file itself shows of the layers --keep-float left float."""
+        found = self.float_in_file(artifact, layers)
+        return "–" if found is None else ", ".join(f"`{k}` {'yes' if v else '**no**'}" for k, v in found.items())
+
+    def mixed_findings(self, row: dict, full: dict | None, layers: tuple[str, ...]) -> dict:
+        """What the study's mixed-precision section records of this backend's file `row` with `layers` kept
+        float, beside `full`, the same runtime's full-int8 file (keys of its results)."""
+        return {}
+
+    def file_kinds(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The files a default export makes (the zoo table's columns): a label, and fnmatch patterns of their quant."""
+        return (f".{self.format} fp32", ("fp32",)), (f".{self.format} int8", ("int8",))
 
     def check_dependencies(self) -> None:
         missing = [p for p in self.packages if importlib.util.find_spec(p) is None]

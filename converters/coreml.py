@@ -84,6 +84,45 @@ class CoreMLConverter(Converter):
         left = f"weights left dense fp16: {', '.join(dense)}" if dense else ("all weights fp16" if artifact["quant"] == "fp16" else "none")
         return where, left
 
+    checks_stored_weights = True  # verify reads the file's own weights (on Linux) or runs the file itself
+
+    def how_it_runs(self, artifact: dict) -> str:  # as `runner` decides
+        if platform.system() == "Darwin":
+            return "runtime"
+        static = (artifact.get("scheme") or {}).get("activations") == "static"
+        return "simulated" if artifact["reference"] == "quantized" and static else "readback"
+
+    def same_settings(self, artifact: dict, options) -> bool:
+        if not artifact["quant"].startswith("pal"):
+            return True
+        checks = artifact.get("checks", {})
+        return all(checks.get(name) == getattr(options, name) for name in ("nbits", "granularity", "group_size", "weight_threshold"))
+
+    def outside_ops(self, artifact: dict) -> dict[str, int]:
+        return {w: 1 for w in artifact.get("checks", {}).get("dense") or []}  # weights left dense fp16
+
+    def float_in_file(self, artifact: dict, layers: tuple[str, ...]) -> dict[str, bool] | None:
+        checks = artifact.get("checks") or {}
+        if "dense" in checks:  # palettized: the kept layers' weights stay dense fp16
+            return {k: weight_const(k) in checks["dense"] for k in layers}
+        if "float_layers" in checks:  # W8A8: the kept layers' weights are stored fp16, not int8
+            return {k: k in checks["float_layers"] for k in layers}
+        return None
+
+    def kept_float_note(self, artifact: dict, layers: tuple[str, ...]) -> str:
+        what = "dense fp16 weights: " if "dense" in (artifact.get("checks") or {}) else "fp16 weights (not int8): "
+        note = super().kept_float_note(artifact, layers)
+        return note if note == "–" else what + note
+
+    def mixed_findings(self, row: dict, full: dict | None, layers: tuple[str, ...]) -> dict:
+        if not (row["quant"].startswith("pal") and full):
+            return {}
+        dense = set((full.get("checks") or {}).get("dense", []))  # below --weight-threshold: dense without --keep-float
+        return {"coreml_dense_anyway": [n for n in layers if weight_const(n) in dense]}
+
+    def file_kinds(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        return ("Core ML fp16", ("fp16", "fp32")), ("Core ML W8A8", ("int8",)), ("Core ML palettized", ("pal*",))
+
     def export_baseline(self, source: ExportSource, out: Path, options) -> list[Artifact]:
         """An fp16 mlprogram of the fp32 model: the float baseline every other .mlpackage is compared with."""
         start = time.perf_counter()

@@ -67,6 +67,19 @@ class ExecuTorchConverter(Converter):
         portable_lib._unsafe_reset_threadpool(n)
         return {"executorch_threadpool": portable_lib._threadpool_get_thread_count()}
 
+    def threads_note(self, reported: list[dict]) -> str | None:
+        seen = sorted({f"asked {t['threads']}, threadpool reports {t['executorch_threadpool']}"
+                       for t in reported if "executorch_threadpool" in t})
+        return f"ExecuTorch threadpool read back: {'; '.join(seen)}." if seen else None
+
+    def outside_ops(self, artifact: dict) -> dict[str, int]:
+        return artifact.get("checks", {}).get("non_delegated_ops") or {}
+
+    def kept_float_note(self, artifact: dict, layers: tuple[str, ...]) -> str:
+        checks = artifact.get("checks") or {}  # the .pte counts its ops, not which layer each came from
+        compute, int8 = checks.get("compute_ops", 0), checks.get("int8_compute_ops", 0)
+        return f"{compute - int8} of {compute} conv/linear ops run as fp32 XNNPACK ops (the rest int8)"
+
     def placement(self, artifact: dict) -> tuple[str, str]:
         c = artifact.get("checks", {})
         outside = c.get("non_delegated_ops") or {}

@@ -88,9 +88,9 @@ def tolerance(artifact: dict, logits: np.ndarray) -> float:
     return FLOAT_TOLERANCE * max(1.0, float(np.abs(logits).max(initial=0.0)))
 
 
-def runtime_name(artifact: dict) -> str:
-    """The runtime the apps name in their results (models.json says tflite; the apps say litert)."""
-    return {"tflite": "litert"}.get(artifact["backend"], artifact["backend"])
+def runtime_name(converter) -> str:
+    """The runtime as the apps name it in their results (the backend's `app_name`, else its own name)."""
+    return converter.app_name or converter.name
 
 
 def compute(files: dict[str, tuple[Path, dict]], pixels: np.ndarray, source_for: Callable[[dict], object],
@@ -100,7 +100,8 @@ def compute(files: dict[str, tuple[Path, dict]], pixels: np.ndarray, source_for:
     for file, (path, artifact) in files.items():
         x = app_inputs(pixels, artifact["input"].get("mean"), artifact["input"].get("std"))
         try:
-            run, method = REGISTRY[artifact["backend"]].runner(path, artifact, source_for(artifact))
+            converter = REGISTRY[artifact["backend"]]
+            run, method = converter.runner(path, artifact, source_for(artifact))
             logits = np.concatenate([np.asarray(run(x[i:i + batch_size]), dtype=np.float32)
                                      for i in range(0, len(x), batch_size)])
         except Exception as exc:
@@ -111,7 +112,7 @@ def compute(files: dict[str, tuple[Path, dict]], pixels: np.ndarray, source_for:
             raise GoldenError(f"golden outputs: {file} gave NaN or infinite logits on the bundled images; "
                               "rerun `export` and `verify` for it")
         step, step_source = output_step(artifact, logits)
-        models.append({"file": file, "runtime": runtime_name(artifact), "quant": artifact["quant"], "method": method,
+        models.append({"file": file, "runtime": runtime_name(converter), "quant": artifact["quant"], "method": method,
                        "output_step": step, "output_step_source": step_source, "tolerance": tolerance(artifact, logits),
                        "top1": logits.argmax(1).tolist(), "logits": logits.tolist()})
     return {"schema_version": SCHEMA_VERSION, "count": int(len(pixels)),

@@ -6,6 +6,7 @@ float .tflite of the scheme's float weights. An fp32 .tflite of the fp32 model i
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class TFLiteConverter(Converter):
     runtime_modules = ("ai_edge_litert.interpreter",)
     thread_control = "ai_edge_litert Interpreter(model_path, num_threads=n) (XNNPACK delegate, on by default)"
     takes_threads = True
+    app_name = "litert"  # the apps' name for it (golden outputs, device results)
 
     def support(self, scheme: Scheme) -> Support:
         bits, gran, acts = scheme.weight_bits, scheme.granularity, scheme.activations
@@ -61,6 +63,23 @@ class TFLiteConverter(Converter):
 
     def set_threads(self, n: int) -> dict:
         return {"tflite_num_threads": n}  # passed to Interpreter(num_threads=n); it has no getter
+
+    def outside_ops(self, artifact: dict) -> dict[str, int] | str:
+        if (artifact.get("scheme") or {}).get("activations") in ("dynamic", "none"):
+            return "float compute by design (dynamic / weight-only)"
+        return (artifact.get("checks", {}).get("float_ops") or {}) if artifact["quant"] != "fp32" else {}
+
+    def float_in_file(self, artifact: dict, layers: tuple[str, ...]) -> dict[str, bool]:
+        """Did each layer stay float in the .tflite? Its float conv/linear ops name their module."""
+        names = (artifact.get("checks") or {}).get("float_compute_ops", [])
+        return {layer: any(re.search(rf"(^|[_/;.]){re.escape(layer)}($|[;/])", n) for n in names) for layer in layers}
+
+    def kept_float_note(self, artifact: dict, layers: tuple[str, ...]) -> str:
+        found = self.float_in_file(artifact, layers)
+        return "float conv/linear ops: " + ", ".join(f"`{k}` {'float' if v else '**not float**'}" for k, v in found.items())
+
+    def mixed_findings(self, row: dict, full: dict | None, layers: tuple[str, ...]) -> dict:
+        return {"tflite_float_layers": self.float_in_file(row, layers)}  # its converter may quantize some anyway
 
     def placement(self, artifact: dict) -> tuple[str, str]:
         c = artifact.get("checks", {})

@@ -218,25 +218,9 @@ def summary_line(manifest: dict, backends: list[str] | None = None) -> str:
 
 
 def kept_float_in(artifact: dict, kept: list[str]) -> str:
-    """What the file itself shows of the layers --keep-float left float, read from its export checks."""
-    checks = artifact.get("checks") or {}
-    if artifact["format"] == "pte":
-        compute, int8 = checks.get("compute_ops", 0), checks.get("int8_compute_ops", 0)
-        return f"{compute - int8} of {compute} conv/linear ops run as fp32 XNNPACK ops (the rest int8)"
-    if artifact["format"] == "tflite":
-        from study.mixed import tflite_float_layers
-
-        found = tflite_float_layers({"checks": checks}, tuple(kept))
-        return "float conv/linear ops: " + ", ".join(f"`{k}` {'float' if v else '**not float**'}" for k, v in found.items())
-    if "dense" in checks:  # palettized: the kept layers' weights stay dense fp16
-        from converters.coreml import weight_const
-
-        return "dense fp16 weights: " + ", ".join(
-            f"`{k}` {'yes' if weight_const(k) in checks['dense'] else '**no**'}" for k in kept)
-    if "float_layers" in checks:  # W8A8: the kept layers' weights are stored fp16, not int8
-        return "fp16 weights (not int8): " + ", ".join(
-            f"`{k}` {'yes' if k in checks['float_layers'] else '**no**'}" for k in kept)
-    return "–"
+    """What the file itself shows of the layers --keep-float left float, read from its export checks (its backend says)."""
+    converter = REGISTRY.get(artifact["backend"])
+    return converter.kept_float_note(artifact, tuple(kept)) if converter else "–"
 
 
 def keep_float_section(manifest: dict) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import platform
 import statistics
 import zipfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from core.console import say, say_brief
 from core.statistics import unpack as unpack_answers
 from core.workspace import ExportSource
 
+from converters import REGISTRY, ExportOptions
 from converters.export import PARTS, export_part, reference_logits, verify_file
 from converters.verify import Thresholds
 
@@ -116,11 +116,8 @@ def verify_rows(study: Study, rows: list[dict], source: ExportSource, baselines:
 
 def how_it_ran(row: dict) -> str:
     """runtime: the file ran in its own runtime; readback: its weights, read back, ran in PyTorch; simulated: a
-    Core ML W8A8 file on Linux, checked to hold the int8 graph's numbers, which then ran in PyTorch."""
-    if row["backend"] == "coreml" and platform.system() != "Darwin":
-        static = (row.get("scheme") or {}).get("activations") == "static"
-        return "simulated" if row["reference"] == "quantized" and static else "readback"
-    return "runtime"
+    file checked to hold the int8 graph's numbers, which then ran in PyTorch (its backend says which)."""
+    return REGISTRY[row["backend"]].how_it_runs(row)
 
 
 def timeable(row: dict) -> bool:
@@ -134,7 +131,6 @@ def latencies(study: Study, rows: dict[str, dict], source: ExportSource) -> dict
     Returns per key the median over rounds of each round's p50 and mean (ms); compare them only as ratios.
     """
     from benchmarks.measure import time_batch1
-    from converters import REGISTRY
 
     cfg = study.cfg
     inputs = study.data.normalize(study.data.test_images[:LATENCY_INPUTS]).numpy()
@@ -167,11 +163,7 @@ def _reusable(study: Study, artifact: dict) -> bool:
     the same way."""
     if not artifact.get("verification", {}).get("passed"):
         return False
-    if artifact["backend"] == "coreml" and artifact["quant"].startswith("pal"):
-        checks, cfg = artifact.get("checks", {}), study.cfg
-        return (checks.get("nbits"), checks.get("granularity"), checks.get("group_size"), checks.get("weight_threshold")) \
-            == (cfg.nbits, cfg.granularity, cfg.group_size, cfg.weight_threshold)
-    return True
+    return REGISTRY[artifact["backend"]].same_settings(artifact, ExportOptions.from_config(study.cfg))
 
 
 def verdict_holds(study: Study, artifact: dict) -> bool:

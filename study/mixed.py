@@ -17,9 +17,7 @@ Each file is verified like any export and timed against the full-int8 file of th
 
 from __future__ import annotations
 
-import re
-
-from converters.coreml import weight_const
+from converters import REGISTRY
 from core import statistics, train
 from core.console import say
 
@@ -87,11 +85,7 @@ def run(study: Study) -> dict:
         fp32 = next((b for b in base if b["backend"] == row["backend"] and b["quant"] in ("fp32", "fp16")), None)
         row["full_int8_file"] = full["file"] if full else None
         row["full_int8_accuracy"] = full.get("accuracy") if full else None
-        if row["backend"] == "tflite":
-            result["tflite_float_layers"] = tflite_float_layers(row, chosen)
-        if row["backend"] == "coreml" and row["quant"].startswith("pal") and full:
-            dense = set((full.get("checks") or {}).get("dense", []))
-            result["coreml_dense_anyway"] = [n for n in chosen if weight_const(n) in dense]
+        result.update(REGISTRY[row["backend"]].mixed_findings(row, full, chosen))  # what each runtime's file shows
         if full and artifacts.timeable(row) and artifacts.timeable(full):
             timed = {"mixed": row, "full": full, **({"fp32": fp32} if fp32 and artifacts.timeable(fp32) else {})}
             ms = artifacts.latencies(study, timed, source)
@@ -104,8 +98,3 @@ def run(study: Study) -> dict:
     result["passed"] = ok and not result["failures"]
     return result
 
-
-def tflite_float_layers(row: dict, chosen: tuple[str, ...]) -> dict[str, bool]:
-    """Did each kept layer stay float in the .tflite? Its float conv/linear ops name their module."""
-    names = row.get("checks", {}).get("float_compute_ops", [])
-    return {layer: any(re.search(rf"(^|[_/;.]){re.escape(layer)}($|[;/])", n) for n in names) for layer in chosen}

@@ -125,8 +125,8 @@ def pruning(result: dict, path: Path) -> str:
             continue
         filled = r["quant"] not in ("fp32", "fp16")
         ax1.scatter(r["zip_bytes"] / 1e3, 100 * r["accuracy"], marker=markers.get(r["variant"], "x"),
-                    facecolors=COLORS[r["backend"]] if filled else "none", edgecolors=COLORS[r["backend"]],
-                    s=SIZES[r["backend"]], zorder=3 if r["backend"] == "tflite" else 2)
+                    facecolors=COLORS.get(r["backend"], "k") if filled else "none", edgecolors=COLORS.get(r["backend"], "k"),
+                    s=SIZES.get(r["backend"], 50), zorder=3 if r["backend"] == "tflite" else 2)
     for backend, color in COLORS.items():
         if any(r["backend"] == backend for r in result["table"]):
             ax1.scatter([], [], color=color, label=backend, s=30)
@@ -137,7 +137,7 @@ def pruning(result: dict, path: Path) -> str:
     ax1.set_title("filled: quantized; hollow: float\no baseline, □ unstructured, ◇ structured", fontsize=9)
     timed = [r for r in result["table"] if r["latency_ratio"] is not None]
     labels = [f"{r['variant'][:5]} {r['backend'][:5]} {r['quant']}" for r in timed]
-    ax2.barh(np.arange(len(timed)), [r["latency_ratio"] for r in timed], color=[COLORS[r["backend"]] for r in timed])
+    ax2.barh(np.arange(len(timed)), [r["latency_ratio"] for r in timed], color=[COLORS.get(r["backend"], "k") for r in timed])
     ax2.set_yticks(np.arange(len(timed)), labels, fontsize=7)
     ax2.axvline(1.0, color="k", lw=0.8, ls="--")
     ax2.invert_yaxis()

@@ -113,3 +113,11 @@ def test_noop_slice_nearest_upsampling_and_int_scalars_are_delegated(calibrated,
     assert "RESIZE_NEAREST_NEIGHBOR" not in tflite_checks["ops"] and tflite_checks["ops"]["CONCATENATION"] == 3
     # only the head's `/ 2` is float (XNNPACKQuantizer has no pattern for a divide; the .pte runs it in fp32 too)
     assert tflite_checks["float_ops"] == {"MUL": 1}, tflite_checks["ops"]
+
+
+def test_the_bench_report_line_on_the_threadpool_comes_from_the_backend():
+    reported = [{"threads": 2, "torch": 2, "executorch_threadpool": 2}, {"threads": 1, "torch": 1, "executorch_threadpool": 1},
+                {"threads": 1, "torch": 1, "executorch_threadpool": 1}, {"threads": 1, "torch": 1}]
+    assert ExecuTorchConverter().threads_note(reported) == \
+        "ExecuTorch threadpool read back: asked 1, threadpool reports 1; asked 2, threadpool reports 2."
+    assert ExecuTorchConverter().threads_note([{"threads": None, "torch": 2}]) is None

@@ -53,6 +53,8 @@ def test_a_quantized_file_with_float_output_is_held_to_the_grid_its_logits_lie_o
 class _Fake:
     """A converter whose runner returns a fixed function of its input, and says how it ran."""
 
+    name, app_name = "fake", "fakert"
+
     def runner(self, path, artifact, source):
         assert source == ("source", artifact["quant"])
         return (lambda batch: batch.reshape(len(batch), -1)[:, :3] * 2), "fake runtime"
@@ -68,12 +70,17 @@ def test_compute_and_write_the_document(monkeypatch, tmp_path):
     expected = golden.app_inputs(pixels, [0.5], [0.5]).reshape(2, -1)[:, :3] * 2
     (entry,) = doc["models"]
     assert doc["count"] == 2 and doc["classes"] == 3
-    assert entry["runtime"] == "litert" and entry["method"] == "fake runtime" and entry["output_step"] == 0.125
+    assert entry["runtime"] == "fakert" and entry["method"] == "fake runtime" and entry["output_step"] == 0.125
     assert np.array_equal(np.array(entry["logits"], dtype=np.float32), expected)
     assert entry["top1"] == expected.argmax(1).tolist()
     path = golden.write(tmp_path, doc, run_id="r1")
     assert json.loads(path.read_text())["run_id"] == "r1"
     assert [p.name for p in tmp_path.iterdir()] == [golden.GOLDEN]
+
+
+def test_the_apps_name_each_runtime_as_its_converter_says():
+    assert golden.runtime_name(golden.REGISTRY["tflite"]) == "litert"  # the apps run .tflite files in LiteRT
+    assert [golden.runtime_name(golden.REGISTRY[n]) for n in ("executorch", "coreml")] == ["executorch", "coreml"]
 
 
 def test_a_runtime_that_fails_is_named(monkeypatch, tmp_path):

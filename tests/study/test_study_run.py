@@ -40,6 +40,18 @@ def test_schema_rejects_a_wrong_document(studied):
     assert SCHEMA.is_file()
 
 
+def test_a_file_of_any_registered_backend_fits_the_schema():
+    """The schema names no backends: one that `converters.register` added (one registry line) writes valid results."""
+    import jsonschema
+
+    defs = json.loads(SCHEMA.read_text())["$defs"]
+    validator = jsonschema.Draft202012Validator({"$defs": defs, "$ref": "#/$defs/file"})
+    row = {"file": "m_fake_int8.fake", "backend": "fake", "quant": "int8", "bytes": 10, "zip_bytes": 9,
+           "accuracy": 0.9, "how": "runtime", "verification": {"passed": True, "failures": []}}
+    assert list(validator.iter_errors(row)) == []
+    assert [e.message for e in validator.iter_errors({**row, "backend": ""})]  # a name it must have
+
+
 def test_clean_makes_json_values():
     assert clean({"a": math.inf, "b": [float("nan"), 1.0], "c": (1, 2)}) == {"a": None, "b": [None, 1.0], "c": [1, 2]}
 
