@@ -40,7 +40,7 @@ NETWORKS = (
     "timm:repvit_m0_9", "timm:mobileone_s0", "timm:lcnet_050", "timm:tinynet_a", "timm:fastvit_t8",
     "timm:efficientvit_m0", "timm:mobilevitv2_050", "timm:hgnetv2_b0",
 )
-FLAGS = ("--dataset mnist-5k --image-size 64 --epochs 1 --limit-train 1024 --limit-test 200 --qat-max-steps 20 "
+FLAGS = ("--dataset mnist-5k --image-size 64 --epochs 1 --limit-train 4096 --limit-test 200 --qat-max-steps 20 "
          "--backends executorch,tflite,coreml --nbits 8")
 
 
