@@ -21,6 +21,8 @@ import copy
 
 import torch
 
+from .identity_arithmetic import STEP as IDENTITY_ARITHMETIC
+
 aten = torch.ops.aten
 FLOAT_TOLERANCE = 1e-5  # these steps move no arithmetic: only float noise may differ
 
@@ -173,6 +175,7 @@ STEPS = (
      "its definition; LiteRT has no int8 SiLU, and int8 sigmoid and mul it has"),
     ("int scalar in float arithmetic", "float scalar", float_scalars,
      "an int scalar becomes an int64 constant cast by a _to_dim_order_copy XNNPACK refuses"),
+    IDENTITY_ARITHMETIC,
 )
 
 
