@@ -21,6 +21,7 @@ from core.schemes import Scheme, Support
 from .base import (Artifact, ConversionError, Converter, ExportSource, PartialExport, float_layers, float_output_spec,
                    mixed, ops_text)
 from .coreml_graph import drop_dead_buffer_updates, explained, layer_of, refuse_state
+from .coreml_scales import file_scales
 from .coreml_weights import fold_batchnorm, load_into, read_weights  # noqa: F401  (read_weights: parity's too)
 
 NBITS = (1, 2, 3, 4, 6, 8)
@@ -407,37 +408,11 @@ def lut_checks(path: Path, nbits: int) -> dict:
     return {"palettized": palettized, "wrong_nbits": wrong, "dense": dense}
 
 
-def _const(value) -> np.ndarray:
-    """The value of a MIL `const` op's immediate tensor."""
-    from coremltools.proto import MIL_pb2
-
-    tensor = value.immediateValue.tensor
-    kind = MIL_pb2.DataType.Name(value.type.tensorType.dataType)
-    if tensor.HasField("bytes"):
-        return np.frombuffer(tensor.bytes.values, {"FLOAT16": np.float16, "INT8": np.int8, "UINT8": np.uint8}[kind])
-    for field in ("floats", "ints", "doubles"):
-        if tensor.HasField(field):
-            return np.asarray(getattr(tensor, field).values)
-    raise ValueError(f"unreadable const of type {kind}")
-
-
-def activation_scales(path: Path) -> list[float]:
-    """The scales an int8 activation of a Core ML program carries, in program order: each `quantize` op's,
-    and each scale a `dequantize` reads a quantized activation back with.
-
-    Both count because coremltools rewrites a quantized residual add: it measures the add's inputs in
-    the first input's steps (dequantize scales 1.0 and s2/s1) and quantizes the sum at s_out/s1, so the
-    graph's s_out appears only in the dequantize that reads the sum back (seen on MobileNetV3's adds).
-    """
-    import coremltools as ct
-
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    main = spec.mlProgram.functions["main"]
-    ops = list(main.block_specializations[main.opset].operations)
-    consts = {op.outputs[0].name: op.attributes["val"] for op in ops if op.type == "const"}
-    quantized = {op.outputs[0].name for op in ops if op.type == "quantize"}
-    return [float(_const(consts[op.inputs["scale"].arguments[0].name]).reshape(-1)[0]) for op in ops
-            if op.type == "quantize" or (op.type == "dequantize" and op.inputs["input"].arguments[0].name in quantized)]
+def activation_scales(path: Path, graph_scales: list[float] = ()) -> list[float]:
+    """The scale of each int8 activation of a Core ML program (one per `quantize` op, in program order), in the
+    int8 graph's units: coremltools rescales the inputs and output of each quantized add (see
+    converters/coreml_scales.py), and that is undone here; `graph_scales` lets fp16 rounding not accumulate."""
+    return file_scales(path, graph_scales).scales
 
 
 def _is_weight(value: np.ndarray) -> bool:
@@ -491,9 +466,16 @@ def w8a8_checks(path: Path, program: nn.Module) -> dict:
                               f"graph: coremltools changed the graph's structure. {W8A8_MISMATCH}")
     diffs = [float(np.abs(a - b.astype(np.float32)).max() / max(np.abs(a).max(), 1e-12)) for a, b in zip(ours, theirs)]
     weight_diff = max(diffs, default=0.0)
-    file_scales = sorted(activation_scales(path))
     graph_scales = sorted(set(our_scales))
-    missing = [s for s in graph_scales if not any(abs(s - f) <= 2e-3 * s for f in file_scales)]
+    read = file_scales(path, graph_scales)
+    if read.inconsistent:
+        print(f"{path.name}: rescaled values read inconsistently: {read.inconsistent}")
+        raise ConversionError(f"{path.name}: coremltools rescaled activations in a way that is not one factor per "
+                              f"sum: {read.inconsistent[0]}" + (f" and {len(read.inconsistent) - 1} more (in the log)"
+                                                                if len(read.inconsistent) > 1 else "")
+                              + f". {W8A8_MISMATCH}")
+    found_scales = sorted(read.scales)
+    missing = [s for s in graph_scales if not any(abs(s - f) <= 2e-3 * s for f in found_scales)]
     if weight_diff > 2e-3 or missing:  # fp16 keeps ~3 significant digits
         worst = diffs.index(weight_diff) if diffs else None
         found = [] if weight_diff <= 2e-3 else [
@@ -506,7 +488,8 @@ def w8a8_checks(path: Path, program: nn.Module) -> dict:
         raise ConversionError(f"{path.name}: the file does not hold the int8 graph's numbers: {'; '.join(found)} "
                               f"(max relative weight difference {weight_diff:.2e}). {W8A8_MISMATCH}")
     return {"quantized_weights": len(theirs), "max_relative_weight_diff": weight_diff,
-            "activation_scales": len(file_scales), "graph_activation_scales": len(graph_scales)}
+            "activation_scales": len(found_scales), "graph_activation_scales": len(graph_scales),
+            "rescaled_adds": read.rescaled_adds}
 
 
 def _weight_order(name: str) -> int:

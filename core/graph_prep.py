@@ -24,6 +24,8 @@ import copy
 
 import torch
 
+from .identity_arithmetic import STEP as IDENTITY_ARITHMETIC
+
 aten = torch.ops.aten
 FLOAT_TOLERANCE = 1e-5  # these steps move no arithmetic: only float noise may differ
 
@@ -206,6 +208,7 @@ STEPS = (
      "the int8 quantizers annotate mul, not div: the division stayed a float MUL in the .tflite"),
     ("int scalar in float arithmetic", "float scalar", float_scalars,
      "an int scalar becomes an int64 constant cast by a _to_dim_order_copy XNNPACK refuses"),
+    IDENTITY_ARITHMETIC,
 )
 
 

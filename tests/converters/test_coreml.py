@@ -158,3 +158,39 @@ def test_w8a8_check_reads_the_scale_of_a_residual_add_that_coremltools_rescales(
     add.args = (add.args[0], add.args[1] * 1.5, *add.args[2:])  # a graph the file was not made from
     with pytest.raises(ConversionError, match="activation scales not found"):
         w8a8_checks(path, program)
+
+
+def test_w8a8_check_recovers_the_scale_of_a_sum_read_only_by_another_sum(tmp_path, calibrated):
+    """`a + b + c` (RepViT's token mixer, MobileOne's branches): coremltools rescales both adds, the second by the
+    first's own output scale, so that scale is written nowhere in the file. The check undoes the rescaling (each add
+    divided by one input's scale) and finds it; a scale the file was not made from is still missing."""
+    import torch.nn as nn
+
+    from converters.coreml import ConversionError, convert_w8a8, graph_weights_and_scales, w8a8_checks
+    from core import qat
+    from core.workspace import ExportSource
+
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.conv, self.conv1 = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 1)
+            self.head = nn.Sequential(nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.head(self.conv(x) + self.conv1(x) + x)
+
+    torch.manual_seed(0)
+    net = Chain().eval()
+    program = qat.convert(calibrated(net, (3, 16, 16)), fold=True)
+    path = tmp_path / "chain_w8a8.mlpackage"
+    convert_w8a8(ExportSource("chain", (3, 16, 16), list("abcd"), [0.5] * 3, [0.25] * 3, net, program=program)).save(str(path))
+    checks = w8a8_checks(path, program)
+    assert checks["rescaled_adds"] == 2
+    assert checks["graph_activation_scales"] == len(set(graph_weights_and_scales(program)[1]))
+    first = next(n for n in program.graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
+                 and "dequantize" not in str(n.target) and "add" in str(n.args[0].target))
+    first.args = (first.args[0], first.args[1] * 1.3, *first.args[2:])  # the inner sum's scale (x 1.5 is the input's)
+    with pytest.raises(ConversionError, match="activation scales not found"):
+        w8a8_checks(path, program)
