@@ -201,6 +201,10 @@ class CoreMLConverter(Converter):
             if not_dense:
                 raise ConversionError(f"{file}: {not_dense} should have stayed dense fp16 (--keep-float), but are "
                                       "not dense fp16 weights of this program")
+            mismatched = wrong_groups(checks, options)
+            if mismatched:
+                raise ConversionError(f"{file}: LUTs per weight not as --granularity {options.granularity} "
+                                      f"--group-size {options.group_size} asks: {mismatched}")
             if checks["wrong_nbits"] or checks["not_palettized"]:
                 asked = f"{options.nbits} bits" if not widths else f"per layer {widths}"
                 raise ConversionError(f"{file}: LUTs of the wrong width: {checks['wrong_nbits']}; not palettized: "
@@ -385,13 +389,14 @@ def lut_checks(path: Path, nbits: int | dict[str, int]) -> dict:
     """Read the saved program: which weights are LUT-palettized, with which index width, and which stayed dense.
 
     `nbits`: one width for every LUT, or the width of each weight const (--nbits auto:PP); then each of those
-    consts not palettized is listed in `not_palettized`."""
+    consts not palettized is listed in `not_palettized`. `lut_groups`: per LUT weight, how many LUTs it has along
+    its output channels (per_grouped_channel: one per group of --group-size channels) and how many channels."""
     import coremltools as ct
     from coremltools.proto import MIL_pb2
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     main = spec.mlProgram.functions["main"]
-    palettized, wrong, dense = {}, {}, []
+    palettized, wrong, dense, groups = {}, {}, [], {}
     for op in main.block_specializations[main.opset].operations:
         name = op.outputs[0].name if op.outputs else ""
         if op.type == "constexpr_lut_to_dense":
@@ -400,13 +405,23 @@ def lut_checks(path: Path, nbits: int | dict[str, int]) -> dict:
             index_type = MIL_pb2.DataType.Name(indices.dataType)
             entries = [d.constant.size for d in lut.dimensions][-2]
             palettized[name] = {"indices": index_type, "lut_entries": entries}
+            groups[name] = {"luts": int(np.prod([d.constant.size for d in lut.dimensions][:-2])),
+                            "channels": indices.dimensions[0].constant.size}
             bits = nbits.get(name.removesuffix("_palettized")) if isinstance(nbits, dict) else nbits
             if index_type != f"UINT{bits}" or entries != 2 ** (bits or 0):
                 wrong[name] = {**palettized[name], "expected_bits": bits}
         elif op.type == "const" and name.endswith("weight_to_fp16"):
             dense.append(name)
     missing = [c for c in nbits if f"{c}_palettized" not in palettized] if isinstance(nbits, dict) else []
-    return {"palettized": palettized, "wrong_nbits": wrong, "dense": dense, "not_palettized": missing}
+    return {"palettized": palettized, "wrong_nbits": wrong, "dense": dense, "not_palettized": missing,
+            "lut_groups": groups}
+
+
+def wrong_groups(checks: dict, options) -> dict:
+    """The LUT weights whose number of LUTs is not what --granularity (and --group-size) asks for."""
+    grouped = options.granularity == "per_grouped_channel"
+    return {name: g for name, g in checks["lut_groups"].items()
+            if g["luts"] != (g["channels"] // options.group_size if grouped else 1)}
 
 
 def _const(value) -> np.ndarray:

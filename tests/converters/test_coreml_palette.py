@@ -56,3 +56,14 @@ def test_auto_budget_and_a_granularity_meant_for_int8_weights(exported):
     assert auto_budget("auto:0.5") == 0.5 and auto_budget(4) is None
     problems = CoreMLConverter().validate(options(exported.cfg, granularity="per_channel"))
     assert "the int8 weights' is --weight-granularity" in problems[0]
+
+
+def test_the_number_of_luts_per_weight_is_checked_against_the_granularity(exported):
+    from converters.coreml import wrong_groups
+
+    checks = lut_checks(exported.out / "convnet_coreml_pal4.mlpackage", 4)
+    assert checks["lut_groups"]["p_net_fc1_weight_to_fp16_palettized"] == {"luts": 8, "channels": 128}  # groups of 16
+    assert wrong_groups(checks, options(exported.cfg)) == {}
+    assert set(wrong_groups(checks, options(exported.cfg, group_size=8))) == {
+        "p_net_conv2_weight_to_fp16_palettized", "p_net_fc1_weight_to_fp16_palettized"}
+    assert wrong_groups(checks, options(exported.cfg, granularity="per_tensor"))

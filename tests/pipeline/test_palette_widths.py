@@ -55,6 +55,9 @@ def test_grouped_palettes_of_8_channels_verify_and_read_back_in_groups_of_8(copy
     artifact = pipeline.manifest["artifacts"][file]
     assert artifact["verification"]["passed"] and artifact["checks"]["group_size"] == 8
     assert "groups of 8 channels" in artifact["scheme"]["summary"]
+    assert artifact["checks"]["lut_groups"] == {  # the file holds one LUT per 8 output channels
+        "p_net_conv2_weight_to_fp16_palettized": {"luts": 8, "channels": 64},
+        "p_net_fc1_weight_to_fp16_palettized": {"luts": 16, "channels": 128}}
     net = load_into(fold_batchnorm(pipeline.export_source().float_model), read_weights(pipeline.out / file))
     w = net.fc1.weight.detach().numpy().astype(np.float32)
     groups = [len(np.unique(w[g:g + 8])) for g in range(0, w.shape[0], 8)]
