@@ -21,7 +21,7 @@ from core.schemes import Scheme, Support
 from .base import (Artifact, ConversionError, Converter, ExportSource, PartialExport, float_layers, float_output_spec,
                    mixed, ops_text)
 from .coreml_graph import drop_dead_buffer_updates, explained, layer_of, refuse_state
-from .coreml_palette import auto_budget, group_problems
+from .coreml_palette import auto_budget, group_problems, ungrouped
 from .coreml_weights import fold_batchnorm, load_into, read_weights  # noqa: F401  (read_weights: parity's too)
 
 NBITS = (1, 2, 3, 4, 6, 8)
@@ -186,7 +186,8 @@ class CoreMLConverter(Converter):
                                             op_name_configs=kept or None)
             palettized = palettize_weights(fp16, config)
             describe(palettized, source, quant, source.metadata.get("weights_from", "trained weights"))
-        checks = {}
+        # layers whose output channels --group-size does not divide: coremltools leaves them dense fp16
+        checks = {"dense_group_size": ungrouped(source.float_model, options, layers)}
 
         def write(tmp: Path) -> None:  # checked before it is renamed into OUT
             palettized.save(str(tmp))
@@ -215,6 +216,9 @@ class CoreMLConverter(Converter):
         bits = f"{options.nbits} bits" if not widths else "per-layer widths " + ", ".join(f"{k} {v}" for k, v in widths.items())
         print(f"[coreml] {file}: {len(checks['palettized'])} weights palettized to {bits}; "
               f"stayed dense fp16 (< {options.weight_threshold} elements): {checks['dense'] or 'none'}")
+        if checks["dense_group_size"]:
+            print(f"[coreml] {file}: --group-size {options.group_size} does not divide the output channels of "
+                  f"{checks['dense_group_size']}: they stayed dense fp16")
         summary = (f"{options.nbits}-bit" if not widths else f"per-layer ({'/'.join(map(str, sorted(set(widths.values()), reverse=True)))}-bit)")
         return Artifact(file, self.name, quant, "mlpackage", "float", image_input(source), classifier_output(source),
                         {**checks, "nbits": options.nbits, "granularity": options.granularity,

@@ -1,8 +1,8 @@
 """Core ML palettization settings checked against a network, and palettes of a width per layer (--nbits auto:PP).
 
-coremltools skips, with a log line only, a weight whose output channels a --group-size does not divide: it would
-stay dense fp16 in a file that claims to be palettized. Such settings are refused here, naming the layer, before
-the export stage writes anything. The widths of `--nbits auto:PP` are chosen by the export stage (study/palette.py,
+coremltools skips, with a log line only, a weight whose output channels a --group-size does not divide: it
+stays dense fp16. A group size that leaves every layer out is refused here, naming them, before the export stage
+writes anything; one that leaves some out is recorded with those layers' names. The widths of `--nbits auto:PP` are chosen by the export stage (study/palette.py,
 on the test set) and reach the converter as `layer_nbits`.
 """
 
@@ -40,19 +40,27 @@ def palettized_layers(model: nn.Module, weight_threshold: int, skip: tuple[str, 
             if isinstance(m, QUANTIZABLE) and m.weight.numel() > weight_threshold and name not in skip}
 
 
-def group_problems(model: nn.Module, options, skip: tuple[str, ...] = ()) -> list[str]:
-    """Under per_grouped_channel: each palettized layer whose output channels --group-size does not divide."""
+def ungrouped(model: nn.Module, options, skip: tuple[str, ...] = ()) -> dict[str, int]:
+    """Under per_grouped_channel: the palettized layers whose output channels --group-size does not divide (with
+    their channel count). coremltools leaves them dense fp16."""
     if options.granularity != "per_grouped_channel":
-        return []
+        return {}
     layers = palettized_layers(model, options.weight_threshold, skip)
-    bad = {name: shape[0] for name, shape in layers.items() if shape[0] % options.group_size}
-    if not bad:
+    return {name: shape[0] for name, shape in layers.items() if shape[0] % options.group_size}
+
+
+def group_problems(model: nn.Module, options, skip: tuple[str, ...] = ()) -> list[str]:
+    """A --group-size that divides none of the palettized layers' output channels: the file would hold no LUT.
+
+    One that divides some only is not refused (the default 16 leaves 12 of mobilenet_v3_small's layers out): those
+    layers stay dense fp16, and the converter names them (`checks.dense_group_size`)."""
+    layers = palettized_layers(model, options.weight_threshold, skip)
+    bad = ungrouped(model, options, skip)
+    if not bad or len(bad) < len(layers):
         return []
     common = math.gcd(*(shape[0] for shape in layers.values()))
-    fits = [g for g in (32, 16, 8, 4, 2, 1) if common % g == 0]
+    fits = [g for g in (32, 16, 8, 4, 2) if common % g == 0] or [1]
     named = ", ".join(f"`{name}` ({channels} output channels)" for name, channels in bad.items())
-    return [f"--group-size {options.group_size} does not divide the output channels of {named}: coremltools would "
-            f"leave {'that layer' if len(bad) == 1 else 'those layers'} dense fp16 in the palettized file. Use a group "
-            f"size that divides every palettized layer's output channels (here {', '.join(map(str, fits[:3]))}), or "
-            "--granularity per_tensor"]
-
+    return [f"--group-size {options.group_size} divides the output channels of no palettized layer ({named}): "
+            f"coremltools would leave every layer dense fp16, so the file would not be palettized. Use a group size "
+            f"that divides them (here {', '.join(map(str, fits[:3]))}), or --granularity per_tensor"]

@@ -26,7 +26,7 @@ import torch
 
 from converters import ConversionError
 from converters.coreml import convert_float, palettizer_config, weight_const
-from converters.coreml_palette import AUTO_WIDTHS, palettized_layers
+from converters.coreml_palette import AUTO_WIDTHS, palettized_layers, ungrouped
 from converters.coreml_weights import fold_batchnorm, match_weights, read_weights
 from converters.verify import Thresholds, verify
 from core import statistics
@@ -53,7 +53,10 @@ class Palettes:
     def __init__(self, source, data, options, thresholds: Thresholds, folder: Path):
         self.source, self.data, self.thresholds = source, data, thresholds
         self.net = fold_batchnorm(source.float_model)  # what the Linux read-back runs
-        self.layers = list(palettized_layers(source.float_model, options.weight_threshold, tuple(options.float_layers)))
+        kept = tuple(options.float_layers)
+        left = ungrouped(source.float_model, options, kept)  # --group-size does not divide them: they stay dense
+        self.layers = [layer for layer in palettized_layers(source.float_model, options.weight_threshold, kept)
+                       if layer not in left]
         if not self.layers:
             raise ConversionError(f"--nbits {options.nbits}: no conv/linear weight has more than --weight-threshold "
                                   f"{options.weight_threshold} elements, so there is no layer to palettize")

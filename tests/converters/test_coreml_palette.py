@@ -33,14 +33,19 @@ def test_auto_without_the_chosen_widths_writes_nothing(exported, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_group_size_is_checked_against_every_palettized_layer(exported):
+def test_a_group_size_that_fits_no_palettized_layer_is_refused_and_one_that_misses_some_is_named(exported):
+    from converters.coreml_palette import ungrouped
+
     source, conv = exported.export_source(), CoreMLConverter()
     assert conv.source_problems(source, options(exported.cfg, group_size=32)) == []
     problems = conv.source_problems(source, options(exported.cfg, group_size=48))
     assert len(problems) == 1 and "`conv2` (64 output channels), `fc1` (128 output channels)" in problems[0]
     assert "here 32, 16, 8" in problems[0]
+    # 128 divides fc1's channels, not conv2's: not refused, conv2 is named as left dense
+    assert conv.source_problems(source, options(exported.cfg, group_size=128)) == []
+    assert ungrouped(source.float_model, options(exported.cfg, group_size=128)) == {"conv2": 64}
     # a layer kept float, or below --weight-threshold, is not palettized: its channels do not matter
-    assert conv.source_problems(source, options(exported.cfg, group_size=128, float_layers=("conv2",))) == []
+    assert ungrouped(source.float_model, options(exported.cfg, group_size=128), ("conv2",)) == {}
     assert conv.source_problems(source, options(exported.cfg, group_size=48, granularity="per_tensor")) == []
 
 

@@ -65,13 +65,21 @@ def test_grouped_palettes_of_8_channels_verify_and_read_back_in_groups_of_8(copy
     assert max(len(np.unique(w[g:g + 16])) for g in range(0, w.shape[0], 16)) > 4  # not groups of 16
 
 
-def test_a_group_size_that_does_not_divide_a_layer_is_refused_naming_it(copy_of):
-    pipeline = copy_of(group_size=128, backends="coreml", force=True)
+def test_a_group_size_that_divides_no_layer_is_refused_naming_them(copy_of):
+    pipeline = copy_of(group_size=48, backends="coreml", force=True)
     before = out_state(pipeline.out)
-    with pytest.raises(BadInput, match=r"--group-size 128 does not divide the output channels of `conv2` "
-                                       r"\(64 output channels\)"):
+    with pytest.raises(BadInput, match=r"--group-size 48 divides the output channels of no palettized layer "
+                                       r"\(`conv2` \(64 output channels\), `fc1` \(128 output channels\)\)"):
         pipeline.export()
     assert out_state(pipeline.out) == before
+
+
+def test_a_group_size_that_misses_a_layer_leaves_it_dense_and_names_it(copy_of):
+    pipeline = copy_of(nbits="auto:30", group_size=128, backends="coreml")
+    assert pipeline.export()
+    checks = pipeline.manifest["artifacts"]["convnet_coreml_palauto.mlpackage"]["checks"]
+    assert checks["dense_group_size"] == {"conv2": 64} and list(checks["layer_nbits"]) == ["fc1"]
+    assert weight_const("conv2") in checks["dense"]
 
 
 @pytest.mark.parametrize("nbits, message", [("auto:x", "write auto:PP"), ("auto:-1", "must be a number >= 0"),
