@@ -61,15 +61,16 @@ class ExportOptions:
     allow_fallback: bool  # ExecuTorch: accept ops left outside XNNPACK
     dynamic_batch: int  # ExecuTorch: max batch of a dynamic-batch .pte (0: static batch 1)
     nhwc: bool  # TFLite: channels-last input
-    nbits: int  # Core ML palettization
+    nbits: int | str  # Core ML palettization: bits, or auto:PP (the widths per layer come in layer_nbits)
     granularity: str
     group_size: int
     weight_threshold: int
     float_layers: tuple[str, ...] = ()  # layers the scheme's program left float (the study's --keep-float)
+    layer_nbits: tuple[tuple[str, int], ...] = ()  # --nbits auto:PP: (layer, palette bits) as the export chose them
 
     @classmethod
     def from_config(cls, cfg, **changes) -> "ExportOptions":
-        values = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name != "float_layers"}
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in ("float_layers", "layer_nbits")}
         return cls(**{**values, **changes})
 
 
@@ -168,6 +169,11 @@ class Converter(ABC):
 
     def validate(self, options: ExportOptions) -> list[str]:
         """Problems with this backend's settings, found before any stage runs (empty list: none)."""
+        return []
+
+    def source_problems(self, source: ExportSource, options: ExportOptions) -> list[str]:
+        """Problems of this backend's settings with this network (a layer they cannot fit), found before the export
+        stage writes anything (empty list: none)."""
         return []
 
     @abstractmethod

@@ -21,6 +21,7 @@ from core.schemes import Scheme, Support
 from .base import (Artifact, ConversionError, Converter, ExportSource, PartialExport, float_layers, float_output_spec,
                    mixed, ops_text)
 from .coreml_graph import drop_dead_buffer_updates, explained, layer_of, refuse_state
+from .coreml_palette import auto_budget, group_problems, ungrouped
 from .coreml_scales import file_scales
 from .coreml_weights import fold_batchnorm, load_into, read_weights  # noqa: F401  (read_weights: parity's too)
 
@@ -35,11 +36,17 @@ CHECK_HINT = ("the file was converted but could not be read back to check it, so
 GRANULARITIES = ("per_tensor", "per_grouped_channel")
 
 
-def palettized_file(model_name: str, scheme, nbits: int, kept_float: tuple[str, ...] = ()) -> str:
+def palette_tag(nbits: int | str) -> str:
+    """`pal<n>`, or `palauto` for widths chosen per layer (--nbits auto:PP)."""
+    return f"pal{nbits}" if isinstance(nbits, int) else "palauto"
+
+
+def palettized_file(model_name: str, scheme, nbits: int | str, kept_float: tuple[str, ...] = ()) -> str:
     """`<model>_coreml_pal<n>` for the default scheme's weights, `<model>_coreml_<tag>_pal<n>` for any other
     (a PTQ-only or other-calibration run of the default weights has other float weights: another file);
-    `_mixed` is appended when layers stay float (--keep-float)."""
-    return f"{model_name}_coreml_{'' if scheme.tag == 'int8' else scheme.tag + '_'}{mixed(f'pal{nbits}', kept_float)}.mlpackage"
+    `_mixed` is appended when layers stay float (--keep-float); `palauto` under --nbits auto:PP."""
+    tag = mixed(palette_tag(nbits), kept_float)
+    return f"{model_name}_coreml_{'' if scheme.tag == 'int8' else scheme.tag + '_'}{tag}.mlpackage"
 
 
 class CoreMLConverter(Converter):
@@ -201,18 +208,30 @@ class CoreMLConverter(Converter):
         # Mixed precision (the study's --keep-float): per-op configs keep the named layers' weights dense fp16.
         layers = float_layers(options, scheme)
         kept = {weight_const(layer): None for layer in layers}
-        quant = mixed(f"pal{options.nbits}", layers)
+        quant = mixed(palette_tag(options.nbits), layers)
         file = palettized_file(source.model_name, scheme, options.nbits, layers)
+        # --nbits auto:PP: each layer at the width the export stage chose for it (layer_nbits), nothing else palettized
+        widths = dict(options.layer_nbits)
+        if auto_budget(options.nbits) is not None and not widths:
+            raise ConversionError(f"{file}: --nbits {options.nbits} needs the width of each layer, which the export "
+                                  "stage chooses; none was given")
+        expected = {weight_const(layer): bits for layer, bits in widths.items()} or options.nbits
         with explained(file, "Core ML conversion and palettization", FLOAT_HINT):
             fp16 = convert_float(source.float_model, source, file)
-            config = palettizer_config(options, options.nbits)
-            palettized = palettize_weights(fp16, OptimizationConfig(global_config=config, op_name_configs=kept or None))
+            if widths:
+                config = OptimizationConfig(op_name_configs={**{c: palettizer_config(options, b) for c, b in expected.items()},
+                                                             **kept})
+            else:
+                config = OptimizationConfig(global_config=palettizer_config(options, options.nbits),
+                                            op_name_configs=kept or None)
+            palettized = palettize_weights(fp16, config)
             describe(palettized, source, quant, source.metadata.get("weights_from", "trained weights"))
-        checks = {}
+        # layers whose output channels --group-size does not divide: coremltools leaves them dense fp16
+        checks = {"dense_group_size": ungrouped(source.float_model, options, layers)}
 
         def write(tmp: Path) -> None:  # checked before it is renamed into OUT
             palettized.save(str(tmp))
-            checks.update({**lut_checks(tmp, options.nbits), "placement": op_histogram(tmp)})
+            checks.update({**lut_checks(tmp, expected), "placement": op_histogram(tmp)})
             checks["bytes_palettized"] = atomic.size_bytes(tmp)
             checks["bytes_fp32_weights"] = sum(p.numel() * 4 for p in source.float_model.parameters())
             checks["bytes_fp16_weights"] = checks["bytes_fp32_weights"] // 2
@@ -223,32 +242,57 @@ class CoreMLConverter(Converter):
             if not_dense:
                 raise ConversionError(f"{file}: {not_dense} should have stayed dense fp16 (--keep-float), but are "
                                       "not dense fp16 weights of this program")
-            if checks["wrong_nbits"]:
-                raise ConversionError(f"{file}: LUTs of the wrong width: {checks['wrong_nbits']}, asked for "
-                                      f"{options.nbits} bits")
+            mismatched = wrong_groups(checks, options)
+            if mismatched:
+                raise ConversionError(f"{file}: LUTs per weight not as --granularity {options.granularity} "
+                                      f"--group-size {options.group_size} asks: {mismatched}")
+            if checks["wrong_nbits"] or checks["not_palettized"]:
+                asked = f"{options.nbits} bits" if not widths else f"per layer {widths}"
+                raise ConversionError(f"{file}: LUTs of the wrong width: {checks['wrong_nbits']}; not palettized: "
+                                      f"{checks['not_palettized']}; asked for {asked}")
 
         with explained(file, "checking the saved file", CHECK_HINT):
             atomic.atomic_write(out / file, write)
-        print(f"[coreml] {file}: {len(checks['palettized'])} weights palettized to {options.nbits} bits; "
+        bits = f"{options.nbits} bits" if not widths else "per-layer widths " + ", ".join(f"{k} {v}" for k, v in widths.items())
+        print(f"[coreml] {file}: {len(checks['palettized'])} weights palettized to {bits}; "
               f"stayed dense fp16 (< {options.weight_threshold} elements): {checks['dense'] or 'none'}")
+        if checks["dense_group_size"]:
+            print(f"[coreml] {file}: --group-size {options.group_size} does not divide the output channels of "
+                  f"{checks['dense_group_size']}: they stayed dense fp16")
+        summary = (f"{options.nbits}-bit" if not widths else f"per-layer ({'/'.join(map(str, sorted(set(widths.values()), reverse=True)))}-bit)")
         return Artifact(file, self.name, quant, "mlpackage", "float", image_input(source), classifier_output(source),
                         {**checks, "nbits": options.nbits, "granularity": options.granularity,
-                         "group_size": options.group_size, "weight_threshold": options.weight_threshold},
+                         "group_size": options.group_size, "weight_threshold": options.weight_threshold,
+                         **({"layer_nbits": widths} if widths else {})},
                         time.perf_counter() - start,
                         scheme={"kind": "palettization", "nbits": options.nbits, "granularity": options.granularity,
                                 "group_size": options.group_size, "weights_of": scheme.tag,
-                                "summary": f"{options.nbits}-bit k-means LUT weights ({options.granularity}), "
+                                **({"layer_nbits": widths} if widths else {}),
+                                "summary": f"{summary} k-means LUT weights ({options.granularity}"
+                                           f"{f', groups of {options.group_size} channels' if options.granularity == 'per_grouped_channel' else ''}), "
                                            "fp16 activations"})
 
     def validate(self, options) -> list[str]:
         problems = []
-        if options.nbits not in NBITS:
-            problems.append(f"--nbits {options.nbits} is not supported by Core ML palettization; use one of {NBITS}")
+        try:
+            auto = auto_budget(options.nbits)
+        except ValueError as exc:
+            problems.append(str(exc))
+        else:
+            if auto is None and options.nbits not in NBITS:
+                problems.append(f"--nbits {options.nbits} is not supported by Core ML palettization; use one of {NBITS} "
+                                "or auto:PP")
         if options.granularity not in GRANULARITIES:
-            problems.append(f"--granularity {options.granularity!r}: use one of {GRANULARITIES}")
+            other = (" (--granularity is Core ML palettization's; the int8 weights' is --weight-granularity)"
+                     if options.granularity in ("per_channel", "per_block") else "")
+            problems.append(f"--granularity {options.granularity!r}: use one of {GRANULARITIES}{other}")
         if options.granularity == "per_grouped_channel" and options.group_size < 1:
             problems.append(f"--group-size must be >= 1, got {options.group_size}")
         return problems
+
+    def source_problems(self, source: ExportSource, options) -> list[str]:
+        """A --group-size that does not divide a palettized layer's output channels (coremltools would skip it)."""
+        return group_problems(source.float_model, options, tuple(options.float_layers))
 
     def runner(self, path: Path, artifact: dict, source: ExportSource, threads: int = 1):
         if platform.system() == "Darwin":
@@ -385,14 +429,18 @@ def op_histogram(path: Path) -> dict:
             "activation_quantize_ops": ops.get("quantize", 0) + ops.get("dequantize", 0)}
 
 
-def lut_checks(path: Path, nbits: int) -> dict:
-    """Read the saved program: which weights are LUT-palettized, with which index width, and which stayed dense."""
+def lut_checks(path: Path, nbits: int | dict[str, int]) -> dict:
+    """Read the saved program: which weights are LUT-palettized, with which index width, and which stayed dense.
+
+    `nbits`: one width for every LUT, or the width of each weight const (--nbits auto:PP); then each of those
+    consts not palettized is listed in `not_palettized`. `lut_groups`: per LUT weight, how many LUTs it has along
+    its output channels (per_grouped_channel: one per group of --group-size channels) and how many channels."""
     import coremltools as ct
     from coremltools.proto import MIL_pb2
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     main = spec.mlProgram.functions["main"]
-    palettized, wrong, dense = {}, {}, []
+    palettized, wrong, dense, groups = {}, {}, [], {}
     for op in main.block_specializations[main.opset].operations:
         name = op.outputs[0].name if op.outputs else ""
         if op.type == "constexpr_lut_to_dense":
@@ -401,11 +449,23 @@ def lut_checks(path: Path, nbits: int) -> dict:
             index_type = MIL_pb2.DataType.Name(indices.dataType)
             entries = [d.constant.size for d in lut.dimensions][-2]
             palettized[name] = {"indices": index_type, "lut_entries": entries}
-            if index_type != f"UINT{nbits}" or entries != 2 ** nbits:
-                wrong[name] = palettized[name]
+            groups[name] = {"luts": int(np.prod([d.constant.size for d in lut.dimensions][:-2])),
+                            "channels": indices.dimensions[0].constant.size}
+            bits = nbits.get(name.removesuffix("_palettized")) if isinstance(nbits, dict) else nbits
+            if index_type != f"UINT{bits}" or entries != 2 ** (bits or 0):
+                wrong[name] = {**palettized[name], "expected_bits": bits}
         elif op.type == "const" and name.endswith("weight_to_fp16"):
             dense.append(name)
-    return {"palettized": palettized, "wrong_nbits": wrong, "dense": dense}
+    missing = [c for c in nbits if f"{c}_palettized" not in palettized] if isinstance(nbits, dict) else []
+    return {"palettized": palettized, "wrong_nbits": wrong, "dense": dense, "not_palettized": missing,
+            "lut_groups": groups}
+
+
+def wrong_groups(checks: dict, options) -> dict:
+    """The LUT weights whose number of LUTs is not what --granularity (and --group-size) asks for."""
+    grouped = options.granularity == "per_grouped_channel"
+    return {name: g for name, g in checks["lut_groups"].items()
+            if g["luts"] != (g["channels"] // options.group_size if grouped else 1)}
 
 
 def activation_scales(path: Path, graph_scales: list[float] = ()) -> list[float]:

@@ -90,7 +90,9 @@ class RunConfig:
     allow_fallback: bool = _opt(False, "ExecuTorch: accept ops left outside XNNPACK", "export")
     dynamic_batch: int = _opt(0, "ExecuTorch: max batch for a dynamic-batch .pte (0 = static batch 1); TFLite exports stay batch 1", "export")
     nhwc: bool = _opt(False, "TFLite: channels-last (NHWC) input", "export")
-    nbits: int = _opt(4, "Core ML palettization bits: 1, 2, 3, 4, 6 or 8", "export")
+    nbits: int | str = _opt(4, "Core ML palettization bits: 1, 2, 3, 4, 6 or 8, or auto:PP (per layer, the fewest of "
+                                 "8, 6, 4, 3, 2 that keep the file shown within PP points of its float reference)",
+                            "export")
     granularity: str = _opt("per_grouped_channel", "Core ML palettization: per_tensor | per_grouped_channel", "export")
     group_size: int = _opt(16, "Core ML channels per LUT group (per_grouped_channel)", "export")
     weight_threshold: int = _opt(2048, "Core ML: weights with fewer elements stay dense fp16", "export")
@@ -142,6 +144,7 @@ class RunConfig:
         problems = type_problems(self)
         if problems:  # ranges make no sense on values of the wrong type
             raise ConfigError("; ".join(problems))
+        self.nbits = number_or_word(self.nbits)  # "4" from a config file is the number 4
         for name, low in (("epochs", 0), ("qat_epochs", 0), ("limit_train", 0), ("limit_test", 0), ("threads", 0),
                           ("qat_max_steps", 0), ("seed", 0), ("max_acc_drop", 0), ("max_quant_drop", 0),
                           ("weight_threshold", 0), ("bench_warmup", 0), ("bench_train_steps", 1),
@@ -232,16 +235,26 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def number_or_word(text) -> int | str:
+    """A setting that takes a whole number or a word (--nbits 4 | auto:PP): a number stays an int, so a run with a
+    number keeps the cache keys it always had."""
+    text = str(text).strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def field_kind(name: str) -> tuple[type, bool]:
-    """(bool | int | float | str, whether None is allowed) for a RunConfig field."""
+    """(bool | int | float | str | number_or_word, whether None is allowed) for a RunConfig field."""
     text = str(FIELDS[name].type)
+    if text.startswith("int | str"):
+        return number_or_word, False
     kind = bool if text.startswith("bool") else int if text.startswith("int") else float if text.startswith("float") else str
     return kind, "None" in text
 
 
 def type_problems(cfg: "RunConfig") -> list[str]:
     """Settings whose value has the wrong type, e.g. `epochs: three` in a config file."""
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
+             number_or_word: "a whole number or text"}
     problems = []
     for name in FIELDS:
         value = getattr(cfg, name)
@@ -251,6 +264,7 @@ def type_problems(cfg: "RunConfig") -> list[str]:
         ok = (isinstance(value, bool) if kind is bool
               else isinstance(value, int) and not isinstance(value, bool) if kind is int
               else isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+              else isinstance(value, (int, str)) and not isinstance(value, bool) if kind is number_or_word
               else isinstance(value, str))
         if not ok:
             problems.append(f"setting {name} ({_flag(name)}) must be {names[kind]}, got {value!r}")

@@ -11,8 +11,8 @@ from core.console import say, say_brief
 from converters import ExportOptions
 from converters.export import export_part
 
-from . import verify
-from .state import OutState
+from . import palette, verify
+from .state import OutState, StageError
 
 
 def run(pipeline: OutState) -> bool:
@@ -26,6 +26,10 @@ def run(pipeline: OutState) -> bool:
     scheme = pipeline.scheme()
     source, ok = pipeline.export_source(scheme), True
     selected = converters.select(pipeline.cfg.backends)
+    options = ExportOptions.from_config(pipeline.cfg, float_layers=_kept(pipeline, scheme.tag))
+    problems = [p for conv in selected for p in conv.source_problems(source, options)]
+    if problems:  # settings this network cannot take: refused before anything in OUT changes
+        raise StageError("; ".join(problems))
     for conv in selected:
         for part in ("fp32", scheme.tag):
             ok &= _export_part(pipeline, conv, part, source)
@@ -63,15 +67,19 @@ def _export_part(pipeline: OutState, conv, part: str, source) -> bool:
             say(f"export: {name}: reusing {', '.join(files)}")
             return True
         say(f"export: {name}: {', '.join(damaged)} missing or changed since export; exporting again")
+    start = time.perf_counter()
+    options = ExportOptions.from_config(pipeline.cfg, float_layers=_kept(pipeline, part))
+    widths = None  # --nbits auto:PP: each layer's palette width, chosen before anything in OUT changes
+    if conv.name == "coreml" and part != "fp32" and palette.active(pipeline.cfg):
+        widths = palette.choose(pipeline, source, options)
+        options = ExportOptions.from_config(pipeline.cfg, float_layers=options.float_layers,
+                                            layer_nbits=tuple(widths["widths"].items()))
     for f in files:  # not done until the new files are written and recorded
         pipeline.manifest["artifacts"].pop(f)
     pipeline.manifest["backends"][name] = {"key": key, "status": "running"}
     pipeline.save()
-    start = time.perf_counter()
     # a full or read-only disk stops every backend (exit 2, the file named); any other failure is this backend's
-    kept = (pipeline.quant_stage(part).get("keep_float") or {}).get("layers") if part != "fp32" else None
-    result = export_part(conv, part, source, pipeline.out,
-                         ExportOptions.from_config(pipeline.cfg, float_layers=tuple(kept or ())))
+    result = export_part(conv, part, source, pipeline.out, options)
     for reason in result.failures:
         say_brief(f"[x] export: {name} FAILED: {reason}")
     _record(pipeline, result.made)  # the files it did make are kept
@@ -82,9 +90,16 @@ def _export_part(pipeline: OutState, conv, part: str, source) -> bool:
         return False
     pipeline.retire([f for f in files if f not in pipeline.manifest["artifacts"]], f"export: {name}")
     pipeline.manifest["backends"][name] = {"key": key, "status": "ok", "reason": None,
-                                               "wall_time_s": time.perf_counter() - start}
+                                               "wall_time_s": time.perf_counter() - start,
+                                               **({"nbits_auto": widths} if widths else {})}
     pipeline.save()
     return True
+
+
+def _kept(pipeline: OutState, part: str) -> tuple[str, ...]:
+    """The layers --keep-float left float in the `qat` stage's program of `part` (none for the fp32 baselines)."""
+    kept = (pipeline.quant_stage(part).get("keep_float") or {}).get("layers") if part != "fp32" else None
+    return tuple(kept or ())
 
 
 def _record(pipeline: OutState, artifacts) -> None:

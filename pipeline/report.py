@@ -8,7 +8,7 @@ from core import io as atomic
 from converters import REGISTRY
 from core.manifest import scheme_tag
 
-from . import parity_report
+from . import palette, parity_report
 
 FP32_BASELINES = ("_xnnpack_fp32.pte", "_tflite_fp32.tflite")
 
@@ -183,6 +183,7 @@ def export_report(manifest: dict) -> str:
                   "there is the one shown in the manifest; the cost of quantization against fp32 and PTQ still "
                   "holds):", ""] + [f"- `{f}`: {why}" for f, why in loosened.items()]
     lines += [""] + keep_float_section(manifest)
+    lines += palette.section(manifest)
     lines += [""] + placement_section(manifest)
     cross = manifest.get("verification", {}).get("cross_backend", {})
     if cross:

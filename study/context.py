@@ -114,6 +114,9 @@ class Study:
         sections = parse_sections(cfg.study_sections)
         keep = parse_keep_float(STUDY_KEEP_FLOAT if cfg.keep_float is None else cfg.keep_float)
         parse_bits(cfg.sweep_bits)
+        if not isinstance(cfg.nbits, int):
+            raise StudyError(f"--nbits {cfg.nbits}: the study compares fixed palette widths (--nbits N, --sweep-bits); "
+                             "per-layer widths (auto:PP) are the export's")
         ws = Workspace(cfg)
         cfg = resolve_config(cfg, ws.manifest)
         ws = Workspace(cfg)
