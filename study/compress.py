@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters import coreml
+from converters import coreml, coreml_checks
 from core import io as atomic
 from core.config import RunConfig
 from core.schemes import Scheme
@@ -64,4 +64,4 @@ def sparse_palettize(sparse: Path, out: Path, cfg: RunConfig, nbits: int) -> Pat
 
 def weight_ops(path: Path) -> dict[str, int]:
     """How the package stores its weights: count of each constexpr op (LUT, sparse, affine/shift-scale)."""
-    return {op: n for op, n in coreml.op_histogram(path)["ops"].items() if op.startswith("constexpr_")}
+    return {op: n for op, n in coreml_checks.op_histogram(path)["ops"].items() if op.startswith("constexpr_")}

@@ -14,7 +14,7 @@ Core ML would run fp16; on macOS the runner uses MLModel.predict.
 
 from __future__ import annotations
 
-from converters.coreml import lut_checks
+from converters.coreml_checks import lut_checks
 
 from . import artifacts, compress
 from .context import Study, parse_bits

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from converters import ConversionError, ExportOptions
-from converters.coreml import CoreMLConverter, palettized_file, fold_batchnorm, load_into, lut_checks, read_weights
+from converters.coreml import CoreMLConverter, palettized_file, fold_batchnorm, load_into, read_weights
+from converters.coreml_checks import lut_checks
 
 pytestmark = pytest.mark.cpu_sensitive  # re-run under forced CPU capabilities (make test-cpus)
 
@@ -106,7 +107,8 @@ def test_w8a8_package_of_a_hardswish_block_holds_the_graphs_weights(tmp_path, ca
     not weights: the W8A8 check compares the conv/linear weights and the activation scales, and passes."""
     import torch.nn as nn
 
-    from converters.coreml import convert_w8a8, graph_weights_and_scales, w8a8_checks
+    from converters.coreml import convert_w8a8
+    from converters.coreml_checks import graph_weights_and_scales, w8a8_checks
     from core import qat
     from core.rewrites import HardSwish
     from core.workspace import ExportSource
@@ -130,7 +132,8 @@ def test_w8a8_check_reads_the_scale_of_a_residual_add_that_coremltools_rescales(
     then on the dequantize that reads it back. The check finds it there, and still misses a scale not in the file."""
     import torch.nn as nn
 
-    from converters.coreml import ConversionError, activation_scales, convert_w8a8, graph_weights_and_scales, w8a8_checks
+    from converters.coreml import ConversionError, convert_w8a8
+    from converters.coreml_checks import activation_scales, graph_weights_and_scales, w8a8_checks
     from core import qat
     from core.workspace import ExportSource
 
@@ -166,7 +169,8 @@ def test_w8a8_check_recovers_the_scale_of_a_sum_read_only_by_another_sum(tmp_pat
     divided by one input's scale) and finds it; a scale the file was not made from is still missing."""
     import torch.nn as nn
 
-    from converters.coreml import ConversionError, convert_w8a8, graph_weights_and_scales, w8a8_checks
+    from converters.coreml import ConversionError, convert_w8a8
+    from converters.coreml_checks import graph_weights_and_scales, w8a8_checks
     from core import qat
     from core.workspace import ExportSource
 

@@ -57,7 +57,8 @@ def test_w8a8_of_a_network_that_counts_its_batchnorm_calls(source, tmp_path):
     """The int8 graph updates each BatchNorm's counter; Core ML would make it model state, and coremltools then
     cannot read its own file back (`'fp16' has no attribute 'get_shape'`). The updates, read by nothing, are
     dropped for Core ML, and the file holds the int8 graph's numbers."""
-    from converters.coreml import convert_w8a8, w8a8_checks
+    from converters.coreml import convert_w8a8
+    from converters.coreml_checks import w8a8_checks
 
     counters = len(counter_updates(source.program))  # 2, unless the QAT preparation removes them itself
     dropped = []

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 from converters import ConversionError, ExportOptions
-from converters.coreml import CoreMLConverter, lut_checks, weight_const
+from converters.coreml import CoreMLConverter, weight_const
+from converters.coreml_checks import lut_checks
 from converters.coreml_palette import auto_budget
 
 
@@ -64,7 +65,7 @@ def test_auto_budget_and_a_granularity_meant_for_int8_weights(exported):
 
 
 def test_the_number_of_luts_per_weight_is_checked_against_the_granularity(exported):
-    from converters.coreml import wrong_groups
+    from converters.coreml_checks import wrong_groups
 
     checks = lut_checks(exported.out / "convnet_coreml_pal4.mlpackage", 4)
     assert checks["lut_groups"]["p_net_fc1_weight_to_fp16_palettized"] == {"luts": 8, "channels": 128}  # groups of 16

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from converters import executorch, tflite
-from converters.coreml import op_histogram
+from converters.coreml_checks import op_histogram
 from core.schemes import Scheme
 from pipeline.stages import Pipeline
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from converters.coreml import fold_batchnorm, load_into, lut_checks, read_weights, weight_const
+from converters.coreml import fold_batchnorm, load_into, read_weights, weight_const
+from converters.coreml_checks import lut_checks
 from core.errors import BadInput
 
 WIDTHS = {8, 6, 4, 3, 2}
