@@ -129,6 +129,23 @@ def parity_verdict(manifest: dict) -> dict:
             "identical": bool(check.get("passed") and not check.get("max_steps")), "teacher_forced_ok": teacher}
 
 
+def stopped_before_export(codes: dict, manifest: dict) -> str | None:
+    """Why the run stopped before `export`, in one line (None if it got there): the gate that refused the model
+    (from the stage's record in the manifest), else the stage's exit code."""
+    stage = next((k for k, c in codes.items() if c and k != "export"), None)
+    if stage is None:
+        return None
+    record = (manifest.get("stages") or {}).get("train") or {}
+    chance, diverged = record.get("better_than_chance") or {}, record.get("diverged")
+    if diverged:
+        return one_line(f"{stage} refused: the fp32 model diverged ({diverged})")
+    if chance and not chance.get("passed"):
+        return (f"{stage} refused: the fp32 model is not significantly better than chance: {chance.get('correct')} of "
+                f"{chance.get('images')} correct (one-sided binomial p = {chance.get('p_value'):.3g}, "
+                f"needs < {chance.get('alpha')}); it did not learn in this training budget")
+    return f"{stage} exited {codes[stage]} (see {stage}'s log in the network's OUT)"
+
+
 def network_row(model: str, out: Path) -> dict:
     state = json.loads((out / STATE).read_text()) if (out / STATE).exists() else {}
     row = {"model": model, "out": str(out), "codes": state.get("codes", {}), "seconds": state.get("seconds", {})}
@@ -138,7 +155,10 @@ def network_row(model: str, out: Path) -> dict:
                    parity={"state": "missing", "text": first}, verified=0, accuracy={})
         return row
     manifest = json.loads((out / "manifest.json").read_text())
+    stopped = stopped_before_export(row["codes"], manifest)
     cells = {name: _cell(manifest, backend, wanted) for name, backend, wanted in file_cells()}
+    if stopped:  # no export ran: every cell has the stage's refusal as its cause, not "not made"
+        cells = {name: c if c["state"] != "missing" else {**c, "cause": stopped} for name, c in cells.items()}
     acc = manifest.get("accuracy", {})
     tag = next((t for t in acc if t != "fp32" and isinstance(acc[t], dict)), None)
     row.update(cells=cells, parity=parity_verdict(manifest), verified=sum(c["state"] == "ok" for c in cells.values()),

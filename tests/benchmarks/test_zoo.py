@@ -68,3 +68,19 @@ def test_a_finished_run_with_the_same_flags_is_reused_and_other_flags_rerun(tmp_
     assert calls[6:] == ["train"]
     row = zoo.network_row("timm:tiny", out)
     assert row["cells"][".pte int8"]["cause"] == "train exited 1" and row["verified"] == 0
+
+
+def test_a_model_the_chance_gate_refused_names_that_cause_in_every_cell(tiny_out, tmp_path):
+    """A network that did not learn in the zoo's budget (mobileone_s0: 27 of 200) is refused by train's chance gate;
+    its OUT has a manifest but no files, and each cell says why rather than "not made"."""
+    out = _copy(tiny_out, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["artifacts"], manifest["backends"], manifest["parity"] = {}, {}, {}
+    manifest["stages"]["train"]["better_than_chance"] = {"correct": 27, "images": 200, "classes": 10, "chance": 0.1,
+                                                         "p_value": 0.0672, "alpha": 0.01, "passed": False}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / zoo.STATE).write_text(json.dumps({"codes": {"train": 2}, "finished": True}))
+    row = zoo.network_row("timm:slow_learner", out)
+    causes = {c["cause"] for c in row["cells"].values()}
+    assert len(causes) == 1 and row["verified"] == 0
+    assert causes.pop().startswith("train refused: the fp32 model is not significantly better than chance: 27 of 200")
