@@ -32,6 +32,9 @@ from .schemes import Scheme
 from .snapping import snap_to_grid
 
 from torchao.quantization.pt2e.observer import MinMaxObserver  # noqa: E402  (PercentileObserver's base)
+from . import pattern_cache  # noqa: E402
+
+pattern_cache.install()  # torchao's rewrite patterns, exported once per process (core/pattern_cache.py)
 from .train import run_epoch
 
 
