@@ -153,3 +153,14 @@ def test_class_folders_without_images_are_refused(tmp_path):
             (tmp_path / split / cls).mkdir(parents=True)
     with pytest.raises(DataError, match="holds no images"):
         data.load(f"imagefolder:{tmp_path}", "unused", 1, 16)
+
+
+def test_each_mnist_5k_load_owns_its_tensors():
+    """The parsed digits are kept for the process (core.data._mnist_5k_split); a bundle changed in place (a caller
+    relabelling or normalizing its own copy) must not change the next load."""
+    first = data.load("mnist-5k", "unused", 1, 28)
+    expected_image, expected_label = first.train_images[0].clone(), int(first.train_labels[0])
+    first.train_images += 1
+    first.train_labels[0] = (expected_label + 1) % 10
+    second = data.load("mnist-5k", "unused", 1, 28)
+    assert torch.equal(second.train_images[0], expected_image) and int(second.train_labels[0]) == expected_label
