@@ -2,6 +2,9 @@
 
 Each step computes the same values as the graph it replaces, in a form the int8 runtimes delegate:
 
+- arithmetic with an identity scalar (`x + 0`, `x * 1`, `x / 1`) is removed first
+  (core/identity_arithmetic.py);
+
 - no-op slices (`x[:, :C]` where C is already the full size, as GhostNet writes `out[:, :self.out_chs]`)
   and `alias` ops are removed: ExecuTorch turns them into `alias_copy`, which XNNPACK does not take,
   and Core ML has no `alias`;
@@ -24,6 +27,8 @@ import copy
 
 import torch
 
+from .fx_nodes import calls as _call, is_int as _is_int, is_number as _number, shape as _shape, tensor_value
+from .fx_nodes import with_meta as _meta
 from .identity_arithmetic import STEP as IDENTITY_ARITHMETIC
 
 aten = torch.ops.aten
@@ -34,19 +39,6 @@ SLICES = (aten.slice.Tensor,)
 NEAREST = (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default)
 ARITHMETIC = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.rsub.Scalar,
               aten.add.Scalar, aten.sub.Scalar, aten.mul.Scalar, aten.div.Scalar)
-
-
-def _call(node: torch.fx.Node, targets) -> bool:
-    return node.op == "call_function" and node.target in targets
-
-
-def _shape(node) -> tuple | None:
-    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def remove_noop_slices(gm: torch.fx.GraphModule) -> int:
@@ -70,13 +62,6 @@ def remove_noop_slices(gm: torch.fx.GraphModule) -> int:
             gm.graph.erase_node(node)
             removed += 1
     return removed
-
-
-def _meta(node: torch.fx.Node, like: torch.fx.Node, value) -> torch.fx.Node:
-    node.meta = {k: v for k, v in like.meta.items() if k != "val"}
-    if value is not None:
-        node.meta["val"] = value
-    return node
 
 
 def _view(graph, x, shape, like):
@@ -134,8 +119,8 @@ def float_scalars(gm: torch.fx.GraphModule) -> int:
         if not _call(node, ARITHMETIC):
             continue
         tensor = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
-        value = tensor.meta.get("val") if tensor is not None else None
-        if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
+        value = tensor_value(tensor)
+        if value is None or not value.dtype.is_floating_point:
             continue
         if any(_is_int(a) for a in node.args):
             node.args = tuple(float(a) if _is_int(a) else a for a in node.args)
@@ -144,10 +129,6 @@ def float_scalars(gm: torch.fx.GraphModule) -> int:
 
 
 DIVISIONS = (aten.div.Tensor, aten.div.Scalar)
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def division_as_multiplication(gm: torch.fx.GraphModule) -> int:
@@ -160,8 +141,8 @@ def division_as_multiplication(gm: torch.fx.GraphModule) -> int:
         if not _call(node, DIVISIONS) or node.kwargs.get("rounding_mode") is not None or len(node.args) != 2:
             continue
         x, c = node.args
-        value = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
-        if not _number(c) or c == 0 or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
+        value = tensor_value(x)
+        if not _number(c) or c == 0 or value is None or not value.dtype.is_floating_point:
             continue
         with gm.graph.inserting_before(node):
             product = _meta(gm.graph.call_function(aten.mul.Tensor, (x, 1.0 / float(c))), node, node.meta.get("val"))
@@ -198,6 +179,7 @@ def silu_as_sigmoid_mul(gm: torch.fx.GraphModule) -> int:
 
 
 STEPS = (
+    IDENTITY_ARITHMETIC,  # first: `x / 1` and `x * 1` go here, in one step, before the division step sees them
     ("no-op slice / alias", "removed", remove_noop_slices,
      "selects the whole tensor; ExecuTorch makes it an alias_copy that XNNPACK and Core ML do not take"),
     ("upsample_nearest2d", "cat + reshape", nearest_as_concat,
@@ -208,7 +190,6 @@ STEPS = (
      "the int8 quantizers annotate mul, not div: the division stayed a float MUL in the .tflite"),
     ("int scalar in float arithmetic", "float scalar", float_scalars,
      "an int scalar becomes an int64 constant cast by a _to_dim_order_copy XNNPACK refuses"),
-    IDENTITY_ARITHMETIC,
 )
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from .fx_nodes import is_number, tensor_value
+
 aten = torch.ops.aten
 # op -> the scalar that makes it the identity on its first (tensor) operand
 IDENTITIES = {
@@ -32,23 +34,18 @@ IDENTITIES = {
 }
 
 
-def _value(node):
-    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return value if isinstance(value, torch.Tensor) else None
-
-
 def _is_identity(node: torch.fx.Node) -> bool:
     if node.op != "call_function" or node.target not in IDENTITIES or len(node.args) != 2:
         return False
     x, scalar = node.args
-    if not isinstance(x, torch.fx.Node) or isinstance(scalar, bool) or not isinstance(scalar, (int, float)):
+    if not isinstance(x, torch.fx.Node) or not is_number(scalar):
         return False
     if scalar != IDENTITIES[node.target]:
         return False
     alpha = node.kwargs.get("alpha", 1)
     if set(node.kwargs) - {"alpha"} or not isinstance(alpha, (int, float)) or alpha != alpha:
         return False  # a rounding mode (div) or anything else: not the plain identity
-    before, after = _value(x), _value(node)
+    before, after = tensor_value(x), tensor_value(node)
     return before is not None and after is not None and before.dtype.is_floating_point \
         and before.dtype == after.dtype and tuple(before.shape) == tuple(after.shape)
 
