@@ -197,6 +197,11 @@ def distill_summary(found: list[Paired]) -> list[dict]:
                     "better": [c.level for c in pairs if c.verdict.startswith("better")],
                     "worse": [c.level for c in pairs if c.verdict.startswith("worse")],
                     "undecided": [c.level for c in pairs if c.verdict == "not distinguishable"]})
+    near = [c for c in found if c.first == "qat_distill" and c.second == "fp32" and c.within]
+    out.append({"against": "fp32", "levels": len(near),
+                "allowance_pp": 100 * near[0].within["threshold"] if near else None,
+                **{key: [c.level for c in near if c.within["outcome"] == outcome]
+                   for key, outcome in (("within", "pass"), ("beyond", "fail"), ("undecided", "inconclusive"))}})
     return out
 
 
@@ -276,6 +281,11 @@ def markdown(table: dict, header: dict) -> str:
             lines.append(f"- QAT+distill vs {against}: not compared (a variant is missing).")
             continue
         named = lambda ls: ", ".join(levels[x] for x in ls) or "none"  # noqa: E731
+        if s["against"] == "fp32":
+            lines.append(f"- QAT+distill within {s['allowance_pp']:g} pp of fp32, at {s['levels']} level(s) on n = {n}: "
+                         f"shown within at {named(s['within'])}; shown beyond at {named(s['beyond'])}; not "
+                         f"distinguishable at {named(s['undecided'])}.")
+            continue
         lines.append(f"- QAT+distill vs {against}, at {s['levels']} level(s) on n = {n}: better beyond noise at "
                      f"{named(s['better'])}; worse beyond noise at {named(s['worse'])}; not distinguishable at "
                      f"{named(s['undecided'])}.")

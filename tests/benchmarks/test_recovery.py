@@ -92,6 +92,7 @@ def test_each_comparison_is_paired_on_the_same_images_with_an_interval(fabricate
     summary = {s["against"]: s for s in table["distill"]}
     assert summary["ptq"]["better"] == ["pytorch", "executorch", "tflite", "coreml"] and not summary["ptq"]["worse"]
     assert summary["qat"]["better"] == ["pytorch", "executorch", "tflite", "coreml"]
+    assert summary["fp32"]["within"] == ["pytorch", "executorch", "tflite", "coreml"] and summary["fp32"]["levels"] == 4
 
 
 def test_palettes_state_size_against_pal8_accuracy_and_widths(fabricated):
@@ -112,6 +113,7 @@ def test_the_markdown_says_what_the_statistics_say_and_no_verdict_from_raw_diffe
     assert "| not distinguishable |" in text
     assert ("- QAT+distill vs PTQ, at 4 level(s) on n = 1000: better beyond noise at PyTorch, .pte, .tflite, "
             "Core ML W8A8 / fp16; worse beyond noise at none; not distinguishable at none.") in text
+    assert "- QAT+distill within 0.5 pp of fp32, at 4 level(s) on n = 1000: shown within at PyTorch, .pte" in text
     assert "| pal4 | `m_coreml_pal4.mlpackage` | 0.63 | 51% |" in text and "4: 2, 8: 1" in text
     assert "kept float" in text and "conv1" in text
 
