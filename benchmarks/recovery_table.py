@@ -236,8 +236,8 @@ def _file_cell(f: dict) -> str:
 def _within(w: dict | None) -> str:
     if not w:
         return ""
-    words = {"pass": "shown within", "fail": "shown beyond", "inconclusive": "not distinguishable from"}
-    return f"{words[w['outcome']]} {100 * w['threshold']:g} pp of fp32"
+    words = {"pass": "shown at most", "fail": "shown more than", "inconclusive": "not distinguishable from"}
+    return f"{words[w['outcome']]} {100 * w['threshold']:g} pp below fp32"
 
 
 def markdown(table: dict, header: dict) -> str:
@@ -282,9 +282,9 @@ def markdown(table: dict, header: dict) -> str:
             continue
         named = lambda ls: ", ".join(levels[x] for x in ls) or "none"  # noqa: E731
         if s["against"] == "fp32":
-            lines.append(f"- QAT+distill within {s['allowance_pp']:g} pp of fp32, at {s['levels']} level(s) on n = {n}: "
-                         f"shown within at {named(s['within'])}; shown beyond at {named(s['beyond'])}; not "
-                         f"distinguishable at {named(s['undecided'])}.")
+            lines.append(f"- QAT+distill at most {s['allowance_pp']:g} pp below fp32, at {s['levels']} level(s) on "
+                         f"n = {n}: shown at {named(s['within'])}; shown more than that below at {named(s['beyond'])}; "
+                         f"not distinguishable at {named(s['undecided'])}.")
             continue
         lines.append(f"- QAT+distill vs {against}, at {s['levels']} level(s) on n = {n}: better beyond noise at "
                      f"{named(s['better'])}; worse beyond noise at {named(s['worse'])}; not distinguishable at "
@@ -293,7 +293,7 @@ def markdown(table: dict, header: dict) -> str:
               "weighs them with the other networks' tables.", ""]
     lines += ["## Core ML palettes (k-means LUTs of the fp32 weights)", "",
               "| palette | file | MB | share of pal8 | accuracy % | verified | agreement with its reference | "
-              "widths (bits: layers) | vs fp32 (PyTorch), paired |", "|---|---|---|---|---|---|---|---|---|"]
+              "widths (bits: layers) | palette − fp32 (PyTorch), paired |", "|---|---|---|---|---|---|---|---|---|"]
     for p in table["palettes"]:
         if not p.get("file"):
             why = f"{p['status']}: {p['reason']}" if p.get("reason") else p["status"]
@@ -302,8 +302,8 @@ def markdown(table: dict, header: dict) -> str:
         share = "–" if p["share_of_pal8"] is None else f"{100 * p['share_of_pal8']:.0f}%"
         widths = ", ".join(f"{b}: {k}" for b, k in p["widths"].items()) or f"{p['nbits']} everywhere"
         v = p["vs_fp32"]
-        vs = "–" if not v else (f"{100 * v['observed']:+.2f} pp below [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
-                                f", {_within({**v})}")
+        vs = "–" if not v else (f"{-100 * v['observed']:+.2f} pp [{-100 * v['high']:+.2f}, {-100 * v['low']:+.2f}]"
+                                f", {_within(v)}")
         lines.append(f"| {p['palette']} | `{p['file']}` | {p['bytes'] / 1e6:.2f} | {share} | {_pct(p['accuracy'])} | "
                      f"{'yes' if p['passed'] else 'no: ' + '; '.join(p['failures'])[:160]} | "
                      f"{_pct(p['agreement'])}% vs {p['reference']} | {widths} | {vs} |")
@@ -311,6 +311,8 @@ def markdown(table: dict, header: dict) -> str:
     for name, s in header.get("stages", {}).items():
         lines.append(f"- {name}: " + ", ".join(f"{k} exit {c} ({s['seconds'].get(k, 0):.0f} s)"
                                                for k, c in s["codes"].items()))
+    lines += ["", "`export` exits 1 when any file of its OUT did not verify, files this table does not show included "
+              "(each QAT variant also makes a 4-bit palette of its QAT weights); the tables above mark each of theirs."]
     failures = header.get("failures") or []
     lines += ["", "Failures:" if failures else "No stage failed.", ""] + [f"- {f}" for f in failures]
     return "\n".join(lines) + "\n"

@@ -113,7 +113,10 @@ def test_the_markdown_says_what_the_statistics_say_and_no_verdict_from_raw_diffe
     assert "| not distinguishable |" in text
     assert ("- QAT+distill vs PTQ, at 4 level(s) on n = 1000: better beyond noise at PyTorch, .pte, .tflite, "
             "Core ML W8A8 / fp16; worse beyond noise at none; not distinguishable at none.") in text
-    assert "- QAT+distill within 0.5 pp of fp32, at 4 level(s) on n = 1000: shown within at PyTorch, .pte" in text
+    assert "- QAT+distill at most 0.5 pp below fp32, at 4 level(s) on n = 1000: shown at PyTorch, .pte" in text
+    # PTQ lost 60 of 1000 images: 6 pp below fp32, its interval wholly beyond 0.5 pp
+    assert "| PTQ | fp32 | .pte | 1000 | 84.00 | 90.00 | -6.00 pp [" in text and "shown more than 0.5 pp below fp32" in text
+    assert "| pal4 | `m_coreml_pal4.mlpackage` | 0.63 | 51% | 84.00 | yes | 100.00% vs quantized | 4 everywhere | -6.00 pp [" in text
     assert "| pal4 | `m_coreml_pal4.mlpackage` | 0.63 | 51% |" in text and "4: 2, 8: 1" in text
     assert "kept float" in text and "conv1" in text
 
