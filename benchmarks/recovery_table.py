@@ -31,7 +31,11 @@ def _tag(manifest: dict) -> str | None:
 
 
 def _source(manifests: dict, variant: str) -> dict | None:
-    return manifests.get("ptq" if variant == "fp32" else variant)
+    """The manifest that holds a variant: fp32's is the PTQ OUT's (any variant's when PTQ did not run: each holds
+    the same fp32 model's answers and files)."""
+    if variant == "fp32":
+        return manifests.get("ptq") or next(iter(manifests.values()), None)
+    return manifests.get(variant)
 
 
 def _file(manifest: dict, backend: str, variant: str) -> tuple[str, dict] | tuple[None, None]:

@@ -178,3 +178,10 @@ def test_a_tiny_real_run_pairs_the_files_run_in_their_runtime_and_is_resumable(t
     stamps = {v: json.loads((outs / v / recovery.STATE).read_text())["at"] for v in ("train", "ptq", "qat_distill")}
     assert recovery.main(argv) == 0  # everything finished with these flags: read, not rerun
     assert stamps == {v: json.loads((outs / v / recovery.STATE).read_text())["at"] for v in stamps}
+
+
+def test_without_the_ptq_variant_fp32_comes_from_another_variant(fabricated):
+    table = recovery_table.build({"qat": fabricated["qat"]}, 0.5)
+    pair = _find(table, "qat", "fp32", "tflite")
+    assert (pair["first_acc"], pair["second_acc"], pair["n"]) == (0.843, 0.9, N)
+    assert [r["variant"] for r in table["variants"]] == ["fp32", "qat"]
