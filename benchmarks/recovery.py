@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import recovery_table
+from benchmarks import recovery_markdown, recovery_table
 from benchmarks.models import cli, host, slug
 from core import io as atomic
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(opts.results)
     results.mkdir(parents=True, exist_ok=True)
     atomic.write_text(results / f"recovery_{name}.json", json.dumps({**header, **table}, indent=2))
-    atomic.write_text(results / f"recovery_{name}.md", recovery_table.markdown(table, header))
+    atomic.write_text(results / f"recovery_{name}.md", recovery_markdown.markdown(table, header))
     print(f"recovery: wrote {results / f'recovery_{name}.json'} and .md")
     return 1 if failures or table["unpaired"] else 0
 

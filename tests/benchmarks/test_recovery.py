@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import recovery, recovery_table
+from benchmarks import recovery, recovery_markdown, recovery_table
 from core import statistics
 
 N = 1000
@@ -107,7 +107,7 @@ def test_the_markdown_says_what_the_statistics_say_and_no_verdict_from_raw_diffe
     header = {"command": "python -m benchmarks.recovery --model convnet", "model": "convnet", "dataset": "d",
               "args": "--epochs 1", "host": "test", "variant_flags": {"fp32": [], "ptq": ["--quant-mode", "ptq"]},
               "stages": {"train": {"codes": {"train": 0}, "seconds": {"train": 3.0}}}, "failures": []}
-    text = recovery_table.markdown(recovery_table.build(fabricated, 0.5), header)
+    text = recovery_markdown.markdown(recovery_table.build(fabricated, 0.5), header)
     assert "n = 1000 test images" in text and "`python -m benchmarks.recovery --model convnet`" in text
     assert "| QAT | PTQ | .tflite | 1000 | 84.30 | 84.00 | +0.30 pp [" in text
     assert "| not distinguishable |" in text
