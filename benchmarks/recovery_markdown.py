@@ -96,6 +96,10 @@ def markdown(table: dict, header: dict) -> str:
         lines.append(f"| {p['palette']} | `{p['file']}` | {p['bytes'] / 1e6:.2f} | {share} | {_pct(p['accuracy'])} | "
                      f"{'yes' if p['passed'] else 'no: ' + '; '.join(p['failures'])[:160]} | "
                      f"{_pct(p['agreement'])}% vs {p['reference']} | {widths} | {vs} |")
+    lines += ["", "## Files of the first table that did not verify (✗), and why", ""]
+    causes = [f"- {r['label']}, `{f['file']}`: " + " ".join((f["failures"] or ["not verified"])[0].split())[:240]
+              for r in table["variants"] for f in r["files"].values() if f.get("file") and not f.get("passed")]
+    lines += causes or ["None."]
     lines += ["", "## Stages", ""]
     for name, s in header.get("stages", {}).items():
         lines.append(f"- {name}: " + ", ".join(f"{k} exit {c} ({s['seconds'].get(k, 0):.0f} s)"

@@ -119,6 +119,12 @@ def test_the_markdown_says_what_the_statistics_say_and_no_verdict_from_raw_diffe
     assert "| pal4 | `m_coreml_pal4.mlpackage` | 0.63 | 51% | 84.00 | yes | 100.00% vs quantized | 4 everywhere | -6.00 pp [" in text
     assert "| pal4 | `m_coreml_pal4.mlpackage` | 0.63 | 51% |" in text and "4: 2, 8: 1" in text
     assert "kept float" in text and "conv1" in text
+    assert "## Files of the first table that did not verify (✗), and why\n\nNone." in text
+    fabricated["qat"]["artifacts"]["m_tflite_int8-qat"]["verification"].update(
+        passed=False, failures=["top-1 agreement with the quantized reference is 92.00% < 99.50%"])
+    text = recovery_markdown.markdown(recovery_table.build(fabricated, 0.5), header)
+    assert "| QAT | 84.30 | 84.30 ✓ (1.00 MB) | 84.30 ✗ (1.00 MB) |" in text
+    assert "- QAT, `m_tflite_int8-qat`: top-1 agreement with the quantized reference is 92.00% < 99.50%" in text
 
 
 def test_variants_that_did_not_answer_the_same_images_are_not_paired(fabricated):
