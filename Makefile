@@ -22,7 +22,7 @@ LAUNCH    = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCH
 BENCH_TRAIN_ARGS  ?=
 BENCH_STREAM_ARGS ?=
 
-.PHONY: test-cpus test-slow test-all coverage setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models zoo fashion-mnist-data study test clean distclean
+.PHONY: test-cpus test-slow test-all coverage setup train qat export export-android export-ios parity bench bench-train bench-stream report bench-models zoo recovery fashion-mnist-data study test clean distclean
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,26 @@ ZOO_NETWORKS ?=
 ZOO_ARGS ?=
 zoo: $(VENV_STAMP)
 	$(PY) -m benchmarks.zoo --root $(OUT)/zoo --results benchmarks/results $(if $(ZOO_NETWORKS),--networks $(ZOO_NETWORKS)) $(ZOO_ARGS)
+
+# What quantization costs and what wins it back (benchmarks/recovery.py, issue 29): per model, one trained fp32 model,
+# then PTQ, QAT, QAT+distill and QAT+distill+keep-float (RECOVERY_KEEP_FLOAT), each int8 file run in its runtime, and
+# Core ML palettes pal4 / pal8 / auto (RECOVERY_NBITS_AUTO); every comparison paired on the same test images.
+# One OUT per variant under $(OUT)/recovery/<model>_<dataset>/ (finished ones are reused; RECOVERY_OPTS=--rerun),
+# tables in benchmarks/results/recovery_<model>_<dataset>.md and .json. ConvNet at its 28 px, mobilenet_v3_small at
+# RECOVERY_SIZE px; full Fashion-MNIST unless ARGS limits it (e.g. ARGS="--limit-train 10000").
+RECOVERY_DATASET ?= fashion-mnist
+RECOVERY_SIZE ?= 64
+RECOVERY_KEEP_FLOAT ?= auto:0.2
+RECOVERY_NBITS_AUTO ?= auto:0.5
+RECOVERY_OPTS ?=
+RECOVERY = $(PY) -m benchmarks.recovery --dataset $(RECOVERY_DATASET) --root $(OUT)/recovery --results benchmarks/results \
+	--keep-float $(RECOVERY_KEEP_FLOAT) --nbits-auto $(RECOVERY_NBITS_AUTO) $(RECOVERY_OPTS)
+recovery: $(VENV_STAMP) $(if $(filter fashion-mnist,$(RECOVERY_DATASET)),fashion-mnist-data)
+	rc=0; \
+	$(RECOVERY) --model convnet --args "--data-dir $(DATA_DIR) --epochs $(EPOCHS) $(ARGS)" || rc=$$?; \
+	$(RECOVERY) --model torchvision:mobilenet_v3_small \
+		--args "--data-dir $(DATA_DIR) --image-size $(RECOVERY_SIZE) --epochs $(EPOCHS) $(ARGS)" || rc=$$?; \
+	exit $$rc
 
 # Full Fashion-MNIST, offline: Debian's dataset-fashion-mnist (read from /usr/share/datasets/fashion-mnist).
 fashion-mnist-data:

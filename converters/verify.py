@@ -120,7 +120,10 @@ def verify(artifact: dict, logits: np.ndarray, reference: np.ndarray, labels, th
             "quant_drop_pp": quant_drops, "passed": not failures, "failures": failures, "outcome": outcome,
             "undecided": undecided, "verdicts": [v.to_dict() for v, _ in checks], "confidence": conf, "images": n,
             "min_agreement": min_agreement,
-            "loosened": "; ".join(f["why"] for f in (floor, rounding) if f) or None}
+            "loosened": "; ".join(f["why"] for f in (floor, rounding) if f) or None,
+            # the file's own right/wrong answer per test image (statistics.pack): what paired comparisons of
+            # files against each other need (benchmarks/recovery.py)
+            "per_image": statistics.pack(correct)}
 
 
 def _value(verdict: statistics.Verdict, value: float | None = None) -> str:

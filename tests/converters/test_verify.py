@@ -97,3 +97,14 @@ def test_a_knife_edge_is_reported_as_not_distinguishable_and_a_clear_miss_fails(
     art[:20] = (labels[:20] + 1) % 10  # 90%: far below
     failed = verify({**ARTIFACT, "quant": "fp32", "reference": "fp32"}, _logits(art), _logits(ref), labels, Thresholds())
     assert not failed["passed"] and "n=200" in failed["failures"][0]
+
+
+def test_the_files_own_answers_per_image_are_kept_for_paired_comparisons():
+    from core import statistics
+
+    logits, ref, labels = _case(disagree=0, newly_wrong=20)
+    result = verify(ARTIFACT, logits, ref, labels, Thresholds())
+    answers = statistics.unpack(result["per_image"], len(labels))
+    assert answers is not None and answers.shape == (1000,)
+    assert np.array_equal(answers, logits.argmax(1) == labels)
+    assert answers.sum() == round(result["accuracy"] * 1000) == 930
