@@ -191,12 +191,21 @@ def run_network(model: str, out: Path, flags: list[str], rerun: bool) -> None:
                                              indent=2))
 
 
+def made_by(rows: list[dict], header: dict) -> str:
+    """The command, or (a table merged over sittings) each command with the networks it made."""
+    commands = list(dict.fromkeys(r.get("command") or header["command"] for r in rows)) or [header["command"]]
+    if len(commands) == 1:
+        return f"`{commands[0]}`"
+    return "; ".join(f"`{c}` ({', '.join(r['model'] for r in rows if (r.get('command') or header['command']) == c)})"
+                     for c in commands)
+
+
 def markdown(rows: list[dict], header: dict) -> str:
     names = [c for c, *_ in file_cells()]
     full = sum(r.get("all_verified", False) for r in rows)
     faithful = sum(r.get("all_faithful", False) for r in rows)
     lines = ["# Zoo: mobile networks through every runtime", "",
-             f"Made by `{header['command']}` on {header['host']}; flags `{header['flags']}`. "
+             f"Made by {made_by(rows, header)} on {header['host']}; flags `{header['flags']}`. "
              "Random initial weights, trained briefly here; every file verified in its runtime on the test images "
              "(`ok`), else its first cause. The per-layer column compares the int8 `.pte` and `.tflite` layer by "
              "layer and teacher-forced against PyTorch's int8 graph.", "",
@@ -241,25 +250,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="", help="also write zoo.json and zoo.md here (e.g. benchmarks/results)")
     parser.add_argument("--rerun", action="store_true", help="run networks again even where a finished run exists")
     parser.add_argument("--collect-only", action="store_true", help="run nothing; build the table from ROOT")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows already in --results/zoo.json of other networks made with the same flags "
+                             "(a table built over sittings whose OUTs are gone), each with the command that made it")
     opts = parser.parse_args(argv)
     root, flags = Path(opts.root), shlex.split(opts.flags)
     networks = [n.strip() for n in opts.networks.split(",") if n.strip()]
     root.mkdir(parents=True, exist_ok=True)
-    rows = []
+    kept = earlier_rows(Path(opts.results) / "zoo.json", networks, opts.flags) if opts.merge and opts.results else []
+    command = "python -m benchmarks.zoo " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    rows = list(kept)
     for model in networks:
         out = root / slug(model)
         if not opts.collect_only:
             run_network(model, out, flags, opts.rerun)
-        rows.append(network_row(model, out))
-        write(rows, opts, root)
+        rows.append({**network_row(model, out), "command": command})
+        write(rows, opts, root, command)
     full = sum(r.get("all_verified", False) for r in rows)
     print(f"zoo: {full} of {len(rows)} networks verified in every runtime; table: {root / 'zoo.md'}")
     return 0 if full == len(rows) else 1
 
 
-def write(rows: list[dict], opts, root: Path) -> None:
-    header = {"command": "python -m benchmarks.zoo " + " ".join(shlex.quote(a) for a in (sys.argv[1:] or [])),
-              "host": host(), "flags": opts.flags}
+def earlier_rows(results: Path, networks: list[str], flags: str) -> list[dict]:
+    """--merge: the rows of an earlier table for networks this run does not list, if made with the same flags
+    (rows of other flags are not comparable and are dropped, with a line saying so)."""
+    if not results.exists():
+        return []
+    earlier = json.loads(results.read_text())
+    others = [r for r in earlier.get("rows", []) if r["model"] not in networks]
+    if earlier.get("flags") != flags:
+        if others:
+            print(f"zoo: --merge: {results} was made with other flags ({earlier.get('flags')}); "
+                  f"its {len(others)} other row(s) are not kept")
+        return []
+    return [{**r, "command": r.get("command") or earlier.get("command")} for r in others]
+
+
+def write(rows: list[dict], opts, root: Path, command: str) -> None:
+    header = {"command": command, "host": host(), "flags": opts.flags}
     for folder in [root] + ([Path(opts.results)] if opts.results else []):
         folder.mkdir(parents=True, exist_ok=True)
         atomic.write_text(folder / "zoo.json", json.dumps({**header, "rows": rows}, indent=2))

@@ -84,3 +84,33 @@ def test_a_model_the_chance_gate_refused_names_that_cause_in_every_cell(tiny_out
     causes = {c["cause"] for c in row["cells"].values()}
     assert len(causes) == 1 and row["verified"] == 0
     assert causes.pop().startswith("train refused: the fp32 model is not significantly better than chance: 27 of 200")
+
+
+def test_merge_keeps_earlier_rows_of_the_same_flags_each_with_its_command(tiny_out, tmp_path, capsys):
+    """A table built over sittings whose OUTs are gone: --merge keeps the earlier table's other networks (same
+    flags), names the command that made each, and drops rows made with other flags, saying so."""
+    root, results = tmp_path / "root", tmp_path / "results"
+    _copy(tiny_out, tmp_path, zoo.slug("first"))
+    _copy(tiny_out, tmp_path, zoo.slug("second"))
+    flags = "--image-size 64"
+    assert zoo.main(["--networks", "first", "--root", str(root), "--results", str(results), "--flags", flags,
+                     "--collect-only"]) in (0, 1)
+    zoo.main(["--networks", "second", "--root", str(root), "--results", str(results), "--flags", flags,
+              "--collect-only", "--merge"])
+    table = json.loads((results / "zoo.json").read_text())
+    assert [r["model"] for r in table["rows"]] == ["first", "second"]
+    assert "--networks first" in table["rows"][0]["command"] and "--networks second" in table["rows"][1]["command"]
+    text = (results / "zoo.md").read_text()
+    assert "(first)" in text and "(second)" in text and "of 2 networks**" in text
+    # without --merge the table holds this run's networks only
+    zoo.main(["--networks", "second", "--root", str(root), "--results", str(results), "--flags", flags,
+              "--collect-only"])
+    assert [r["model"] for r in json.loads((results / "zoo.json").read_text())["rows"]] == ["second"]
+    # rows made with other flags are not comparable: dropped, with a line that says so
+    zoo.main(["--networks", "first", "--root", str(root), "--results", str(results), "--flags", flags,
+              "--collect-only"])
+    capsys.readouterr()
+    zoo.main(["--networks", "second", "--root", str(root), "--results", str(results), "--flags", "--image-size 32",
+              "--collect-only", "--merge"])
+    assert [r["model"] for r in json.loads((results / "zoo.json").read_text())["rows"]] == ["second"]
+    assert "made with other flags" in capsys.readouterr().out
