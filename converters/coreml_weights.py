@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from core.weights import load_weights
+
 from .base import ConversionError
 
 # A matched weight differs from the network's by at most this share of its norm. fp16 rounding gives ~1e-3,
@@ -214,6 +216,6 @@ def load_into(net: nn.Module, weights: dict[str, np.ndarray], file: str = "the C
             f"network tensors, by shape and value: {shown}{more}. Core ML's converter rebuilt them (folded into a "
             "neighbouring op), so this file cannot be checked on Linux; run `verify` on macOS, where Core ML runs it")
     state = net.state_dict()
-    net.load_state_dict({k: torch.from_numpy(matched[k].astype(np.float32)).reshape(v.shape) if k in matched else v
-                         for k, v in state.items()})
+    load_weights(net, {k: torch.from_numpy(matched[k].astype(np.float32)).reshape(v.shape) if k in matched else v
+                       for k, v in state.items()})
     return net

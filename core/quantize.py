@@ -34,6 +34,7 @@ from .export_check import MAX_BATCH
 from .loaders import TrainLoader
 from .recipe import Recipe
 from .schemes import Scheme
+from .weights import load_weights
 
 PROGRAM, UNFOLDED, FLOAT = "program.pt2", "unfolded.pt2", "float.pt"
 
@@ -85,7 +86,7 @@ def quant_aware(model: nn.Module, scheme: Scheme, data: DataBundle | TrainLoader
     if isinstance(data, TrainLoader) and not data.ctx.is_main:
         return None  # the ranks ended with identical weights, observers and BatchNorm statistics: rank 0 has them all
     trained = copy.deepcopy(model)
-    trained.load_state_dict(qat.float_weights(prepared, model))
+    load_weights(trained, qat.float_weights(prepared, model))
     errors = qat.weight_quantization_error(prepared)
     program, unfolded = _converted(prepared, scheme)
     return Quantized("qat", program, trained.eval(), unfolded, errors, stats)

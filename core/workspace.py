@@ -19,6 +19,7 @@ from . import models, qat, quantize, rewrites, train
 from .config import RunConfig
 from .console import say
 from .schemes import Scheme
+from .weights import load_weights
 
 CHECKPOINT = Path("checkpoints") / "fp32.pt"
 
@@ -117,7 +118,7 @@ class Workspace:
         # the QAT weights are keyed as the rewritten network the QAT graph came from (core/rewrites.py: a lone
         # BatchNorm became a conv), so they load into that structure
         float_model = self.export_ready(self.build_model(len(data.labels)))
-        float_model.load_state_dict(qat.load_float_weights(folder / quantize.FLOAT))
+        load_weights(float_model, qat.load_float_weights(folder / quantize.FLOAT))
         unfolded = folder / quantize.UNFOLDED
         entry = self.manifest.get("accuracy", {}).get(scheme.tag, {})
         source.scheme, source.program = scheme, self.quantized_program(scheme.tag)

@@ -30,6 +30,7 @@ from converters.coreml_palette import AUTO_WIDTHS, palettized_layers, ungrouped
 from converters.coreml_weights import fold_batchnorm, match_weights, read_weights
 from converters.verify import Thresholds, verify
 from core import statistics
+from core.weights import load_weights
 from core.console import say
 from core.evaluate import predict
 
@@ -83,8 +84,8 @@ class Palettes:
         state = net.state_dict()
         values = {k: self.dense.get(k, v) for k, v in state.items()}
         values.update({f"{layer}.weight": self.luts[bits][layer] for layer, bits in widths.items()})
-        net.load_state_dict({k: torch.as_tensor(np.asarray(v, np.float32)).reshape(state[k].shape)
-                             for k, v in values.items()})
+        load_weights(net, {k: torch.as_tensor(np.asarray(v, np.float32)).reshape(state[k].shape)
+                           for k, v in values.items()})
         return predict(net.eval(), self.data)
 
     def point(self, widths: dict[str, int], budget_pp: float) -> dict:
