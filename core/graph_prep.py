@@ -48,7 +48,7 @@ def remove_noop_slices(gm: torch.fx.GraphModule) -> int:
         if _call(node, ALIASES):
             noop = True
         elif _call(node, SLICES):
-            x, args = node.args[0], list(node.args[1:]) + [None] * (4 - len(node.args))
+            x, args = node.args[0], list(node.args[1:]) + [None] * (5 - len(node.args))  # (dim, start, end, step)
             dim, start, end, step = (args[0] if args[0] is not None else node.kwargs.get("dim", 0)), *args[1:4]
             start = node.kwargs.get("start", start)
             end, step = node.kwargs.get("end", end), node.kwargs.get("step", step if step is not None else 1)

@@ -51,3 +51,24 @@ def test_int_scalars_of_float_arithmetic_become_float_and_floor_division_is_left
     x = torch.randn(2, 2, 4, 4) * 4
     with torch.no_grad():
         assert torch.equal(gm(x), Net()(x))
+
+
+def test_a_slice_without_its_trailing_arguments_is_read_with_their_defaults():
+    """`slice(x, dim, start, end)` with step left out (torchvision's shufflenet_v2 in the zoo): it was read as
+    three values and export failed with 'not enough values to unpack'."""
+    class Halves(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :4] + x[:, 4:]
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), Halves())
+    gm = export_training_graph(net.eval(), (3, 4, 4))
+    slices = [n for n in gm.graph.nodes if n.target == torch.ops.aten.slice.Tensor]
+    assert slices
+    for node in slices:  # as the exporter writes it for a channel split: no step, and no end for `x[:, 4:]`
+        node.args = tuple(a for i, a in enumerate(node.args) if i < 4 and a is not None) or node.args
+    gm.recompile()
+    graph_rewrites(gm)  # no error; and the halves are not no-ops, so they stay
+    assert sum(n.target == torch.ops.aten.slice.Tensor for n in gm.graph.nodes) == len(slices)
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(gm(x), net(x))
