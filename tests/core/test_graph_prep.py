@@ -72,3 +72,35 @@ def test_a_slice_without_its_trailing_arguments_is_read_with_their_defaults():
     x = torch.randn(2, 3, 4, 4)
     with torch.no_grad():
         assert torch.equal(gm(x), net(x))
+
+
+class _NormAfter(torch.nn.Module):
+    """A training-mode BatchNorm (batch statistics) after an activation written one way or another."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.activation = activation
+
+    def forward(self, x):
+        return torch.nn.functional.batch_norm(self.activation(x), None, None, training=True)
+
+
+def test_the_float_check_is_not_fooled_by_rounding_that_batch_statistics_amplify():
+    """tinynet_a in the zoo: SiLU as x * sigmoid(x) rounds differently in float32, and a training graph's
+    BatchNorm over a nearly constant batch amplified that to 1e-5..3e-3 of the output; the check said the
+    rewrite changed the network. In float64 the same rewrite is exact to ~1e-12; a real change still shows."""
+    from core.graph_prep import FLOAT_TOLERANCE, float_difference
+
+    x = (3 + 1e-2 * torch.randn(2, 64, generator=torch.Generator().manual_seed(0)),)
+    # IEEE rounding, the same on every CPU: (x + 1000) - 1000 is x to within float32's step at 1000 (6e-5)
+    plain = torch.fx.symbolic_trace(_NormAfter(lambda x: x))
+    rounded = torch.fx.symbolic_trace(_NormAfter(lambda x: (x + 1000) - 1000))
+    with torch.no_grad():
+        a, b = plain(*x), rounded(*x)
+    assert float((a - b).abs().max() / a.abs().max()) > FLOAT_TOLERANCE  # what a float32 check would say
+    assert float_difference(plain, rounded, x) < 1e-9
+    silu = torch.fx.symbolic_trace(_NormAfter(torch.nn.functional.silu))
+    rewritten = torch.fx.symbolic_trace(_NormAfter(lambda x: x * torch.sigmoid(x)))
+    wrong = torch.fx.symbolic_trace(_NormAfter(lambda x: x * torch.sigmoid(x) + 1e-3 * x * x))
+    assert float_difference(silu, rewritten, x) < 1e-9
+    assert float_difference(silu, wrong, x) > FLOAT_TOLERANCE  # a real change still shows
