@@ -111,6 +111,10 @@ class RunConfig:
     rounding_agreement: float = _opt(0.98, "lowest top-1 agreement accepted for an int8 .pte or .tflite whose every "
                                            "layer passes --max-local-steps (the rest is rounding carried through "
                                            "the network); the accuracy checks still hold", "verify")
+    near_tie_steps: int = _opt(8, "under --rounding-agreement: agreement is counted on the images whose int8 reference "
+                                  "answer leads its runner-up by more than this many output steps (rounding carried "
+                                  "through the network moves logits a few steps and turns only near ties); the near "
+                                  "ties are reported apart; 0 counts every image", "verify")
     confidence: float = _opt(0.95, "confidence level of each verdict's interval: a check fails only when its whole "
                                    "interval lies beyond the threshold, and is 'not distinguishable' when it "
                                    "straddles it; also the level of the PTQ-vs-QAT McNemar test under auto", "verify")
@@ -151,7 +155,7 @@ class RunConfig:
                           ("bench_iterations", 1), ("bench_seconds", 0), ("bench_train_seconds", 0), ("calib_batches", 1), ("sample_size", 1), ("group_size", 1),
                           ("study_batches", 0), ("prune_epochs", 0), ("prune_steps", 0), ("bn_recalibration", 0),
                           ("parity_images", 0), ("max_parity_steps", 0), ("max_parity_steps_float", 0),
-                          ("max_local_steps", 0)):
+                          ("max_local_steps", 0), ("near_tie_steps", 0)):
             if getattr(self, name) < low:
                 problems.append(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}")
         for name in ("sparsity", "channel_ratio"):

@@ -142,13 +142,20 @@ def accept_rounding(pipeline: OutState, recheck: dict, thresholds, parity_result
         if (result["passed"] or runtime not in verdicts or mf.scheme_tag(artifact) != scheme_tag
                 or (parity_result.get("files") or {}).get(file) != artifact.get("sha256")):  # not these bytes
             continue
-        floor = rounding_floor(verdicts[runtime], parity_result["images"], thresholds)
+        floor = rounding_floor(verdicts[runtime], parity_result["images"], thresholds, output_step(parity_result))
         if floor is None:
             continue
         redone = again(floor)
         redone.update({k: result[k] for k in ("method", "images", "seconds", "basis")})
         artifact["verification"] = redone
         say_verdict(file, redone, f"held to the rounding floor {100 * floor['min_agreement']:.2f}%: {floor['why']}")
+
+
+def output_step(parity_result: dict) -> float | None:
+    """The int8 reference's output step: the scale of the layer parity marked as the network's output (one
+    output; None when there is not exactly one)."""
+    outputs = [layer for layer in parity_result.get("layers") or [] if layer.get("is_output")]
+    return float(outputs[0]["scale"]) if len(outputs) == 1 and outputs[0].get("scale") else None
 
 
 def say_verdict(file: str, result: dict, detail: str) -> None:
@@ -158,6 +165,11 @@ def say_verdict(file: str, result: dict, detail: str) -> None:
     verdicts = result.get("verdicts", [])
     agreement = next((v for v in verdicts if v["method"] == "Clopper-Pearson"), None)
     interval = f" [{100 * agreement['low']:.2f}, {100 * agreement['high']:.2f}]%, n={agreement['n']}" if agreement else ""
+    near = result.get("near_ties")
+    if agreement and near:
+        interval = (f"; {100 * agreement['observed']:.2f}%{interval} where the reference leads by more than "
+                    f"{near['steps']:g} output steps ({near['images']} near ties left out, {near['changed']} of them "
+                    "changed)")
     undecided = [v for v in verdicts if v["outcome"] == "inconclusive"]
     if not result["passed"]:
         outcome = "FAILED"

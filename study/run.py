@@ -26,7 +26,7 @@ RUNNERS = {"error": layer_error.run, "sensitivity": sensitivity.run, "mixed": mi
 STUDY_DIR = "study"
 STUDY_SETTINGS = ("study_sections", "study_batches", "sweep_bits", "keep_float", "sparsity", "channel_ratio", "prune_epochs",
                   "prune_steps", "prune_lr", "backends", "nbits", "granularity", "group_size", "weight_threshold",
-                  "min_agreement", "max_acc_drop", "max_quant_drop", "rounding_agreement", "confidence", "bench_warmup", "bench_iterations",
+                  "min_agreement", "max_acc_drop", "max_quant_drop", "rounding_agreement", "near_tie_steps", "confidence", "bench_warmup", "bench_iterations",
                   "calib_batches", "qat_epochs", "qat_max_steps", "seed")
 
 

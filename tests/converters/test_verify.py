@@ -108,3 +108,67 @@ def test_the_files_own_answers_per_image_are_kept_for_paired_comparisons():
     assert answers is not None and answers.shape == (1000,)
     assert np.array_equal(answers, logits.argmax(1) == labels)
     assert answers.sum() == round(result["accuracy"] * 1000) == 930
+
+
+def _near_tie_case(changed_near: int, changed_decisive: int, step: float = 0.1):
+    """400 images of 10 classes with int8-like logits (whole steps of `step`): the reference leads its
+    runner-up by 2 output steps on the first 200 images (near ties) and by 20 on the rest. The artifact moves
+    logits by at most 3 steps and turns `changed_near` near ties and `changed_decisive` decisive answers. The
+    near ties are the reference's mistakes (label: a third class), so turning them costs no accuracy."""
+    n = 400
+    answer = np.arange(n) % 10
+    labels = np.where(np.arange(n) < 200, (answer + 2) % 10, answer)
+    ref = np.zeros((n, 10))
+    ref[np.arange(n), answer] = np.where(np.arange(n) < 200, 2, 20) * step
+    art = ref.copy()
+    runner_up = (answer + 1) % 10
+    near = np.arange(changed_near)
+    art[near, runner_up[near]] += 3 * step
+    decisive = np.arange(200, 200 + changed_decisive)
+    art[decisive, runner_up[decisive]] += 21 * step
+    return art.astype(np.float32), ref.astype(np.float32), labels
+
+
+def test_under_the_rounding_floor_near_ties_are_left_out_of_the_agreement_and_reported():
+    thresholds = Thresholds()
+    floor = rounding_floor(PASSED_LOCAL, 100, thresholds, output_step=0.1)
+    assert floor["near_tie"] == {"steps": 8, "output_step": 0.1} and "leads by more than 8 output steps" in floor["why"]
+    # 30 of 400 answers changed (92.5%, below the 98% floor), all near ties (leads of 2 steps): the 200 decisive
+    # answers all agree
+    art, ref, labels = _near_tie_case(changed_near=30, changed_decisive=0)
+    plain_floor = rounding_floor(PASSED_LOCAL, 100, thresholds)  # no output step known: every image counts
+    assert plain_floor["near_tie"] is None
+    assert not verify(ARTIFACT, art, ref, labels, thresholds, rounding=plain_floor)["passed"]
+    held = verify(ARTIFACT, art, ref, labels, thresholds, rounding=floor)
+    assert held["passed"], held["failures"]
+    assert held["near_ties"] == {"steps": 8, "output_step": 0.1, "images": 200, "changed": 30}
+    assert held["agreement"] == 370 / 400  # the overall agreement is still what it is
+    agreement = held["verdicts"][0]
+    assert agreement["n"] == 200 and agreement["observed"] == 1.0 and "more than 8 output steps" in agreement["name"]
+    # decisive answers that change still fail: 12 of 200 decisive (94.0%, CI [89.8, 96.9]%) is below 98%
+    failed = verify(ARTIFACT, *_near_tie_case(changed_near=0, changed_decisive=12), thresholds, rounding=floor)
+    assert not failed["passed"] and any("on the 200 of 400 images where it leads by more than 8" in f
+                                        for f in failed["failures"])
+    # --near-tie-steps 0 counts every image
+    none = rounding_floor(PASSED_LOCAL, 100, Thresholds(near_tie_steps=0), output_step=0.1)
+    assert none["near_tie"] is None
+    assert not verify(ARTIFACT, art, ref, labels, Thresholds(near_tie_steps=0), rounding=none)["passed"]
+
+
+def test_the_verify_stage_takes_the_output_step_from_the_parity_layers():
+    from pipeline.verify import output_step
+
+    art, ref, labels = _near_tie_case(changed_near=30, changed_decisive=0)
+    manifest = _manifest(local_passed=True)
+    artifact = manifest["artifacts"]["m.tflite"]
+    recheck = {"m.tflite": lambda rounding: verify(artifact, art, ref, labels, Thresholds(), None, rounding)}
+    parity_result = {**manifest["parity"], "layers": [{"name": "conv", "scale": 0.5},
+                                                      {"name": "fc", "scale": 0.1, "is_output": True}]}
+    assert output_step(parity_result) == 0.1 and output_step(manifest["parity"]) is None
+    accept_rounding(SimpleNamespace(manifest=manifest), recheck, Thresholds(), parity_result)
+    held = artifact["verification"]
+    assert held["passed"] and held["near_ties"]["images"] == 200 and held["near_ties"]["changed"] == 30
+    # a coarser step (2.0: every lead is under one step) would leave no image to judge: then every image counts
+    coarse = verify(artifact, art, ref, labels, Thresholds(), None,
+                    rounding_floor(PASSED_LOCAL, 100, Thresholds(), output_step=2.0))
+    assert coarse["verdicts"][0]["n"] == 400 and coarse["near_ties"] is None and not coarse["passed"]
