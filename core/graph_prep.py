@@ -7,7 +7,10 @@ Each step computes the same values as the graph it replaces, in a form the int8 
 
 - no-op slices (`x[:, :C]` where C is already the full size, as GhostNet writes `out[:, :self.out_chs]`)
   and `alias` ops are removed: ExecuTorch turns them into `alias_copy`, which XNNPACK does not take,
-  and Core ML has no `alias`;
+  and Core ML has no `alias`; so are expands to the shape a tensor already has;
+- a batched matrix product `a @ b` of tensors with the same batch dims (EfficientViT's attention)
+  becomes `bmm` (reshaped to 3-d and back where it has more dims): ExecuTorch decomposes `matmul` into
+  expand + bmm, and in an int8 program each expand stayed an `expand_copy` outside XNNPACK;
 - nearest upsampling by an integer factor becomes concatenations and reshapes (XNNPACK has no
   nearest resize; `cat` and `view` it delegates, in float and int8, without new rounding);
 - `silu(x)` becomes `x * sigmoid(x)`: LiteRT has no int8 SiLU (it ran as float ops in the `.tflite`);
@@ -19,6 +22,10 @@ Each step computes the same values as the graph it replaces, in a form the int8 
   `_to_dim_order_copy` that XNNPACK refuses (a dtype conversion), outside the delegate.
 
 `prepare(gm)` runs them all and checks the result against the original graph in float.
+
+`fold_constant_lookups(gm)`, for a graph whose weights are frozen (export, not QAT): a table read by
+constant indices (EfficientViT's `attention_biases[:, idxs]`, then one head's row of it) is computed
+once and stored; XNNPACK takes neither `index` nor `select` on weights.
 """
 
 from __future__ import annotations
@@ -36,17 +43,24 @@ FLOAT_TOLERANCE = 1e-5  # these steps move no arithmetic: only float noise may d
 
 ALIASES = (aten.alias.default,)
 SLICES = (aten.slice.Tensor,)
+EXPANDS = (aten.expand.default,)
+MATMULS = (aten.matmul.default,)
+SAME_SIZE_POOLS = (aten.adaptive_avg_pool2d.default,)
+LOOKUPS = (aten.index.Tensor, aten.select.int, aten.slice.Tensor, aten.view.default, aten.reshape.default,
+           aten.permute.default, aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
+           aten.flatten.using_ints, aten.t.default, aten.clone.default, aten.contiguous.default)
 NEAREST = (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default)
 ARITHMETIC = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.rsub.Scalar,
               aten.add.Scalar, aten.sub.Scalar, aten.mul.Scalar, aten.div.Scalar)
 
 
 def remove_noop_slices(gm: torch.fx.GraphModule) -> int:
-    """`x[..., 0:n:1]` where n covers the whole dim, and `alias(x)`, replaced by `x`; returns how many."""
+    """`x[..., 0:n:1]` where n covers the whole dim, `alias(x)`, and `x.expand(s)` or an adaptive average pool
+    whose output has x's own shape, replaced by `x`; returns how many."""
     removed = 0
     for node in list(gm.graph.nodes):
-        if _call(node, ALIASES):
-            noop = True
+        if _call(node, ALIASES + EXPANDS + SAME_SIZE_POOLS):
+            noop = True  # an expand or a pool only when its output has its input's shape (checked below)
         elif _call(node, SLICES):
             x, args = node.args[0], list(node.args[1:]) + [None] * (5 - len(node.args))  # (dim, start, end, step)
             dim, start, end, step = (args[0] if args[0] is not None else node.kwargs.get("dim", 0)), *args[1:4]
@@ -57,7 +71,7 @@ def remove_noop_slices(gm: torch.fx.GraphModule) -> int:
             noop = (start in (None, 0) and step == 1 and (end is None or (_is_int(end) and _is_int(size) and end >= size)))
         else:
             continue
-        if noop and _shape(node) == _shape(node.args[0]):
+        if noop and _shape(node) is not None and _shape(node) == _shape(node.args[0]):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             removed += 1
@@ -107,6 +121,34 @@ def nearest_as_concat(gm: torch.fx.GraphModule) -> int:
             else:
                 out = rows[0]
         node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        done += 1
+    return done
+
+
+def batched_matmul_as_bmm(gm: torch.fx.GraphModule) -> int:
+    """`matmul(a, b)` of two tensors of rank r >= 3 with the same batch dims as `bmm` (rank 3) or as
+    reshapes to [-1, n, k] and [-1, k, m], `bmm` and a reshape back; returns how many. The batch may be
+    dynamic in its first dim only; every other size must be known."""
+    graph, done = gm.graph, 0
+    for node in list(graph.nodes):
+        if not _call(node, MATMULS) or len(node.args) != 2:
+            continue
+        a, b = node.args
+        sa, sb, out = _shape(a), _shape(b), _shape(node)
+        if sa is None or sb is None or out is None or len(sa) != len(sb) or len(sa) < 3:
+            continue
+        if [str(s) for s in sa[:-2]] != [str(s) for s in sb[:-2]] or not all(_is_int(s) for s in (*sa[1:], *sb[1:])):
+            continue
+        with graph.inserting_before(node):
+            if len(sa) == 3:
+                bmm = _meta(graph.call_function(aten.bmm.default, (a, b)), node, node.meta.get("val"))
+            else:
+                flat_a, flat_b = _view(graph, a, [-1, *sa[-2:]], node), _view(graph, b, [-1, *sb[-2:]], node)
+                product = _meta(graph.call_function(aten.bmm.default, (flat_a, flat_b)), node, None)
+                bmm = _meta(graph.call_function(aten.view.default, (product, [-1, *out[1:]])), node,
+                            node.meta.get("val"))
+        node.replace_all_uses_with(bmm)
         graph.erase_node(node)
         done += 1
     return done
@@ -181,7 +223,10 @@ def silu_as_sigmoid_mul(gm: torch.fx.GraphModule) -> int:
 STEPS = (
     IDENTITY_ARITHMETIC,  # first: `x / 1` and `x * 1` go here, in one step, before the division step sees them
     ("no-op slice / alias", "removed", remove_noop_slices,
-     "selects the whole tensor; ExecuTorch makes it an alias_copy that XNNPACK and Core ML do not take"),
+     "selects (or expands to) the whole tensor; ExecuTorch makes it an alias_copy or expand_copy that XNNPACK "
+     "(int8) and Core ML do not take"),
+    ("batched matmul", "bmm", batched_matmul_as_bmm,
+     "the same batch dims; ExecuTorch decomposes matmul into expand + bmm, and XNNPACK refuses the int8 expand"),
     ("upsample_nearest2d", "cat + reshape", nearest_as_concat,
      "integer factor; XNNPACK has no nearest resize, and delegates cat and reshape"),
     ("silu", "sigmoid + mul", silu_as_sigmoid_mul,
@@ -201,7 +246,8 @@ def _example(gm: torch.fx.GraphModule) -> tuple | None:
         shape = _shape(node)
         if shape is None or not all(_is_int(s) for s in shape[1:]):
             return None
-        inputs.append(torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(len(inputs))))
+        batch = shape[0] if shape and _is_int(shape[0]) else 2  # a graph exported with a fixed batch keeps it
+        inputs.append(torch.randn(batch, *shape[1:], generator=torch.Generator().manual_seed(len(inputs))))
     return tuple(inputs)
 
 
@@ -245,3 +291,45 @@ def prepare(gm: torch.fx.GraphModule) -> list[dict]:
             raise AssertionError(f"graph preparation changed the network's float output by {diff:.2e} (relative); "
                                  f"steps: {done}")
     return done
+
+
+def fold_constant_lookups(gm: torch.fx.GraphModule) -> int:
+    """Data-movement ops (LOOKUPS) whose every tensor input is a weight, a buffer or such an op, computed once
+    and stored as a buffer; returns how many stored tensors replace them. Only for frozen weights: in QAT the
+    table is trained."""
+    graph, values = gm.graph, {}
+    for node in graph.nodes:
+        if node.op == "get_attr":
+            values[node] = _attr(gm, node.target)
+            continue
+        if not _call(node, LOOKUPS):
+            continue
+        needed = []
+        torch.fx.node.map_arg((node.args, node.kwargs), needed.append)
+        if needed and all(n in values and isinstance(values[n], torch.Tensor) for n in needed):
+            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
+            with torch.no_grad():
+                values[node] = node.target(*args, **kwargs)
+    frontier = [n for n in values if n.op == "call_function" and any(u not in values for u in n.users)]
+    for i, node in enumerate(frontier):
+        name = f"_folded_lookup_{i}"
+        while hasattr(gm, name):
+            name += "_"
+        gm.register_buffer(name, values[node].detach().clone().contiguous())
+        with graph.inserting_before(node):
+            stored = _meta(graph.get_attr(name), node, node.meta.get("val"))
+        node.replace_all_uses_with(stored, delete_user_cb=lambda user: user not in values)
+    for node in reversed(list(graph.nodes)):
+        if node in values and node.op == "call_function" and not node.users:
+            graph.erase_node(node)
+    if frontier:
+        graph.lint()
+        gm.recompile()
+    return len(frontier)
+
+
+def _attr(gm: torch.fx.GraphModule, target: str):
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value

@@ -24,7 +24,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # parallel). Any other non-function-scoped fixture defined in tests/ keeps all of its tests on one worker
 # (an xdist_group per shared fixture; with `--dist loadgroup` the group runs on one worker), so that a study,
 # a bench run or a module's export is built once, not once per worker.
-PER_WORKER = {"exported", "make_config", "calibrated", "ghost_gate", "config_for"}
+PER_WORKER = {"exported", "make_config", "calibrated", "ghost_gate", "tiny_attention", "config_for"}
 
 
 def _shared_fixtures(item) -> list[str]:
@@ -188,3 +188,37 @@ def ghost_gate():
             return (self.head(x) + self.head_dist(x)) / 2
 
     return GhostGate
+
+
+@pytest.fixture(scope="session")
+def tiny_attention():
+    """The class of a tiny network with EfficientViT's (MSRA) attention: batched matrix products over the
+    flattened feature map (`q.transpose(-2, -1) @ k`, `v @ attn.transpose(-2, -1)`), a bias per relative
+    offset read from a learned table by constant indices, one head's row of it, a softmax, and an adaptive
+    pool to the size the map already has (for graph preparation tests)."""
+    import torch
+    import torch.nn as nn
+
+    class TinyAttention(nn.Module):
+        def __init__(self, size: int = 8):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, stride=4, padding=1)
+            self.qkv = nn.Conv2d(8, 12, 1)
+            points = torch.arange(size * size)
+            offsets = (points[:, None] // size - points[None] // size).abs() * size + (points[:, None] % size - points[None] % size).abs()
+            self.table = nn.Parameter(torch.randn(2, size * size) * 0.1)  # a bias per head and relative offset
+            self.register_buffer("offsets", offsets, persistent=False)
+            self.proj, self.head = nn.Conv2d(4, 8, 1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            b, _, h, w = x.shape
+            q, k, v = self.qkv(x).split([4, 4, 4], dim=1)
+            q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)
+            bias = self.table[:, self.offsets]  # [heads, N, N]: a table read by constant indices
+            attn = (q.transpose(-2, -1) @ k * 0.5 + bias[1]).softmax(dim=-1)
+            x = self.proj((v @ attn.transpose(-2, -1)).view(b, 4, h, w))
+            x = nn.functional.adaptive_avg_pool2d(x, (h, w))  # a pool to the size it has (EfficientViT at 64 px)
+            return self.head(x.mean((2, 3)))
+
+    return TinyAttention

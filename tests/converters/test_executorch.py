@@ -115,6 +115,23 @@ def test_noop_slice_nearest_upsampling_and_int_scalars_are_delegated(calibrated,
     assert tflite_checks["float_ops"] == {} and tflite_checks["fully_int8"], tflite_checks["ops"]
 
 
+def test_batched_matrix_products_are_delegated_without_their_noop_expands(calibrated, tiny_attention):
+    """EfficientViT's attention: `a @ b` of 3-d tensors is traced as expand + bmm, the expand to the shape the
+    tensor already has; in the int8 program each became an `expand_copy` outside XNNPACK (96 on the zoo's
+    efficientvit_m0). Its bias table read by constant indices (`index`, `select`) and a pool to the map's own
+    size (`as_strided_copy`) stayed outside in the fp32 program. Prepared, both programs are one delegate."""
+    from core import qat
+
+    torch.manual_seed(0)
+    shape = (1, 32, 32)
+    program, table = lower(tiny_attention().eval(), shape)
+    assert delegation_checks(program, table, "fp32")["non_delegated_ops"] == {}
+    prepared = calibrated(tiny_attention(), shape, batch=8)
+    program, table = lower(qat.convert(prepared, fold=True), shape)
+    checks = delegation_checks(program, table, "int8")
+    assert checks["non_delegated_ops"] == {} and checks["fully_delegated"], checks["non_delegated_ops"]
+
+
 def test_the_bench_report_line_on_the_threadpool_comes_from_the_backend():
     reported = [{"threads": 2, "torch": 2, "executorch_threadpool": 2}, {"threads": 1, "torch": 1, "executorch_threadpool": 1},
                 {"threads": 1, "torch": 1, "executorch_threadpool": 1}, {"threads": 1, "torch": 1}]

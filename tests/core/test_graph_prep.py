@@ -104,3 +104,26 @@ def test_the_float_check_is_not_fooled_by_rounding_that_batch_statistics_amplify
     wrong = torch.fx.symbolic_trace(_NormAfter(lambda x: x * torch.sigmoid(x) + 1e-3 * x * x))
     assert float_difference(silu, rewritten, x) < 1e-9
     assert float_difference(silu, wrong, x) > FLOAT_TOLERANCE  # a real change still shows
+
+
+def test_batched_matmul_becomes_bmm_exactly_and_broadcasting_is_left_alone():
+    """EfficientViT's 3-d `q.transpose(-2, -1) @ k` and a 4-d multi-head product become bmm (ExecuTorch's
+    decomposition of matmul left int8 expand_copy ops outside XNNPACK); a product that broadcasts its batch
+    is not a bmm and stays."""
+
+    class Heads(torch.nn.Module):
+        def forward(self, x):
+            q = x.flatten(2).view(x.shape[0], 2, 4, 16)  # [B, heads, d, N]
+            scores = q.transpose(-2, -1) @ q  # 4-d, the same batch dims
+            mixed = x.flatten(2) @ x.flatten(2).transpose(-2, -1)  # 3-d
+            shared = q @ torch.ones(1, 1, 16, 3)  # broadcasts over batch and heads: left as matmul
+            return scores.sum((1, 2, 3)) + mixed.sum((1, 2)) + shared.sum((1, 2, 3))
+
+    gm = export_training_graph(Heads(), (8, 4, 4))
+    done = {r["from"]: r["count"] for r in graph_rewrites(gm)}
+    assert done.get("batched matmul") == 2
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.aten.bmm.default) == 2 and targets.count(torch.ops.aten.matmul.default) == 1
+    x = torch.randn(3, 8, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(gm(x), Heads()(x))
