@@ -11,6 +11,9 @@ Each step computes the same values as the graph it replaces, in a form the int8 
 - a batched matrix product `a @ b` of tensors with the same batch dims (EfficientViT's attention)
   becomes `bmm` (reshaped to 3-d and back where it has more dims): ExecuTorch decomposes `matmul` into
   expand + bmm, and in an int8 program each expand stayed an `expand_copy` outside XNNPACK;
+- a permutation of a tensor of rank 5 or more is written at the lowest rank that holds it: size-1 dims
+  dropped and dims that stay neighbours merged (EfficientViT's window partition and MobileViT's patch
+  unfolding reshape to rank 6; Core ML allows rank 5 at most, and its int8 conversion failed on them);
 - nearest upsampling by an integer factor becomes concatenations and reshapes (XNNPACK has no
   nearest resize; `cat` and `view` it delegates, in float and int8, without new rounding);
 - `silu(x)` becomes `x * sigmoid(x)`: LiteRT has no int8 SiLU (it ran as float ops in the `.tflite`);
@@ -46,6 +49,8 @@ SLICES = (aten.slice.Tensor,)
 EXPANDS = (aten.expand.default,)
 MATMULS = (aten.matmul.default,)
 SAME_SIZE_POOLS = (aten.adaptive_avg_pool2d.default,)
+PERMUTES = (aten.permute.default, aten.transpose.int)
+RESHAPES = (aten.view.default, aten.reshape.default)
 LOOKUPS = (aten.index.Tensor, aten.select.int, aten.slice.Tensor, aten.view.default, aten.reshape.default,
            aten.permute.default, aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
            aten.flatten.using_ints, aten.t.default, aten.clone.default, aten.contiguous.default)
@@ -154,6 +159,75 @@ def batched_matmul_as_bmm(gm: torch.fx.GraphModule) -> int:
     return done
 
 
+def _permutation(node) -> list[int] | None:
+    rank = len(_shape(node.args[0]))
+    if _call(node, (aten.transpose.int,)):
+        perm, (a, b) = list(range(rank)), (d % rank for d in node.args[1:3])
+        perm[a], perm[b] = perm[b], perm[a]
+        return perm
+    return [d % rank for d in node.args[1]]
+
+
+def _sizes(shape) -> list | None:
+    """`shape` as reshape sizes: a symbolic size (the dynamic batch) as -1, at most one of them."""
+    dynamic = [i for i, s in enumerate(shape) if not _is_int(s)]
+    return None if len(dynamic) > 1 else [s if _is_int(s) else -1 for s in shape]
+
+
+def low_rank_permutes(gm: torch.fx.GraphModule) -> int:
+    """Permutations of rank >= 5 as reshape -> permute at the lowest rank -> reshape; returns how many.
+
+    Size-1 dims carry no order, and input dims that stay neighbours, in order, in the output move as one:
+    (B, nH, ws, nW, ws, C).transpose(2, 3) is (B*nH, ws, nW, ws*C).transpose(1, 2). A reshape read from
+    another reshape reads that one's input, and a reshape of the result reads the lower-rank permute."""
+    graph, done = gm.graph, 0
+    for node in list(graph.nodes):
+        if not _call(node, PERMUTES) or _shape(node.args[0]) is None or len(_shape(node.args[0])) < 5:
+            continue
+        x, shape, out = node.args[0], _shape(node.args[0]), _shape(node)
+        kept = [d for d in range(len(shape)) if not (_is_int(shape[d]) and shape[d] == 1)]
+        order = {d: i for i, d in enumerate(kept)}
+        groups: list[list[int]] = []
+        for d in (d for d in _permutation(node) if d in order):
+            if groups and order[d] == order[groups[-1][-1]] + 1:
+                groups[-1].append(d)
+            else:
+                groups.append([d])
+        if len(groups) >= len(shape):  # no lower rank holds it: leave it
+            continue
+        by_input = sorted(groups, key=lambda g: g[0])
+        merged = [_product(shape[d] for d in g) for g in by_input]
+        sizes_in, sizes_out = _sizes(merged), _sizes(out)
+        if sizes_in is None or sizes_out is None:
+            continue
+        source = x.args[0] if _call(x, RESHAPES) else x
+        with graph.inserting_before(node):
+            flat = _meta(graph.call_function(aten.reshape.default, (source, sizes_in)), node, None)
+            moved = flat
+            if len(groups) > 1:
+                moved = _meta(graph.call_function(aten.permute.default, (flat, [by_input.index(g) for g in groups])),
+                              node, None)
+        for user in [u for u in node.users if _call(u, RESHAPES)]:  # a reshape reads the moved tensor itself
+            user.replace_input_with(node, moved)
+        if node.users:
+            with graph.inserting_before(node):
+                back = _meta(graph.call_function(aten.reshape.default, (moved, sizes_out)), node,
+                             node.meta.get("val"))
+            node.replace_all_uses_with(back)
+        graph.erase_node(node)
+        if _call(x, RESHAPES) and not x.users:
+            graph.erase_node(x)
+        done += 1
+    return done
+
+
+def _product(sizes):
+    total = 1
+    for s in sizes:
+        total = total * s
+    return total
+
+
 def float_scalars(gm: torch.fx.GraphModule) -> int:
     """Integer scalar operands of float arithmetic made float (`x / 2` -> `x / 2.0`); returns how many."""
     done = 0
@@ -227,6 +301,8 @@ STEPS = (
      "(int8) and Core ML do not take"),
     ("batched matmul", "bmm", batched_matmul_as_bmm,
      "the same batch dims; ExecuTorch decomposes matmul into expand + bmm, and XNNPACK refuses the int8 expand"),
+    ("permute of rank >= 5", "reshape + lower-rank permute", low_rank_permutes,
+     "size-1 dims dropped and neighbours merged; Core ML allows rank 5 at most"),
     ("upsample_nearest2d", "cat + reshape", nearest_as_concat,
      "integer factor; XNNPACK has no nearest resize, and delegates cat and reshape"),
     ("silu", "sigmoid + mul", silu_as_sigmoid_mul,

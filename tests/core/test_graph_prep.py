@@ -127,3 +127,26 @@ def test_batched_matmul_becomes_bmm_exactly_and_broadcasting_is_left_alone():
     x = torch.randn(3, 8, 4, 4)
     with torch.no_grad():
         assert torch.equal(gm(x), Heads()(x))
+
+
+def test_rank_six_permutes_are_written_at_the_lowest_rank_exactly():
+    """EfficientViT's window partition (rank 6, one window: size-1 dims) and MobileViT's patch unfolding (rank
+    6, dims that move together): Core ML allows rank 5 at most, and its int8 conversion failed on them."""
+
+    class Windows(torch.nn.Module):
+        def forward(self, x):
+            b, c, h, w = x.shape
+            y = x.permute(0, 2, 3, 1)  # [B, H, W, C]
+            windows = y.view(b, 1, h, 1, w, c).transpose(2, 3).reshape(b, h, w, c)  # one window
+            patches = x.reshape(b, c, 2, h // 2, 2, w // 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c, -1, 4)
+            return torch.cat([windows.flatten(1), patches.flatten(1)], 1)  # data movement only: bit-exact
+
+    gm = export_training_graph(Windows(), (3, 8, 8))
+    done = {r["from"]: r["count"] for r in graph_rewrites(gm)}
+    assert done.get("permute of rank >= 5") == 2
+    ranks = [len(n.meta["val"].shape) for n in gm.graph.nodes if n.op == "call_function"
+             and isinstance(n.meta.get("val"), torch.Tensor)]
+    assert max(ranks) <= 5, ranks
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(gm(x), Windows()(x))
