@@ -150,3 +150,16 @@ def test_rank_six_permutes_are_written_at_the_lowest_rank_exactly():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(gm(x), Windows()(x))
+
+
+def test_the_float_check_runs_an_int8_graph_in_float32(calibrated):
+    """Export re-runs graph preparation on the converted int8 graph: a model quantized before a step existed gets
+    that step there (the zoo's efficientvit_m0: matmul -> bmm), and its quantize ops take float32 only."""
+    from core import qat
+    from core.graph_prep import _example, float_difference
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    converted = qat.convert(calibrated(net, (1, 8, 8)), fold=True)
+    graph = torch.export.export(converted, (torch.zeros(1, 1, 8, 8),)).module()
+    assert float_difference(graph, graph, _example(graph)) == 0.0
