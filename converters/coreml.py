@@ -299,7 +299,8 @@ class CoreMLConverter(Converter):
             return _w8a8_runner(path, source), ("W8A8 on Linux: the file's int8 weights and activation scales are "
                                                 "checked equal to the int8 graph's, which then runs in PyTorch")
         net = source.fp32_model if artifact["reference"] == "fp32" else source.float_model
-        return _readback_runner(path, net), "decompress_weights read-back into the PyTorch network (Linux)"
+        return (_readback_runner(path, net, source.input_shape),
+                "decompress_weights read-back into the PyTorch network (Linux)")
 
 
 class ImageClassifier(nn.Module):
@@ -401,8 +402,8 @@ def describe(mlmodel, source: ExportSource, quant: str, weights: str) -> None:
     })
 
 
-def _readback_runner(path: Path, model: nn.Module):
-    net = load_into(fold_batchnorm(model), read_weights(path), path.name).eval()
+def _readback_runner(path: Path, model: nn.Module, shape: tuple[int, ...] | None = None):
+    net = load_into(fold_batchnorm(model), read_weights(path), path.name, shape).eval()
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():

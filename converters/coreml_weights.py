@@ -153,7 +153,50 @@ def _relative_diffs(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     return np.sqrt(squared) / np.maximum(np.sqrt(np.maximum(na[:, None], nb[None, :])), 1e-12)
 
 
-def match_weights(net: nn.Module, weights: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict]]:
+def lookup_reads(net: nn.Module, shape: tuple[int, ...], keys: list[str]) -> dict[str, list[torch.Tensor]]:
+    """For each of `keys` (tensors of `net`), the tables the network reads from it by constant indices, as maps
+    of flat positions into the tensor: EfficientViT's `attention_biases[:, idxs]`, one head's row of it each.
+    Core ML computes such reads at conversion and stores what they read, not the tensor.
+
+    The network is exported in training mode (a module may cache the read in eval mode, hiding it from the
+    graph) and the data-movement ops (core.graph_prep.LOOKUPS) that start at a key are run on its positions."""
+    from core.graph_prep import LOOKUPS
+
+    model = copy.deepcopy(net).train()
+    try:
+        gm = torch.export.export(model, (torch.zeros(2, *shape),)).module()
+    except Exception:  # noqa: BLE001 - not exportable: no reads can be found, the caller reports the tensors
+        return {}
+    values, roots, wanted = {}, {}, set(keys)
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = gm
+            for part in node.target.split("."):
+                value = getattr(value, part, None)
+            if node.target in wanted and isinstance(value, torch.Tensor):
+                values[node], roots[node] = torch.arange(value.numel()).reshape(value.shape), node.target
+            elif isinstance(value, torch.Tensor):
+                values[node] = value
+            continue
+        if node.op != "call_function" or node.target not in LOOKUPS:
+            continue
+        inputs = []
+        torch.fx.node.map_arg((node.args, node.kwargs), inputs.append)
+        from_key = {roots[n] for n in inputs if n in roots}
+        if len(from_key) != 1 or not all(n in values for n in inputs):
+            continue
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
+        with torch.no_grad():
+            values[node], roots[node] = node.target(*args, **kwargs), from_key.pop()
+    reads: dict[str, list[torch.Tensor]] = {}
+    for node, key in roots.items():
+        if node.op == "call_function" and any(u not in roots for u in node.users):
+            reads.setdefault(key, []).append(values[node])
+    return reads
+
+
+def match_weights(net: nn.Module, weights: dict[str, np.ndarray],
+                  reads: dict[str, list[torch.Tensor]] | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Pair each floating-point tensor of `net` with one weight of the file: same shape (size-1 dimensions aside),
     closest values (relative L2 difference), and, among equally close ones, the nearest graph position.
 
@@ -161,11 +204,34 @@ def match_weights(net: nn.Module, weights: dict[str, np.ndarray]) -> tuple[dict[
     the two are equal to fp16 precision (SHARED_DIFF). Returns the file's value for each matched key, and one row per tensor left without a counterpart
     (none of that shape, or none within MAX_RELATIVE_DIFF): its key, shape and the closest difference seen.
     """
-    from scipy.optimize import linear_sum_assignment
-
     state = net.state_dict()
     keys = _graph_order(net)
     names = [n for n, v in weights.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
+    matched, unmatched, taken = _assign({k: state[k] for k in keys}, keys, {n: weights[n] for n in names}, names)
+    reads = {r["key"]: reads[r["key"]] for r in unmatched if r["key"] in (reads or {})}
+    if not reads:
+        return matched, unmatched
+    # tensors read through constant indices: each read (a table) matched like a tensor, then written back
+    tables = {f"{k}#{i}": state[k].detach().reshape(-1)[m] for k, maps in reads.items() for i, m in enumerate(maps)}
+    free = [n for n in names if n not in taken]
+    found, _, _ = _assign(tables, list(tables), {n: weights[n] for n in free}, free)
+    for key, maps in reads.items():
+        if all(f"{key}#{i}" in found for i in range(len(maps))):
+            value = state[key].detach().clone().double()
+            for i, m in enumerate(maps):
+                value.reshape(-1)[m.reshape(-1)] = torch.from_numpy(
+                    np.asarray(found[f"{key}#{i}"], np.float64).reshape(-1))
+            matched[key] = value.numpy()
+            unmatched = [r for r in unmatched if r["key"] != key]
+    return matched, unmatched
+
+
+def _assign(tensors: dict, keys: list[str], weights: dict[str, np.ndarray], names: list[str]) -> tuple[dict, list, set]:
+    """match_weights' pairing of `tensors` (in graph order `keys`) with the file's `weights` (in program order
+    `names`): the file's value per matched key, the rows left unmatched, and the names taken."""
+    from scipy.optimize import linear_sum_assignment
+
+    state = tensors
     key_pos = {k: i / max(len(keys) - 1, 1) for i, k in enumerate(keys)}
     name_pos = {n: i / max(len(names) - 1, 1) for i, n in enumerate(names)}
     groups: dict[tuple, tuple[list, list]] = {}
@@ -174,7 +240,7 @@ def match_weights(net: nn.Module, weights: dict[str, np.ndarray]) -> tuple[dict[
     for n in names:
         if _shape_key(weights[n].shape) in groups:
             groups[_shape_key(weights[n].shape)][1].append(n)
-    matched, unmatched = {}, []
+    matched, unmatched, taken = {}, [], set()
     for shape, (ours, theirs) in groups.items():
         if not theirs:
             unmatched += [{"key": k, "shape": list(state[k].shape), "closest": None} for k in ours]
@@ -193,7 +259,8 @@ def match_weights(net: nn.Module, weights: dict[str, np.ndarray]) -> tuple[dict[
                 unmatched.append({"key": k, "shape": list(state[k].shape), "closest": float(diffs[i].min())})
             else:
                 matched[k] = np.asarray(weights[theirs[j]])
-    return matched, unmatched
+                taken.add(theirs[j])
+    return matched, unmatched, taken
 
 
 def _describe(row: dict) -> str:
@@ -201,10 +268,17 @@ def _describe(row: dict) -> str:
     return f"`{row['key']}` {tuple(row['shape'])} ({closest})"
 
 
-def load_into(net: nn.Module, weights: dict[str, np.ndarray], file: str = "the Core ML file") -> nn.Module:
+def load_into(net: nn.Module, weights: dict[str, np.ndarray], file: str = "the Core ML file",
+              shape: tuple[int, ...] | None = None) -> nn.Module:
     """Load a Core ML file's weights (read_weights) into the PyTorch network it was converted from, each tensor
-    matched by shape, value and graph position (match_weights); a ConversionError names those with no match."""
+    matched by shape, value and graph position (match_weights); with the input `shape`, a tensor the file holds
+    only as tables read from it by constant indices is matched through them (lookup_reads). A ConversionError
+    names those with no match."""
     matched, unmatched = match_weights(net, weights)
+    if unmatched and shape is not None:
+        reads = lookup_reads(net, shape, [r["key"] for r in unmatched])
+        if reads:
+            matched, unmatched = match_weights(net, weights, reads)
     if unmatched:
         shown = ", ".join(_describe(r) for r in unmatched[:SHOWN])
         more = f" and {len(unmatched) - SHOWN} more (all in the log)" if len(unmatched) > SHOWN else ""
@@ -218,4 +292,5 @@ def load_into(net: nn.Module, weights: dict[str, np.ndarray], file: str = "the C
     state = net.state_dict()
     load_weights(net, {k: torch.from_numpy(matched[k].astype(np.float32)).reshape(v.shape) if k in matched else v
                        for k, v in state.items()})
-    return net
+    net.train()  # a module that caches what it read from its weights in eval mode (timm's attention bias
+    return net.eval()  # cache) drops that cache on train(): what runs next reads the file's weights

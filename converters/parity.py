@@ -259,13 +259,13 @@ def check_local(result: dict, max_steps: float) -> dict[str, dict]:
     return verdicts
 
 
-def coreml_weights(mlpackage: Path, float_model: torch.nn.Module) -> list[dict]:
+def coreml_weights(mlpackage: Path, float_model: torch.nn.Module, shape: tuple[int, ...] | None = None) -> list[dict]:
     """Per weight: the Core ML file's values against `float_model`'s weights (BatchNorm folded the way the
     Core ML converter folds it), in units of that tensor's symmetric int8 step per output channel."""
     from .coreml import fold_batchnorm, load_into, read_weights
 
     reference = fold_batchnorm(float_model)
-    loaded = load_into(fold_batchnorm(float_model), read_weights(mlpackage))
+    loaded = load_into(fold_batchnorm(float_model), read_weights(mlpackage), mlpackage.name, shape)
     ours, theirs = reference.state_dict(), loaded.state_dict()
     rows = []
     for name, w in ours.items():

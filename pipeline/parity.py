@@ -109,7 +109,7 @@ def compare(pipeline: OutState, source=None) -> dict:
         model, label = weights[ref]
         result["coreml_reference"][package] = label
         try:
-            result["coreml"][package] = parity.coreml_weights(out / package, model)
+            result["coreml"][package] = parity.coreml_weights(out / package, model, source.input_shape)
         except Exception as exc:  # a Core ML read-back problem must not hide the int8 comparison
             result["coreml"][package] = f"{type(exc).__name__}: {exc}"
     passed, failures, status = parity.check(result, cfg.max_parity_steps, cfg.max_parity_steps_float)

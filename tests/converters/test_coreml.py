@@ -102,6 +102,43 @@ def test_squeeze_excitation_biases_read_back(tmp_path):
             assert torch.allclose(loaded(x), net(x), atol=5e-2), name  # fp16 and 8-bit LUT weights
 
 
+def test_a_weight_table_read_by_constant_indices_reads_back_through_its_reads(tmp_path, tiny_attention):
+    """EfficientViT's attention biases: Core ML stores `table[:, idxs][head]`, not the table, so matching by shape
+    found nothing for it. Matched through the reads (lookup_reads) and written back, the network runs with the
+    file's values: a table changed in the file shows in the read-back."""
+    from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
+
+    from converters.coreml import convert_float
+    from converters.coreml_weights import lookup_reads
+    from core.workspace import ExportSource
+
+    torch.manual_seed(0)
+    net = tiny_attention().eval()
+    shape = (1, 32, 32)
+    reads = lookup_reads(net, shape, ["table"])
+    assert [tuple(m.shape) for m in reads["table"]] == [(64, 64)]  # the one head's row the network reads
+    source = ExportSource("attn", shape, list("abcd"), [0.5], [0.25], net)
+    fp16 = convert_float(net, source)
+    lut = palettize_weights(fp16, OptimizationConfig(OpPalettizerConfig(mode="kmeans", nbits=8, weight_threshold=0)))
+    x = torch.randn(4, *shape)
+    for name, package in (("fp16", fp16), ("pal8", lut)):
+        path = tmp_path / f"attn_{name}.mlpackage"
+        package.save(str(path))
+        with pytest.raises(ConversionError, match="`table`"):  # by shape alone: no (2, 64) weight in the file
+            load_into(fold_batchnorm(net), read_weights(path))
+        loaded = load_into(fold_batchnorm(net), read_weights(path), path.name, shape)
+        assert torch.allclose(loaded.table[1], net.table[1], atol=2e-3), name  # fp16 / 8-bit LUT of the read row
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), net(x), atol=5e-2), name
+    # the file's table is what runs: a table scaled in the file is read back scaled, one far off is not found
+    weights = read_weights(tmp_path / "attn_fp16.mlpackage")
+    table = next(n for n, w in weights.items() if w.shape == (64, 64))
+    scaled = load_into(fold_batchnorm(net), {**weights, table: weights[table] * 1.3}, "scaled", shape)
+    assert torch.allclose(scaled.table[1], net.table[1] * 1.3, atol=2e-3)
+    with pytest.raises(ConversionError, match="`table`"):
+        load_into(fold_batchnorm(net), {**weights, table: weights[table] + 5.0}, "far off", shape)
+
+
 def test_w8a8_package_of_a_hardswish_block_holds_the_graphs_weights(tmp_path, calibrated):
     """The rewritten hardswish quantizes its 3 and 1/6 as int8 constants; Core ML folds them into its ops. They are
     not weights: the W8A8 check compares the conv/linear weights and the activation scales, and passes."""
