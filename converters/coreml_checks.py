@@ -139,9 +139,7 @@ def w8a8_checks(path: Path, program: nn.Module) -> dict:
     ours, our_scales = graph_weights_and_scales(program, layers)
     theirs = [w for name, w in sorted(read_weights(path).items(), key=lambda kv: _weight_order(kv[0]))
               if name.startswith("dequantize_per_") and _is_weight(w)]
-    if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(ours, theirs)):
-        raise ConversionError(f"{path.name}: {len(theirs)} quantized weights in the file, {len(ours)} in the int8 "
-                              f"graph: coremltools changed the graph's structure. {W8A8_MISMATCH}")
+    theirs = _paired(ours, theirs, path.name)
     diffs = [float(np.abs(a - b.astype(np.float32)).max() / max(np.abs(a).max(), 1e-12)) for a, b in zip(ours, theirs)]
     weight_diff = max(diffs, default=0.0)
     graph_scales = sorted(set(our_scales))
@@ -168,6 +166,38 @@ def w8a8_checks(path: Path, program: nn.Module) -> dict:
     return {"quantized_weights": len(theirs), "max_relative_weight_diff": weight_diff,
             "activation_scales": len(found_scales), "graph_activation_scales": len(graph_scales),
             "rescaled_adds": read.rescaled_adds}
+
+
+def _paired(ours: list[np.ndarray], theirs: list[np.ndarray], file: str) -> list[np.ndarray]:
+    """The file's weight for each of the graph's, in the graph's order: the same shape and the closest values.
+    coremltools numbers its dequantize ops in its own order, which is not always the graph's (timm fastvit_t8:
+    from one block on); a weight the file lacks, or a shape it holds more or fewer of, is a changed structure."""
+    from scipy.optimize import linear_sum_assignment
+
+    from .coreml_weights import relative_diffs
+
+    mine, other = {}, {}
+    for i, w in enumerate(ours):
+        mine.setdefault(tuple(w.shape), []).append(i)
+    for j, w in enumerate(theirs):
+        other.setdefault(tuple(w.shape), []).append(j)
+    if {k: len(v) for k, v in mine.items()} != {k: len(v) for k, v in other.items()}:
+        differ = sorted({k for k in {*mine, *other} if len(mine.get(k, [])) != len(other.get(k, []))})
+        shown = ", ".join(f"{k}: {len(mine.get(k, []))} in the graph, {len(other.get(k, []))} in the file"
+                          for k in differ[:3])
+        raise ConversionError(f"{file}: {len(theirs)} quantized weights in the file, {len(ours)} in the int8 graph "
+                              f"({shown}{' and more' if len(differ) > 3 else ''}): coremltools changed the graph's "
+                              f"structure. {W8A8_MISMATCH}")
+    paired: list = [None] * len(ours)
+    for shape, rows in mine.items():
+        cols = other[shape]
+        a = np.stack([ours[i].astype(np.float64).reshape(-1) for i in rows])
+        b = np.stack([theirs[j].astype(np.float64).reshape(-1) for j in cols])
+        order = np.abs(np.arange(len(rows))[:, None] - np.arange(len(cols))[None, :]) / max(len(rows), 1)
+        r, c = linear_sum_assignment(relative_diffs(a, b) + 1e-6 * order)  # the order only breaks near-ties
+        for i, j in zip(r.tolist(), c.tolist()):
+            paired[rows[i]] = theirs[cols[j]]
+    return paired
 
 
 def _weight_order(name: str) -> int:

@@ -146,7 +146,7 @@ def _shape_key(shape) -> tuple[int, ...]:
     return tuple(int(d) for d in shape if d != 1)
 
 
-def _relative_diffs(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+def relative_diffs(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     """||a - b|| / max(||a||, ||b||) between every row of `ours` and every row of `theirs` (flattened tensors)."""
     na, nb = (ours ** 2).sum(1), (theirs ** 2).sum(1)
     squared = np.maximum(na[:, None] + nb[None, :] - 2 * ours @ theirs.T, 0.0)
@@ -247,7 +247,7 @@ def _assign(tensors: dict, keys: list[str], weights: dict[str, np.ndarray], name
             continue
         a = np.stack([state[k].detach().double().reshape(-1).numpy() for k in ours])
         b = np.stack([np.asarray(weights[n], np.float64).reshape(-1) for n in theirs])
-        diffs = _relative_diffs(a, b)
+        diffs = relative_diffs(a, b)
         position = np.abs(np.array([key_pos[k] for k in ours])[:, None] - np.array([name_pos[n] for n in theirs])[None, :])
         rows, cols = linear_sum_assignment(diffs + 1e-6 * position)  # the position only breaks near-ties
         paired = dict(zip(rows.tolist(), cols.tolist()))

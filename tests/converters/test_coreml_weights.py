@@ -137,3 +137,21 @@ def test_equal_tensors_share_the_one_weight_core_ml_keeps_for_them():
     assert not unmatched and matched["0.running_mean"] is matched["1.running_mean"] is weights["mean"]
     net[1].running_var.mul_(3)
     assert [r["key"] for r in match_weights(net, weights)[1]] == ["1.running_var"]
+
+
+def test_the_w8a8_check_pairs_weights_by_shape_and_value_not_by_coremltools_numbering():
+    """coremltools numbers its dequantize ops in its own order: on timm fastvit_t8 it left the graph's order
+    from one block on, and the check, pairing by position, called the file's structure changed."""
+    import numpy as np
+    import pytest
+
+    from converters.base import ConversionError
+    from converters.coreml_checks import _paired
+
+    rng = np.random.default_rng(0)
+    ours = [rng.normal(size=s).astype(np.float32) for s in [(8, 3, 3, 3), (8, 1, 1, 1), (8, 1, 1, 1), (4, 8)]]
+    theirs = [ours[2] * 1.0001, ours[0], ours[3], ours[1]]  # fp16-like rounding, another order
+    paired = _paired(ours, theirs, "m.mlpackage")
+    assert all(np.allclose(a, b, rtol=1e-3) for a, b in zip(ours, paired))
+    with pytest.raises(ConversionError, match=r"\(8, 1, 1, 1\): 2 in the graph, 1 in the file"):
+        _paired(ours, theirs[:3] + [np.zeros((8, 2), np.float32)], "m.mlpackage")
