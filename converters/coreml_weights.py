@@ -11,6 +11,7 @@ are closest, the graph position deciding between equal candidates.
 from __future__ import annotations
 
 import copy
+import operator
 from collections import OrderedDict
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     try:
         from torch.fx.experimental.optimization import fuse
 
-        return fuse(model, inplace=True)
+        return fold_channel_scales(fuse(model, inplace=True))
     except Exception:  # noqa: BLE001 - not symbolically traceable: fall back to Sequential pairs
         pass
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
@@ -104,6 +105,52 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn[0])
                 bn[0] = nn.Identity()
     return model
+
+
+_PASS_THROUGH = (nn.Dropout, nn.Identity)  # identities in eval mode, between a conv and its scale
+
+
+def fold_channel_scales(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Fold `conv(x) * gamma`, gamma a tensor of one value per output channel (timm's layer scale after an MLP's
+    last conv, FastViT), into the conv's weight and bias, as Core ML's converter does: the file then holds the
+    folded conv, which the read-back matches, and no gamma it could not find. In place; returns `gm`."""
+    graph = gm.graph
+    calls = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (operator.mul, torch.mul) or len(node.args) != 2:
+            continue
+        scale_node = next((a for a in node.args if isinstance(a, torch.fx.Node) and a.op == "get_attr"), None)
+        if scale_node is None or len(scale_node.users) != 1:
+            continue
+        x = node.args[1] if node.args[0] is scale_node else node.args[0]
+        while (isinstance(x, torch.fx.Node) and x.op == "call_module" and len(x.users) == 1
+               and isinstance(gm.get_submodule(x.target), _PASS_THROUGH)):
+            x = x.args[0]
+        conv = gm.get_submodule(x.target) if isinstance(x, torch.fx.Node) and x.op == "call_module" else None
+        if not isinstance(conv, nn.Conv2d) or len(x.users) != 1 or calls[x.target] != 1:
+            continue
+        owner_name, _, attr = scale_node.target.rpartition(".")
+        owner = gm.get_submodule(owner_name)
+        scale = getattr(owner, attr)
+        if (not isinstance(scale, torch.Tensor) or scale.dim() < 3 or scale.numel() != conv.out_channels
+                or scale.shape[-3] != conv.out_channels):
+            continue  # not one value per output channel of an NCHW conv ((C,) would scale the width)
+        with torch.no_grad():
+            gamma = scale.detach().reshape(-1)
+            conv.weight.mul_(gamma.view(-1, *(1,) * (conv.weight.dim() - 1)))
+            if conv.bias is None:
+                conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
+            conv.bias.mul_(gamma)
+        node.replace_all_uses_with(node.args[1] if node.args[0] is scale_node else node.args[0])
+        graph.erase_node(node)
+        graph.erase_node(scale_node)
+        delattr(owner, attr)
+    graph.lint()
+    gm.recompile()
+    return gm
 
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:

@@ -155,3 +155,40 @@ def test_the_w8a8_check_pairs_weights_by_shape_and_value_not_by_coremltools_numb
     assert all(np.allclose(a, b, rtol=1e-3) for a, b in zip(ours, paired))
     with pytest.raises(ConversionError, match=r"\(8, 1, 1, 1\): 2 in the graph, 1 in the file"):
         _paired(ours, theirs[:3] + [np.zeros((8, 2), np.float32)], "m.mlpackage")
+
+
+def test_a_layer_scale_after_a_conv_is_folded_like_core_ml_folds_it(tmp_path):
+    """timm's FastViT scales its MLP's last conv per channel (`fc2(x) * gamma`, through a dropout): Core ML folds
+    gamma into the conv, and the read-back found neither gamma nor the conv. Folded on both sides, the file
+    reads back; a (C,) tensor, which scales the width, and a conv used twice are left alone."""
+    from converters.coreml import convert_float
+    from converters.coreml_weights import fold_channel_scales
+    from core.workspace import ExportSource
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.drop = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Dropout(0.1)
+            self.gamma = nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+            self.width = nn.Parameter(torch.rand(6) + 0.5)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.drop(self.fc2(F.relu(self.fc1(x)))) * self.gamma
+            x = self.fc1(x[:, :3]) * self.width  # a conv used twice, scaled along the width: not folded
+            return self.head(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Scaled().eval()
+    folded = fold_batchnorm(net)
+    assert "gamma" not in folded.state_dict() and "width" in folded.state_dict()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
+    source = ExportSource("scaled", (3, 6, 6), list("abcd"), [0.5] * 3, [0.25] * 3, net)
+    path = tmp_path / "scaled.mlpackage"
+    convert_float(net, source).save(str(path))
+    loaded = load_into(fold_batchnorm(net), read_weights(path))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x), atol=1e-2)
+    assert fold_channel_scales(torch.fx.symbolic_trace(nn.Conv2d(3, 3, 1))) is not None  # nothing to fold: unchanged
