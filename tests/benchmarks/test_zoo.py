@@ -114,3 +114,19 @@ def test_merge_keeps_earlier_rows_of_the_same_flags_each_with_its_command(tiny_o
               "--collect-only", "--merge"])
     assert [r["model"] for r in json.loads((results / "zoo.json").read_text())["rows"]] == ["second"]
     assert "made with other flags" in capsys.readouterr().out
+
+
+def test_a_network_that_needs_its_own_training_flag_gets_it_and_the_table_says_so(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(zoo, "cli", lambda command, *args: seen.append(args) or (0, 0.5))
+    monkeypatch.setitem(zoo.NETWORK_FLAGS, "timm:slow", ("--lr 3e-4", "stays at chance at 1e-3"))
+    out = tmp_path / "slow"
+    zoo.run_network("timm:slow", out, ["--image-size", "64", "--lr", "1e-3"], rerun=False)
+    assert all(args[-2:] == ("--lr", "3e-4") for args in seen)  # after the common flags: it wins
+    row = zoo.network_row("timm:slow", out)
+    assert row["extra_flags"] == ["--lr 3e-4", "stays at chance at 1e-3"]
+    text = zoo.markdown([row], {"command": "python -m benchmarks.zoo", "host": "test", "flags": "--image-size 64"})
+    assert "| timm:slow (`--lr 3e-4`) |" in text and "- timm:slow: `--lr 3e-4`: stays at chance at 1e-3" in text
+    # a run made before the flag was added does not claim it
+    monkeypatch.setitem(zoo.NETWORK_FLAGS, "timm:slow", ("--lr 1e-4", "another"))
+    assert zoo.network_row("timm:slow", out)["extra_flags"] is None
