@@ -8,6 +8,9 @@ Each step computes the same values as the graph it replaces, in a form the int8 
 - no-op slices (`x[:, :C]` where C is already the full size, as GhostNet writes `out[:, :self.out_chs]`)
   and `alias` ops are removed: ExecuTorch turns them into `alias_copy`, which XNNPACK does not take,
   and Core ML has no `alias`; so are expands to the shape a tensor already has;
+- an expand read only by elementwise arithmetic that broadcasts to the same shape anyway (MobileViTv2's
+  `relu(v) * context.expand_as(v)`) is dropped: XNNPACK did not take the expand, and LiteRT's converter
+  failed on the BROADCAST_TO it became;
 - a batched matrix product `a @ b` of tensors with the same batch dims (EfficientViT's attention)
   becomes `bmm` (reshaped to 3-d and back where it has more dims): ExecuTorch decomposes `matmul` into
   expand + bmm, and in an int8 program each expand stayed an `expand_copy` outside XNNPACK;
@@ -50,6 +53,7 @@ EXPANDS = (aten.expand.default,)
 MATMULS = (aten.matmul.default,)
 SAME_SIZE_POOLS = (aten.adaptive_avg_pool2d.default,)
 PERMUTES = (aten.permute.default, aten.transpose.int)
+BROADCASTING = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor)
 RESHAPES = (aten.view.default, aten.reshape.default)
 LOOKUPS = (aten.index.Tensor, aten.select.int, aten.slice.Tensor, aten.view.default, aten.reshape.default,
            aten.permute.default, aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
@@ -128,6 +132,37 @@ def nearest_as_concat(gm: torch.fx.GraphModule) -> int:
         node.replace_all_uses_with(out)
         graph.erase_node(node)
         done += 1
+    return done
+
+
+def broadcast_expands(gm: torch.fx.GraphModule) -> int:
+    """`a * b.expand(s)` (or +, -, /) as `a * b` where broadcasting `b` against the other operand gives the same
+    shape; returns how many expands were dropped."""
+    done = 0
+    for node in list(gm.graph.nodes):
+        if not _call(node, EXPANDS + (aten.expand_as.default,)) or not node.users or _shape(node.args[0]) is None:
+            continue
+        source, expanded = node.args[0], _shape(node)
+        uses = []
+        for user in node.users:
+            if not _call(user, BROADCASTING) or len(user.args) != 2 or user.kwargs:
+                break
+            other = user.args[1] if user.args[0] is node else user.args[0]
+            other_shape = _shape(other) if isinstance(other, torch.fx.Node) else ()
+            if other is node or other_shape is None or _shape(user) != expanded:
+                break
+            try:
+                same = tuple(torch.broadcast_shapes(_shape(source), other_shape)) == tuple(expanded)
+            except RuntimeError:
+                same = False
+            if not same:
+                break
+            uses.append(user)
+        else:
+            for user in uses:
+                user.replace_input_with(node, source)
+            gm.graph.erase_node(node)
+            done += 1
     return done
 
 
@@ -299,6 +334,8 @@ STEPS = (
     ("no-op slice / alias", "removed", remove_noop_slices,
      "selects (or expands to) the whole tensor; ExecuTorch makes it an alias_copy or expand_copy that XNNPACK "
      "(int8) and Core ML do not take"),
+    ("expand before broadcasting arithmetic", "removed", broadcast_expands,
+     "the arithmetic broadcasts to the same shape; XNNPACK and LiteRT did not take the expand"),
     ("batched matmul", "bmm", batched_matmul_as_bmm,
      "the same batch dims; ExecuTorch decomposes matmul into expand + bmm, and XNNPACK refuses the int8 expand"),
     ("permute of rank >= 5", "reshape + lower-rank permute", low_rank_permutes,

@@ -163,3 +163,27 @@ def test_the_float_check_runs_an_int8_graph_in_float32(calibrated):
     converted = qat.convert(calibrated(net, (1, 8, 8)), fold=True)
     graph = torch.export.export(converted, (torch.zeros(1, 1, 8, 8),)).module()
     assert float_difference(graph, graph, _example(graph)) == 0.0
+
+
+def test_an_expand_that_arithmetic_would_broadcast_anyway_is_dropped_exactly():
+    """MobileViTv2's `relu(v) * context.expand_as(v)`: XNNPACK left the expand outside and LiteRT's converter
+    failed on the BROADCAST_TO. An expand also read by something else, or whose result the arithmetic needs at
+    its expanded size, stays."""
+
+    class Context(torch.nn.Module):
+        def forward(self, x):
+            v = x * 2
+            context = x.sum(-1, keepdim=True)  # [B, C, H, 1]
+            mixed = torch.relu(v) * context.expand_as(v)
+            kept = context.expand(-1, -1, -1, 4)  # also returned: stays
+            grown = x[:, :, :, :1].expand_as(x) + torch.ones(1, 1, 1, 1)  # needs the expanded size: stays
+            return torch.cat([mixed.flatten(1), kept.flatten(1), grown.flatten(1)], 1)
+
+    gm = export_training_graph(Context(), (3, 4, 4))
+    done = {r["from"]: r["count"] for r in graph_rewrites(gm)}
+    assert done.get("expand before broadcasting arithmetic") == 1
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.aten.expand.default) + targets.count(torch.ops.aten.expand_as.default) == 2
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(gm(x), Context()(x))
