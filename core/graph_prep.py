@@ -11,6 +11,10 @@ Each step computes the same values as the graph it replaces, in a form the int8 
 - an expand read only by elementwise arithmetic that broadcasts to the same shape anyway (MobileViTv2's
   `relu(v) * context.expand_as(v)`) is dropped: XNNPACK did not take the expand, and LiteRT's converter
   failed on the BROADCAST_TO it became;
+- a sum over the trailing dims of a 4-d tensor becomes a mean over the last two dims of a reshape, times the
+  count (XNNPACK takes mean in that form only, and no sum: MobileViTv2's context vector);
+- group norm becomes its arithmetic: mean and variance over each group (as such a mean), the normalization
+  with rsqrt, and the per-channel weight and bias (XNNPACK has no group norm: MobileViTv2's 21);
 - a batched matrix product `a @ b` of tensors with the same batch dims (EfficientViT's attention)
   becomes `bmm` (reshaped to 3-d and back where it has more dims): ExecuTorch decomposes `matmul` into
   expand + bmm, and in an int8 program each expand stayed an `expand_copy` outside XNNPACK;
@@ -54,6 +58,8 @@ MATMULS = (aten.matmul.default,)
 SAME_SIZE_POOLS = (aten.adaptive_avg_pool2d.default,)
 PERMUTES = (aten.permute.default, aten.transpose.int)
 BROADCASTING = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor)
+SUMS = (aten.sum.dim_IntList,)
+GROUP_NORMS = (aten.group_norm.default,)
 RESHAPES = (aten.view.default, aten.reshape.default)
 LOOKUPS = (aten.index.Tensor, aten.select.int, aten.slice.Tensor, aten.view.default, aten.reshape.default,
            aten.permute.default, aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
@@ -163,6 +169,90 @@ def broadcast_expands(gm: torch.fx.GraphModule) -> int:
                 user.replace_input_with(node, source)
             gm.graph.erase_node(node)
             done += 1
+    return done
+
+
+def _call_op(graph, target, args, like, value=None):
+    """A new call of `target`, with `like`'s metadata and, unless given, the example value computed from its
+    arguments' (later steps read shapes from it)."""
+    if value is None:
+        try:
+            value = target(*torch.fx.node.map_arg(args, lambda n: n.meta.get("val")))
+        except Exception:  # noqa: BLE001 - no example value: later steps skip the node
+            value = None
+    return _meta(graph.call_function(target, args), like, value)
+
+
+def _plane_mean(graph, x, rows: int, count: int, like):
+    """mean over `count` trailing values of each of `rows` leading groups: x as [-1, rows, count, 1], then
+    mean over dims (2, 3) kept: [-1, rows, 1, 1]."""
+    flat = _call_op(graph, aten.reshape.default, (x, [-1, rows, count, 1]), like)
+    return flat, _call_op(graph, aten.mean.dim, (flat, [2, 3], True), like)
+
+
+def sum_as_mean(gm: torch.fx.GraphModule) -> int:
+    """`x.sum(dims, keepdim)` over the trailing dims of a 4-d x of known sizes (but the batch), as
+    `mean` over dims (2, 3) of x reshaped to [-1, leading, reduced, 1], times the count; returns how many."""
+    graph, done = gm.graph, 0
+    for node in list(graph.nodes):
+        if not _call(node, SUMS) or node.kwargs.get("dtype") is not None or len(node.args) < 2:
+            continue
+        x, shape, out = node.args[0], _shape(node.args[0]), _shape(node)
+        if shape is None or out is None or len(shape) != 4 or not all(_is_int(s) for s in shape[1:]):
+            continue
+        dims = sorted(d % 4 for d in node.args[1])
+        if not dims or dims != list(range(4 - len(dims), 4)) or dims[0] == 0:
+            continue  # not the trailing dims only
+        count = _product(shape[d] for d in dims)
+        rows = _product(shape[d] for d in range(1, dims[0]))
+        sizes = _sizes(out)
+        if sizes is None:
+            continue
+        with graph.inserting_before(node):
+            _, mean = _plane_mean(graph, x, rows, count, node)
+            total = _call_op(graph, aten.mul.Tensor, (mean, float(count)), node)
+            back = _call_op(graph, aten.reshape.default, (total, sizes), node, node.meta.get("val"))
+        node.replace_all_uses_with(back)
+        graph.erase_node(node)
+        done += 1
+    return done
+
+
+def group_norm_arithmetic(gm: torch.fx.GraphModule) -> int:
+    """`group_norm(x, G, weight, bias, eps)` of a 4-d x of known sizes (but the batch) as its arithmetic:
+    each group's mean and (biased) variance as plane means, (x - mean) * rsqrt(var + eps), then the
+    per-channel weight and bias; returns how many."""
+    graph, done = gm.graph, 0
+    for node in list(graph.nodes):
+        if not _call(node, GROUP_NORMS):
+            continue
+        x, groups, weight, bias, eps = (list(node.args) + [None] * 6)[:5]
+        shape = _shape(x)
+        if shape is None or len(shape) != 4 or not all(_is_int(s) for s in shape[1:]) or not _is_int(groups):
+            continue
+        _, c, h, w = shape
+        if c % groups:
+            continue
+        eps = 1e-5 if eps is None else float(eps)
+        count = c // groups * h * w
+        with graph.inserting_before(node):
+            flat, mean = _plane_mean(graph, x, groups, count, node)
+            centred = _call_op(graph, aten.sub.Tensor, (flat, mean), node)
+            square = _call_op(graph, aten.mul.Tensor, (centred, centred), node)
+            var = _call_op(graph, aten.mean.dim, (square, [2, 3], True), node)
+            scale = _call_op(graph, aten.rsqrt.default, (_call_op(graph, aten.add.Tensor, (var, eps), node),), node)
+            y = _call_op(graph, aten.reshape.default, (_call_op(graph, aten.mul.Tensor, (centred, scale), node),
+                                                       [-1, c, h, w]), node)
+            if weight is not None:
+                y = _call_op(graph, aten.mul.Tensor,
+                             (y, _call_op(graph, aten.reshape.default, (weight, [1, c, 1, 1]), node)), node)
+            if bias is not None:
+                y = _call_op(graph, aten.add.Tensor,
+                             (y, _call_op(graph, aten.reshape.default, (bias, [1, c, 1, 1]), node)), node)
+        y.meta["val"] = node.meta.get("val")
+        node.replace_all_uses_with(y)
+        graph.erase_node(node)
+        done += 1
     return done
 
 
@@ -336,6 +426,10 @@ STEPS = (
      "(int8) and Core ML do not take"),
     ("expand before broadcasting arithmetic", "removed", broadcast_expands,
      "the arithmetic broadcasts to the same shape; XNNPACK and LiteRT did not take the expand"),
+    ("sum over trailing dims", "mean over a reshape x count", sum_as_mean,
+     "XNNPACK takes mean over the last two dims of a 4-d tensor, and no sum"),
+    ("group_norm", "mean, variance, rsqrt, weight and bias", group_norm_arithmetic,
+     "XNNPACK has no group norm; it takes each of these ops"),
     ("batched matmul", "bmm", batched_matmul_as_bmm,
      "the same batch dims; ExecuTorch decomposes matmul into expand + bmm, and XNNPACK refuses the int8 expand"),
     ("permute of rank >= 5", "reshape + lower-rank permute", low_rank_permutes,

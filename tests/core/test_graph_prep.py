@@ -187,3 +187,32 @@ def test_an_expand_that_arithmetic_would_broadcast_anyway_is_dropped_exactly():
     x = torch.randn(2, 3, 4, 4)
     with torch.no_grad():
         assert torch.equal(gm(x), Context()(x))
+
+
+def test_a_trailing_sum_and_group_norm_become_ops_xnnpack_takes():
+    """MobileViTv2's context vector (`sum(-1, keepdim=True)`) and its GroupNorm1 layers: XNNPACK has neither
+    (21 group norms and 9 sums outside the delegate), and takes mean over the last two dims of a 4-d tensor."""
+
+    class Norms(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.one, self.two = torch.nn.GroupNorm(1, 4), torch.nn.GroupNorm(2, 4, affine=False)
+            with torch.no_grad():
+                self.one.weight.uniform_(0.5, 1.5)
+                self.one.bias.uniform_(-0.5, 0.5)
+
+        def forward(self, x):
+            y = self.two(self.one(x) * 3)
+            return torch.cat([y.sum(-1, keepdim=True).flatten(1), y.sum((2, 3)).flatten(1)], 1)
+
+    net = Norms()
+    gm = export_training_graph(net, (4, 6, 5))
+    done = {r["from"]: r["count"] for r in graph_rewrites(gm)}
+    assert done.get("sum over trailing dims") == 2 and done.get("group_norm") == 2
+    targets = {n.target for n in gm.graph.nodes if n.op == "call_function"}
+    assert not targets & {torch.ops.aten.group_norm.default, torch.ops.aten.sum.dim_IntList}
+    means = [n for n in gm.graph.nodes if n.target == torch.ops.aten.mean.dim]
+    assert all(n.args[1] == [2, 3] and n.args[2] and len(n.args[0].meta["val"].shape) == 4 for n in means)
+    x = torch.randn(3, 4, 6, 5) * 2 + 1
+    with torch.no_grad():
+        assert torch.allclose(gm(x), net(x), atol=1e-4)
