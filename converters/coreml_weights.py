@@ -104,7 +104,39 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             elif isinstance(bn, BatchNormThen) and type(bn[0]) is nn.BatchNorm2d:
                 seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn[0])
                 bn[0] = nn.Identity()
+    _fold_named_pairs(model)
     return model
+
+
+def _fold_named_pairs(model: nn.Module) -> None:
+    """Outside Sequentials: a module whose conv child is registered right before its BatchNorm child (timm's
+    ConvNormAct: `self.conv`, `self.bn`) gets the pair folded when that leaves the module's output unchanged on
+    a random input (eval mode); otherwise it is put back. For networks torch.fx cannot trace (MobileViTv2)."""
+    generator = torch.Generator().manual_seed(0)
+    for module in [m for m in model.modules() if not isinstance(m, nn.Sequential)]:
+        children = list(module.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            norm = bn[0] if isinstance(bn, BatchNormThen) else bn
+            if not isinstance(conv, nn.Conv2d) or type(norm) is not nn.BatchNorm2d or conv.groups < 1:
+                continue
+            x = torch.randn(2, conv.in_channels, 9, 9, generator=generator)
+            try:
+                with torch.no_grad():
+                    before = module(x)
+                    setattr(module, conv_name, torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm))
+                    if isinstance(bn, BatchNormThen):
+                        bn[0] = nn.Identity()
+                    else:
+                        setattr(module, bn_name, nn.Identity())
+                    same = torch.allclose(module(x), before, rtol=1e-4, atol=1e-5)
+            except Exception:  # noqa: BLE001 - a forward that does not take such an input: leave the pair
+                same = False
+            if not same:  # not conv-then-norm after all: as it was
+                setattr(module, conv_name, conv)
+                if isinstance(bn, BatchNormThen):
+                    bn[0] = norm
+                else:
+                    setattr(module, bn_name, bn)
 
 
 _PASS_THROUGH = (nn.Dropout, nn.Identity)  # identities in eval mode, between a conv and its scale
@@ -255,6 +287,11 @@ def match_weights(net: nn.Module, weights: dict[str, np.ndarray],
     keys = _graph_order(net)
     names = [n for n, v in weights.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
     matched, unmatched, taken = _assign({k: state[k] for k in keys}, keys, {n: weights[n] for n in names}, names)
+    free_shapes = {_shape_key(weights[n].shape) for n in names if n not in taken}
+    for row in [r for r in unmatched if _identity_element(state[r["key"]])
+                and _shape_key(state[r["key"]].shape) not in free_shapes]:  # no weight in the file it could be
+        matched[row["key"]] = state[row["key"]].detach().numpy()  # x * 1 or x + 0: Core ML drops the op and its const
+        unmatched.remove(row)
     reads = {r["key"]: reads[r["key"]] for r in unmatched if r["key"] in (reads or {})}
     if not reads:
         return matched, unmatched
@@ -271,6 +308,13 @@ def match_weights(net: nn.Module, weights: dict[str, np.ndarray],
             matched[key] = value.numpy()
             unmatched = [r for r in unmatched if r["key"] != key]
     return matched, unmatched
+
+
+def _identity_element(tensor: torch.Tensor) -> bool:
+    """All ones or all zeros: a scale or shift that computes nothing (a norm's weight and bias at their
+    initial values), whose op and constant Core ML removes from the program."""
+    t = tensor.detach()
+    return t.is_floating_point() and t.numel() > 0 and (bool((t == 1).all()) or bool((t == 0).all()))
 
 
 def _assign(tensors: dict, keys: list[str], weights: dict[str, np.ndarray], names: list[str]) -> tuple[dict, list, set]:

@@ -192,3 +192,49 @@ def test_a_layer_scale_after_a_conv_is_folded_like_core_ml_folds_it(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(x), net(x), atol=1e-2)
     assert fold_channel_scales(torch.fx.symbolic_trace(nn.Conv2d(3, 3, 1))) is not None  # nothing to fold: unchanged
+
+
+def test_conv_norm_pairs_fold_in_a_network_fx_cannot_trace_and_a_norm_at_its_initial_values_reads_back(tmp_path):
+    """timm's MobileViTv2 does not trace with torch.fx, and its ConvNormAct keeps conv and BatchNorm as named
+    children, not a Sequential: nothing was folded and 102 tensors found no weight in the Core ML file. Folded
+    where the module's output shows it is conv-then-norm, the file reads back; a GroupNorm still at weight 1 and
+    bias 0 (Core ML drops that multiply and add) reads back as itself."""
+    from converters.coreml import convert_float
+    from core.workspace import ExportSource
+
+    class ConvNormAct(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(cin, cout, 3, padding=1, bias=False), BatchNormAct(cout)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.block = ConvNormAct(3, 8), ConvNormAct(8, 8)
+            self.norm, self.head = nn.GroupNorm(1, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            if x.shape[-1] > 4:  # Python control flow on a size: torch.fx cannot trace it
+                x = self.stem(x)
+            return self.head(self.norm(self.block(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Untraceable().eval()
+    for bn in (net.stem.bn, net.block.bn):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 1.5)
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(net)
+    folded = fold_batchnorm(net)
+    assert not any(k.startswith(("stem.bn", "block.bn")) and "running" in k for k in folded.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
+    path = tmp_path / "untraceable.mlpackage"
+    convert_float(net, ExportSource("u", (3, 8, 8), list("abcd"), [0.5] * 3, [0.25] * 3, net)).save(str(path))
+    loaded = load_into(fold_batchnorm(net), read_weights(path))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x), atol=1e-2)
