@@ -238,8 +238,8 @@ def lookup_reads(net: nn.Module, shape: tuple[int, ...], keys: list[str]) -> dic
     Core ML computes such reads at conversion and stores what they read, not the tensor.
 
     The network is exported in training mode (a module may cache the read in eval mode, hiding it from the
-    graph) and the data-movement ops (core.graph_prep.LOOKUPS) that start at a key are run on its positions."""
-    from core.graph_prep import LOOKUPS
+    graph) and the data-movement ops (core.graph_layout.LOOKUPS) that start at a key are run on its positions."""
+    from core.graph_layout import LOOKUPS
 
     model = copy.deepcopy(net).train()
     try:

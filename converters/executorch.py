@@ -10,7 +10,7 @@ import torch
 from torch.export import Dim
 
 from core import io as atomic
-from core.graph_prep import fold_constant_lookups
+from core.graph_layout import fold_constant_lookups
 from core.rewrites import graph_rewrites
 from core.schemes import Scheme, Support
 

@@ -1,6 +1,6 @@
-"""Small facts about torch.fx nodes of a torch.export graph, shared by the graph rewrites (core/graph_prep.py,
-core/identity_arithmetic.py): the example value export recorded on a node, its shape, and what kind of Python
-scalar an operand is."""
+"""Small facts about torch.fx nodes of a torch.export graph, shared by the graph rewrites (core/graph_layout.py,
+core/graph_arithmetic.py, core/identity_arithmetic.py): the example value export recorded on a node, its shape,
+what kind of Python scalar an operand is, and reshape sizes of a shape whose batch may be symbolic."""
 
 from __future__ import annotations
 
@@ -39,3 +39,17 @@ def with_meta(node: torch.fx.Node, like: torch.fx.Node, value) -> torch.fx.Node:
     if value is not None:
         node.meta["val"] = value
     return node
+
+
+def reshape_sizes(shape) -> list | None:
+    """`shape` as reshape sizes: a symbolic size (the dynamic batch) as -1; None when more than one is symbolic."""
+    dynamic = [i for i, s in enumerate(shape) if not is_int(s)]
+    return None if len(dynamic) > 1 else [s if is_int(s) else -1 for s in shape]
+
+
+def product(sizes):
+    """The product of `sizes` (ints, or symbolic sizes)."""
+    total = 1
+    for s in sizes:
+        total = total * s
+    return total
