@@ -23,7 +23,8 @@ from .base import (Artifact, ConversionError, Converter, ExportSource, PartialEx
 from .coreml_graph import drop_dead_buffer_updates, explained, refuse_state
 from .coreml_palette import auto_budget, group_problems, ungrouped
 from .coreml_checks import lut_checks, op_histogram, w8a8_checks, wrong_groups
-from .coreml_weights import fold_batchnorm, load_into, read_weights  # noqa: F401  (read_weights: parity's too)
+from .coreml_fold import fold_batchnorm
+from .coreml_weights import load_into, read_weights  # noqa: F401  (read_weights: parity's too)
 
 NBITS = (1, 2, 3, 4, 6, 8)
 FLOAT_HINT = "replace that layer with ops Core ML converts, or leave Core ML out (--backends executorch,tflite)"

@@ -27,7 +27,8 @@ import torch
 from converters import ConversionError
 from converters.coreml import convert_float, palettizer_config, weight_const
 from converters.coreml_palette import AUTO_WIDTHS, palettized_layers, ungrouped
-from converters.coreml_weights import fold_batchnorm, match_weights, read_weights
+from converters.coreml_fold import fold_batchnorm
+from converters.coreml_weights import match_weights, read_weights
 from converters.verify import Thresholds, verify
 from core import statistics
 from core.weights import load_weights

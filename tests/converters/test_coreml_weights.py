@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from converters import ConversionError
-from converters.coreml_weights import fold_batchnorm, load_into, match_weights, read_weights
+from converters.coreml_fold import fold_batchnorm
+from converters.coreml_weights import load_into, match_weights, read_weights
 
 
 class BatchNormAct(nn.BatchNorm2d):
@@ -162,7 +163,7 @@ def test_a_layer_scale_after_a_conv_is_folded_like_core_ml_folds_it(tmp_path):
     gamma into the conv, and the read-back found neither gamma nor the conv. Folded on both sides, the file
     reads back; a (C,) tensor, which scales the width, and a conv used twice are left alone."""
     from converters.coreml import convert_float
-    from converters.coreml_weights import fold_channel_scales
+    from converters.coreml_fold import fold_channel_scales
     from core.workspace import ExportSource
 
     class Scaled(nn.Module):
