@@ -89,6 +89,17 @@ def test_batchnorm_counters_of_a_subclass_never_reach_the_int8_pte(calibrated):
     assert checks["int8_compute_ops"] == checks["compute_ops"] == 2
 
 
+def _fp32_and_int8(network, calibrated, shape):
+    """Delegation checks of `network`'s fp32 program and of its int8 program (calibrated, converted, folded),
+    and the calibrated model."""
+    from core import qat
+
+    torch.manual_seed(0)
+    fp32 = delegation_checks(*lower(network().eval(), shape), "fp32")
+    prepared = calibrated(network(), shape, batch=8)
+    return fp32, delegation_checks(*lower(qat.convert(prepared, fold=True), shape), "int8"), prepared
+
+
 def test_noop_slice_nearest_upsampling_and_int_scalars_are_delegated(calibrated, ghost_gate, tmp_path):
     """GhostNetV2's no-op slice (alias_copy), its nearest upsampling and RepViT's `/ 2` (an int64 constant cast by
     a dim-order copy) stayed outside XNNPACK; prepared, both the fp32 and the int8 program are one delegate, and
@@ -98,13 +109,9 @@ def test_noop_slice_nearest_upsampling_and_int_scalars_are_delegated(calibrated,
     from converters.tflite import _int8_config, inspect
     from core import qat
 
-    torch.manual_seed(0)
     shape = (1, 32, 32)
-    program, table = lower(ghost_gate().eval(), shape)
-    assert delegation_checks(program, table, "fp32")["non_delegated_ops"] == {}
-    prepared = calibrated(ghost_gate(), shape, batch=8)
-    program, table = lower(qat.convert(prepared, fold=True), shape)
-    checks = delegation_checks(program, table, "int8")
+    fp32, checks, prepared = _fp32_and_int8(ghost_gate, calibrated, shape)
+    assert fp32["non_delegated_ops"] == {}
     assert checks["non_delegated_ops"] == {} and checks["int8_compute_ops"] == checks["compute_ops"] == 6
     unfolded = qat.convert(prepared, fold=False)
     unfolded.training = False
@@ -120,15 +127,8 @@ def test_batched_matrix_products_are_delegated_without_their_noop_expands(calibr
     tensor already has; in the int8 program each became an `expand_copy` outside XNNPACK (96 on the zoo's
     efficientvit_m0). Its bias table read by constant indices (`index`, `select`) and a pool to the map's own
     size (`as_strided_copy`) stayed outside in the fp32 program. Prepared, both programs are one delegate."""
-    from core import qat
-
-    torch.manual_seed(0)
-    shape = (1, 32, 32)
-    program, table = lower(tiny_attention().eval(), shape)
-    assert delegation_checks(program, table, "fp32")["non_delegated_ops"] == {}
-    prepared = calibrated(tiny_attention(), shape, batch=8)
-    program, table = lower(qat.convert(prepared, fold=True), shape)
-    checks = delegation_checks(program, table, "int8")
+    fp32, checks, _ = _fp32_and_int8(tiny_attention, calibrated, (1, 32, 32))
+    assert fp32["non_delegated_ops"] == {}
     assert checks["non_delegated_ops"] == {} and checks["fully_delegated"], checks["non_delegated_ops"]
 
 
