@@ -99,9 +99,10 @@ def batched_matmul_as_bmm(gm: torch.fx.GraphModule) -> int:
             if len(sa) == 3:
                 bmm = _meta(graph.call_function(aten.bmm.default, (a, b)), node, node.meta.get("val"))
             else:
-                flat_a, flat_b = _view(graph, a, [-1, *sa[-2:]], node), _view(graph, b, [-1, *sb[-2:]], node)
+                # reshape, not view: heads split off by a permute (LeViT's q.permute(0, 2, 1, 3)) cannot be viewed
+                flat_a, flat_b = _reshape(graph, a, [-1, *sa[-2:]], node), _reshape(graph, b, [-1, *sb[-2:]], node)
                 product = _meta(graph.call_function(aten.bmm.default, (flat_a, flat_b)), node, None)
-                bmm = _meta(graph.call_function(aten.view.default, (product, [-1, *out[1:]])), node,
+                bmm = _meta(graph.call_function(aten.reshape.default, (product, [-1, *out[1:]])), node,
                             node.meta.get("val"))
         node.replace_all_uses_with(bmm)
         graph.erase_node(node)
@@ -163,6 +164,12 @@ def low_rank_permutes(gm: torch.fx.GraphModule) -> int:
             graph.erase_node(x)
         done += 1
     return done
+
+
+def _reshape(graph, x, shape, like):
+    value = x.meta.get("val")
+    return _meta(graph.call_function(aten.reshape.default, (x, shape)), like,
+                 value.reshape(shape) if isinstance(value, torch.Tensor) else None)
 
 
 def _view(graph, x, shape, like):

@@ -16,14 +16,16 @@ def test_batched_matmul_becomes_bmm_exactly_and_broadcasting_is_left_alone():
             q = x.flatten(2).view(x.shape[0], 2, 4, 16)  # [B, heads, d, N]
             scores = q.transpose(-2, -1) @ q  # 4-d, the same batch dims
             mixed = x.flatten(2) @ x.flatten(2).transpose(-2, -1)  # 3-d
+            heads = x.flatten(1).view(x.shape[0], 8, 2, 8).permute(0, 2, 1, 3)  # [B, 2 heads, 8, 8], not viewable
+            levit = heads @ heads.transpose(-2, -1)  # LeViT: the 4-d operands cannot be viewed as 3-d
             shared = q @ torch.ones(1, 1, 16, 3)  # broadcasts over batch and heads: left as matmul
-            return scores.sum((1, 2, 3)) + mixed.sum((1, 2)) + shared.sum((1, 2, 3))
+            return scores.sum((1, 2, 3)) + mixed.sum((1, 2)) + shared.sum((1, 2, 3)) + levit.sum((1, 2, 3))
 
     gm = export_training_graph(Heads(), (8, 4, 4))
     done = {r["from"]: r["count"] for r in graph_rewrites(gm)}
-    assert done.get("batched matmul") == 2
+    assert done.get("batched matmul") == 3
     targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.aten.bmm.default) == 2 and targets.count(torch.ops.aten.matmul.default) == 1
+    assert targets.count(torch.ops.aten.bmm.default) == 3 and targets.count(torch.ops.aten.matmul.default) == 1
     x = torch.randn(3, 8, 4, 4)
     with torch.no_grad():
         assert torch.equal(gm(x), Heads()(x))
