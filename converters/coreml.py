@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from core import io as atomic
+from core.graph_layout import remove_noop_slices
 from core.rewrites import native_activations
 from core.schemes import Scheme, Support
 
@@ -333,6 +334,8 @@ def _convert(module: nn.Module, source: ExportSource, file: str = "the Core ML f
 
     example = (torch.zeros(1, *source.input_shape),)
     exported = torch.export.export(ImageClassifier(module, source.mean, source.std), example).run_decompositions({})
+    if remove_noop_slices(exported.graph_module):  # GhostNet's `out[:, :C]` of a C-channel tensor became an alias,
+        exported.graph_module.recompile()  # which Core ML's converter does not take ("Unsupported fx node alias")
     refuse_state(exported, file)
     return ct.convert(
         exported,

@@ -235,3 +235,19 @@ def test_w8a8_check_recovers_the_scale_of_a_sum_read_only_by_another_sum(tmp_pat
     first.args = (first.args[0], first.args[1] * 1.3, *first.args[2:])  # the inner sum's scale (x 1.5 is the input's)
     with pytest.raises(ConversionError, match="activation scales not found"):
         w8a8_checks(path, program)
+
+
+def test_a_noop_slice_converts_to_core_ml_and_reads_back(tmp_path, ghost_gate):
+    """GhostNet's `out[:, :C]` of a C-channel tensor became an `alias` in the decomposed program, which Core ML's
+    converter refused ("Unsupported fx node alias"): the zoo's ghostnet_100 had no Core ML file at all."""
+    from converters.coreml import convert_float
+    from core.workspace import ExportSource
+
+    torch.manual_seed(0)
+    net = ghost_gate().eval()
+    path = tmp_path / "ghost.mlpackage"
+    convert_float(net, ExportSource("ghost", (1, 32, 32), list("abcd"), [0.5], [0.25], net)).save(str(path))
+    loaded = load_into(fold_batchnorm(net), read_weights(path))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x), atol=1e-2)
