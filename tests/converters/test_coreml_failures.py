@@ -110,14 +110,14 @@ def test_a_library_exception_is_explained_with_file_layer_and_op(capsys):
     from converters.coreml import _convert
     from core.workspace import ExportSource
 
-    class Trim(nn.Module):  # timm ghostnet's `out[:, :self.out_chs]`: a no-op slice, an `alias` coremltools lacks
+    class RunningMax(nn.Module):  # cummax: an op coremltools has no conversion for
         def forward(self, x):
-            return x[:, :4]
+            return x.cummax(dim=1)[0]
 
     class Unconvertible(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), Trim())
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), RunningMax())
             self.head = nn.Linear(4, 4)
 
         def forward(self, x):
@@ -131,7 +131,7 @@ def test_a_library_exception_is_explained_with_file_layer_and_op(capsys):
         with explained("u_coreml_fp16.mlpackage", "Core ML conversion", "do this"):
             _convert(net, source, "u_coreml_fp16.mlpackage")
     message = str(error.value)
-    assert message.startswith("u_coreml_fp16.mlpackage: Core ML conversion failed at layer `body.1` (op aten.alias")
+    assert message.startswith("u_coreml_fp16.mlpackage: Core ML conversion failed at layer `body.1` (op aten.cummax")
     assert "do this; the full traceback is in the log" in message and "\n" not in message
     assert "Traceback" in capsys.readouterr().err
 
