@@ -10,7 +10,7 @@ import torch
 from torch.export import Dim
 
 from core import io as atomic
-from core.graph_layout import fold_constant_lookups
+from core.graph_layout import flat_softmax, fold_constant_lookups
 from core.rewrites import graph_rewrites
 from core.schemes import Scheme, Support
 
@@ -151,6 +151,8 @@ def lower(module: torch.nn.Module, shape: tuple[int, int, int], dynamic_batch: i
     graph = torch.export.export(module, (example,), dynamic_shapes=dims).module()
     graph_rewrites(graph)  # the same exact rewrites the quantized graph got (mean keepdim, split -> slices)
     fold_constant_lookups(graph)  # weights are frozen here: a table read by constant indices is stored once
+    if flat_softmax(graph):  # XNNPACK computed a 4-d softmax over the last dim over another dim: 2-d instead
+        graph.recompile()
     exported = torch.export.export(graph, (example,), dynamic_shapes=dims)
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(program.exported_program().graph_module)

@@ -15,8 +15,6 @@ Each step computes the same values as the graph it replaces, in a form the int8 
   count (XNNPACK takes mean in that form only, and no sum: MobileViTv2's context vector);
 - group norm becomes its arithmetic: mean and variance over each group (as such a mean), the normalization
   with rsqrt, and the per-channel weight and bias (XNNPACK has no group norm: MobileViTv2's 21);
-- softmax over the last dim of a 4-d tensor becomes softmax of its [-1, W] reshape: ExecuTorch's XNNPACK
-  program computed the 4-d one over another dim after a conv (MobileViTv2: wrong values, found by verify);
 - a batched matrix product `a @ b` of tensors with the same batch dims (EfficientViT's attention)
   becomes `bmm` (reshaped to 3-d and back where it has more dims): ExecuTorch decomposes `matmul` into
   expand + bmm, and in an int8 program each expand stayed an `expand_copy` outside XNNPACK;
@@ -38,7 +36,11 @@ move data live in core/graph_layout.py, those that write arithmetic another way 
 
 `graph_layout.fold_constant_lookups(gm)`, for a graph whose weights are frozen (export, not QAT): a table
 read by constant indices (EfficientViT's `attention_biases[:, idxs]`, then one head's row of it) is
-computed once and stored; XNNPACK takes neither `index` nor `select` on weights.
+computed once and stored; XNNPACK takes neither `index` nor `select` on weights. `graph_layout.flat_softmax`,
+for the ExecuTorch program only: softmax over the last dim of a 4-d tensor as softmax of its [-1, W] reshape
+(ExecuTorch's XNNPACK program computed the 4-d one over another dim after a conv: MobileViTv2's fp32 .pte
+agreed with PyTorch on 18.5% of images). In the QAT graph that form made an observer fail, so it is applied
+where the program is lowered.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ import torch
 
 from .fx_nodes import is_int as _is_int, shape as _shape
 from .graph_arithmetic import division_as_multiplication, float_scalars, group_norm_arithmetic, silu_as_sigmoid_mul, sum_as_mean
-from .graph_layout import (batched_matmul_as_bmm, broadcast_expands, flat_softmax, low_rank_permutes,
-                           nearest_as_concat, remove_noop_slices)
+from .graph_layout import (batched_matmul_as_bmm, broadcast_expands, low_rank_permutes, nearest_as_concat,
+                           remove_noop_slices)
 from .identity_arithmetic import STEP as IDENTITY_ARITHMETIC
 
 FLOAT_TOLERANCE = 1e-5  # these steps move no arithmetic: only float noise may differ
@@ -67,8 +69,6 @@ STEPS = (
      "XNNPACK takes mean over the last two dims of a 4-d tensor, and no sum"),
     ("group_norm", "mean, variance, rsqrt, weight and bias", group_norm_arithmetic,
      "XNNPACK has no group norm; it takes each of these ops"),
-    ("softmax over the last dim of a 4-d tensor", "softmax of its 2-d reshape", flat_softmax,
-     "ExecuTorch's XNNPACK program computed the 4-d softmax over another dim (wrong values)"),
     ("batched matmul", "bmm", batched_matmul_as_bmm,
      "the same batch dims; ExecuTorch decomposes matmul into expand + bmm, and XNNPACK refuses the int8 expand"),
     ("permute of rank >= 5", "reshape + lower-rank permute", low_rank_permutes,
