@@ -130,3 +130,16 @@ def test_a_network_that_needs_its_own_training_flag_gets_it_and_the_table_says_s
     # a run made before the flag was added does not claim it
     monkeypatch.setitem(zoo.NETWORK_FLAGS, "timm:slow", ("--lr 1e-4", "another"))
     assert zoo.network_row("timm:slow", out)["extra_flags"] is None
+
+
+def test_a_core_ml_file_whose_accuracy_fell_below_its_reference_is_not_called_faithful():
+    """Near ties that change sides leave accuracy where it was (`≈`); timm hgnetv2_b0's fp16 file read back at
+    32.5% against its network's 86.5% is a wrong file or a wrong read-back, not a cost (`✗`)."""
+    def artifact(outcome):
+        return {"backend": "coreml", "quant": "fp16", "verification": {"passed": False, "verdicts": [
+            {"name": "agreement with fp32", "outcome": "fail"},
+            {"name": "accuracy drop vs fp32", "outcome": outcome}]}}
+
+    assert zoo._faithful({}, artifact("inconclusive"))
+    assert zoo._faithful({}, artifact("pass"))
+    assert not zoo._faithful({}, artifact("fail"))
