@@ -10,7 +10,7 @@ that only copy their input (eval-mode dropout, clone) repeat the layer before an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -35,6 +35,7 @@ class Layer:
     out_hierarchy: str  # the same for the op whose result is quantized (the last fused activation, if any)
     is_output: bool = False  # feeds the graph output
     activation: str | None = None  # the activation layer that alone reads this one, on the same grid
+    inputs: list[str] = field(default_factory=list)  # the layers its op reads (through dequantize), in graph order
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,7 +113,25 @@ def quantized_layers(gm: torch.fx.GraphModule) -> list[Layer]:
         follower = _lone_activation(nodes[layer.node])
         if follower is not None and follower.name in by_node:
             layer.activation = by_node[follower.name].name
+        layer.inputs = [by_node[q].name for q in _read_quantized(nodes[layer.node]) if q in by_node]
     return layers
+
+
+def _read_quantized(q: torch.fx.Node) -> list[str]:
+    """The quantize nodes whose values the op behind quantize node q reads (walking back to each dequantize)."""
+    found, stack, seen = [], list(q.all_input_nodes), set()
+    while stack:
+        node = stack.pop(0)
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if opname(node) == "dequantize_per_tensor":
+            source = node.args[0]
+            if isinstance(source, torch.fx.Node) and is_quantize(source) and source.name not in found:
+                found.append(source.name)
+        elif not is_quantize(node) and node.op == "call_function":
+            stack += node.all_input_nodes
+    return found
 
 
 def _lone_activation(q: torch.fx.Node) -> torch.fx.Node | None:

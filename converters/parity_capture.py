@@ -229,6 +229,26 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int], input_
         first, pieces = first_piece(t), _pieces(details[t]["name"])
         claimed[t] = {l.name for l in layers if _named_after(l, first, pieces, owners)}
 
+    copy_of: dict[int, int] = {}  # tensor -> a tensor it only moves or reshapes (its data, in another layout)
+
+    def original(t):
+        while t in copy_of:
+            t = copy_of[t]
+        return t
+
+    for t, (_, name, ins) in producer.items():
+        if name in LAYOUT_OPS and ins:
+            copy_of[t] = ins[0]
+
+    def reads_inputs(pool: list[int], layer: Layer) -> list[int]:
+        """Of several tensors named after a layer, those that hold the data of, or are computed from, the tensors
+        of the layer's own inputs (k and v of one attention head are both slices of one conv with its name and
+        scale; each is read by its own op); all of them where none or no input is known."""
+        inputs = {original(matches[i].index) for i in layer.inputs if i in matches}
+        near = [t for t in pool if original(t) in inputs
+                or any(original(i) in inputs for i in producer.get(t, (0, "", []))[2])]
+        return near or pool
+
     used, matches, missing = set(), {}, {}
     for layer in layers:
         fits = [t for t in candidates if t not in used and int(np.prod(details[t]["shape"])) == sizes[layer.name]
@@ -237,15 +257,18 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int], input_
         fits.sort(key=lambda t: producer.get(t, (-1,))[0])
         kinds = set().union(*(OP_KINDS.get(op.rstrip("_"), set()) for op in layer.op.split("+")))
         named = [t for t in fits if _named_after(layer, first_piece(t), _pieces(details[t]["name"]), owners)]
+        near = reads_inputs(named, layer)
         if layer.name == INPUT and in_index in fits:
             chosen, method = in_index, "model input"
         elif layer.is_output and out_index in fits:
             chosen, method = out_index, "model output"
         elif len(named) == 1:
             chosen, method = named[0], "tensor name"
+        elif len({original(t) for t in near}) == 1:  # one tensor (in one or more layouts) reads the layer's inputs
+            chosen, method = near[0], f"tensor name, the one of {len(named)} that reads the layer's inputs"
         elif named:
-            computing = [t for t in named if producer[t][1] in kinds] or named
-            chosen, method = computing[0], f"tensor name, first of {len(named)} (guess)"
+            computing = [t for t in near if producer[t][1] in kinds] or near
+            chosen, method = computing[0], f"tensor name, first of {len(near)} (guess)"
         elif layer.activation:
             missing[layer.name] = f"the converter fused `{layer.activation}` into its op: no tensor of its own"
             continue
@@ -257,6 +280,7 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int], input_
                 chosen, method = fits[0], "scale, zero point and size: the only fit (no name)"
             else:
                 pool = computing or [t for t in fits if producer.get(t, (0, ""))[1] not in LAYOUT_OPS] or fits
+                pool = reads_inputs(pool, layer)
                 chosen, method = pool[0], f"first in graph order of {len(pool)} that fit (guess)"
         else:
             missing[layer.name] = "no tensor left with its scale, zero point and size (folded into a neighbour)"
