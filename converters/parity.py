@@ -28,7 +28,8 @@ RUNTIME_NAMES = {"pytorch": "PyTorch (converted PT2E graph)",
 # XNNPACK kernel names (ETDump) -> the PyTorch ops they compute
 KERNEL_OPS = {"hardswish": {"hardswish"}, "sigmoid": {"sigmoid"}, "multiply": {"mul"}, "add": {"add"},
               "global_average_pooling": {"mean", "adaptive_avg_pool2d"}, "average_pooling": {"avg_pool2d"},
-              "swish": {"silu"}, "softmax": {"softmax"}, "tanh": {"tanh"}, "clamp": {"hardtanh", "clamp"}}
+              "swish": {"silu"}, "softmax": {"softmax"}, "tanh": {"tanh"}, "clamp": {"hardtanh", "clamp"},
+              "batch_matrix_multiply": {"bmm", "matmul"}}
 
 
 class ParityError(RuntimeError):

@@ -127,6 +127,18 @@ def test_float_ops_are_loosened_only_where_they_run():
     assert not passed and failures[0].startswith("layer `conv2`")
 
 
+def test_xnnpack_float_kernels_name_the_layers_they_compute():
+    """ETDump names XNNPACK's kernels, not PyTorch's ops: a float batch matmul (attention's q^T k) is a bmm layer."""
+    from converters.layers import Layer
+
+    layers = [Layer(i, name, op, f"q{i}", 0.1, 0, "", "", "", "") for i, (name, op) in
+              enumerate([("attn:bmm", "bmm"), ("attn:softmax", "softmax"), ("proj", "conv2d")])]
+    rows = parity._layer_rows(layers, {l.name: (4,) for l in layers}, None,
+                              ["Batch Matrix Multiply (NC, F32) GEMM #1", "Softmax (NC, F32) #2"])
+    assert [r["float_in"] for r in rows] == [{"pte": "Batch Matrix Multiply (NC, F32) GEMM #1"},
+                                             {"pte": "Softmax (NC, F32) #2"}, {}]
+
+
 def test_stats_count_steps_equal_values_and_sqnr():
     stats = parity.Stats()
     a = np.array([[-128, 0, 5, 10]], np.int8)
