@@ -10,9 +10,11 @@ that only copy their input (eval-mode dropout, clone) repeat the layer before an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
+
+from . import dim_order
 
 FUSED_ACTIVATIONS = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "clamp_min", "clamp_max", "relu6"}
 IDENTITY_OPS = {"dropout", "clone", "alias", "detach", "contiguous", "_to_copy", "native_dropout"}
@@ -33,6 +35,7 @@ class Layer:
     out_hierarchy: str  # the same for the op whose result is quantized (the last fused activation, if any)
     is_output: bool = False  # feeds the graph output
     activation: str | None = None  # the activation layer that alone reads this one, on the same grid
+    inputs: list[str] = field(default_factory=list)  # the layers its op reads (through dequantize), in graph order
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,7 +113,25 @@ def quantized_layers(gm: torch.fx.GraphModule) -> list[Layer]:
         follower = _lone_activation(nodes[layer.node])
         if follower is not None and follower.name in by_node:
             layer.activation = by_node[follower.name].name
+        layer.inputs = [by_node[q].name for q in _read_quantized(nodes[layer.node]) if q in by_node]
     return layers
+
+
+def _read_quantized(q: torch.fx.Node) -> list[str]:
+    """The quantize nodes whose values the op behind quantize node q reads (walking back to each dequantize)."""
+    found, stack, seen = [], list(q.all_input_nodes), set()
+    while stack:
+        node = stack.pop(0)
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if opname(node) == "dequantize_per_tensor":
+            source = node.args[0]
+            if isinstance(source, torch.fx.Node) and is_quantize(source) and source.name not in found:
+                found.append(source.name)
+        elif not is_quantize(node) and node.op == "call_function":
+            stack += node.all_input_nodes
+    return found
 
 
 def _lone_activation(q: torch.fx.Node) -> torch.fx.Node | None:
@@ -178,3 +199,67 @@ def capture_local(gm: torch.fx.GraphModule, layers: list[Layer], images: torch.T
     with torch.no_grad():
         runner.run(images)
     return {layer.name: runner.values[layer.node] for layer in layers}
+
+
+# ---- dimension order (converters/dim_order.py) -----------------------------------------------------
+PERMUTE_OPS = {"permute", "permute_copy", "transpose", "transpose_copy", "swapaxes", "t", "t_copy", "numpy_T"}
+RESHAPE_OPS = {"view", "view_copy", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "squeeze_copy",
+               "unsqueeze", "unsqueeze_copy"}
+CONV_OPS = {"conv2d", "convolution"}
+NEW_AXES_OPS = {"conv1d", "conv_transpose2d", "linear", "matmul", "bmm", "mm", "addmm", "baddbmm", "einsum",
+                "pixel_shuffle", "pixel_unshuffle", "channel_shuffle"}
+
+
+def _permutation(node: torch.fx.Node, rank: int) -> list[int]:
+    """The dims a PyTorch permute/transpose node takes its output's dims from."""
+    op = opname(node)
+    if op in ("t", "t_copy", "numpy_T"):
+        return list(range(rank))[::-1]
+    if op.startswith("permute"):
+        return [d % rank for d in (node.args[1] if len(node.args) > 1 else node.kwargs["dims"])]
+    a, b = (d % rank for d in node.args[1:3])
+    dims = list(range(rank))
+    dims[a], dims[b] = b, a
+    return dims
+
+
+class _Frames(torch.fx.Interpreter):
+    """Each node's frame (dim_order), as the graph's ops move its dims."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        super().__init__(gm)
+        self.frames: dict[str, dim_order.Frame] = {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        inputs = [a for a in n.all_input_nodes if a.name in self.frames]
+        if not isinstance(out, torch.Tensor):  # a list (split), read by getitem: its parts keep the input's frame
+            if inputs:
+                self.frames[n.name] = self.frames[inputs[0].name]
+            return out
+        shape, op = tuple(out.shape), opname(n)
+        first = self.frames.get(n.args[0].name) if n.args and isinstance(n.args[0], torch.fx.Node) else None
+        same_rank = [self.frames[a.name] for a in inputs if len(self.frames[a.name]) == len(shape)]
+        same_shape = [f for f in same_rank if [dim_order.size(d) for d in f] == list(shape)]
+        if n.op == "placeholder":
+            frame = dim_order.named(dim_order.NCHW, shape) if len(shape) == 4 else dim_order.fresh(shape)
+        elif op in CONV_OPS and len(shape) == 4:
+            frame = dim_order.named(dim_order.NCHW, shape)
+        elif op in PERMUTE_OPS and first is not None and len(first) == len(shape):
+            frame = dim_order.permute(first, _permutation(n, len(shape)))
+        elif op in RESHAPE_OPS and first is not None:
+            frame = dim_order.reshape(first, shape) or dim_order.fresh(shape)
+        elif op in NEW_AXES_OPS or op in CONV_OPS or not same_rank:
+            frame = dim_order.fresh(shape)
+        else:  # elementwise, pad, slice, cat, pooling, quantize: an input of the output's own shape (not a broadcast
+            frame = dim_order.keep((same_shape or same_rank)[0], shape)  # one), else the first of its rank
+        self.frames[n.name] = frame
+        return out
+
+
+def layer_frames(gm: torch.fx.GraphModule, layers: list[Layer], image: torch.Tensor) -> dict[str, dim_order.Frame]:
+    """Each layer's frame (dim_order) in the converted graph, for a batch of one image; keyed by layer name."""
+    runner = _Frames(gm)
+    with torch.no_grad():
+        runner.run(image[:1])
+    return {layer.name: runner.frames[layer.node] for layer in layers}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import REGISTRY
-from .layers import Layer, capture_local, capture_pytorch, quantized_layers
+from .layers import Layer, capture_local, capture_pytorch, layer_frames, quantized_layers
 from .parity_capture import TFLiteLayers, kernel_op, layer_program, xnnpack_float_kernels
 
 PAIRS = {"pytorch_vs_pte": ("pytorch", "pte"), "pytorch_vs_tflite": ("pytorch", "tflite"), "pte_vs_tflite": ("pte", "tflite")}
@@ -28,7 +28,8 @@ RUNTIME_NAMES = {"pytorch": "PyTorch (converted PT2E graph)",
 # XNNPACK kernel names (ETDump) -> the PyTorch ops they compute
 KERNEL_OPS = {"hardswish": {"hardswish"}, "sigmoid": {"sigmoid"}, "multiply": {"mul"}, "add": {"add"},
               "global_average_pooling": {"mean", "adaptive_avg_pool2d"}, "average_pooling": {"avg_pool2d"},
-              "swish": {"silu"}, "softmax": {"softmax"}, "tanh": {"tanh"}, "clamp": {"hardtanh", "clamp"}}
+              "swish": {"silu"}, "softmax": {"softmax"}, "tanh": {"tanh"}, "clamp": {"hardtanh", "clamp"},
+              "batch_matrix_multiply": {"bmm", "matmul"}}
 
 
 class ParityError(RuntimeError):
@@ -125,7 +126,8 @@ def run(folded: torch.fx.GraphModule, images: torch.Tensor, input_shape, pte: Pa
         runtimes["pte"] = {"file": Path(pte).name, **program.info,
                            "float_kernels": xnnpack_float_kernels(Path(pte), images[:1])}
     if tflite is not None:
-        tfl = TFLiteLayers(Path(tflite), layers, sizes, tflite_layout)
+        frames = layer_frames(folded, layers, images[:1])  # each layer's dim order, to read its .tflite tensor in
+        tfl = TFLiteLayers(Path(tflite), layers, sizes, tflite_layout, frames, {k: (1, *v) for k, v in shapes.items()})
         runtimes["tflite"] = {"file": Path(tflite).name,
                               "method": "ai_edge_litert Interpreter, experimental_preserve_all_tensors=True"}
     stats = {pair: {l.name: Stats() for l in layers} for pair in PAIRS}

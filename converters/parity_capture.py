@@ -8,7 +8,8 @@
   runs; `LayerProgram.check_against` holds the copy's final output to the shipped file's.
 - LiteRT: the interpreter with `experimental_preserve_all_tensors=True` keeps every tensor; each
   layer is found by the module hierarchy litert-torch writes into tensor names, confirmed by
-  the tensor's scale, zero point and size (`match_tflite`).
+  the tensor's scale, zero point and size (`match_tflite`), and read in the PyTorch layer's dim order
+  (converters/dim_order.py: the permutes and reshapes of both graphs followed, not an NCHW/NHWC guess).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import torch
 
 from core import io as atomic
 
+from . import dim_order
 from .layers import INPUT, Layer, is_quantize
 
 # .tflite producers that only move or reshape data; a layer is matched to its computing op first
 LAYOUT_OPS = {"TRANSPOSE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
+NEW_AXES_OPS = {"FULLY_CONNECTED", "BATCH_MATMUL"}  # ops whose output axes are new (as layers.NEW_AXES_OPS)
 NHWC_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE_CONV", "RESIZE_BILINEAR",
             "RESIZE_NEAREST_NEIGHBOR"}
 OP_KINDS = {  # PyTorch op -> the .tflite ops that compute it
@@ -41,8 +44,13 @@ OP_KINDS = {  # PyTorch op -> the .tflite ops that compute it
 TAP_VERSION = 1
 
 
-def _nchw(values: np.ndarray, layout: str) -> np.ndarray:
-    return values.transpose(0, 3, 1, 2) if layout == "NHWC" and values.ndim == 4 else values
+def _layout(how: tuple[list[int], list[int]] | None, axes: list[int] | None) -> str:
+    """How the tensor is read in PyTorch's order, in words."""
+    if how is None:
+        return "read flat"
+    if how[1] == sorted(how[1]):
+        return "as PyTorch" if axes is not None else "as PyTorch, in another shape"
+    return f"transposed {tuple(axes)}" if axes is not None else f"reshaped to {tuple(how[0])}, transposed {tuple(how[1])}"
 
 
 # ---- ExecuTorch ---------------------------------------------------------------------------------
@@ -131,6 +139,8 @@ class TensorMatch:
     producer: str
     method: str  # how the tensor was tied to the layer
     float_op: str | None = None  # the op this runtime computes in float to produce it
+    # how to read the tensor in PyTorch's dim order: values.reshape(reading[0]).transpose(reading[1]); None: as it is
+    reading: list[list[int]] | None = None
 
 
 def _pieces(name: str) -> set[str]:
@@ -147,8 +157,9 @@ def _named_after(layer: Layer, first: str, pieces: set[str], owners: dict[str, s
             and layer.out_hierarchy in pieces)
 
 
-def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
-                 input_layout: str = "NCHW") -> tuple[dict[str, TensorMatch], dict[str, str]]:
+def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int], input_layout: str = "NCHW",
+                 frames: dict[str, dim_order.Frame] | None = None,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[dict[str, TensorMatch], dict[str, str]]:
     """Tie each layer to the .tflite tensor that holds it.
 
     litert-torch names a tensor after the ops that made it, ';'-separated: usually first the op whose
@@ -158,30 +169,39 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
     fused into its producer has no tensor of its own, and must not take the next block's); a choice among several
     is marked a guess.
     A layer whose lone reader is an activation the converter fused into it has no tensor.
+    Each match says how to read its tensor in PyTorch's dim order (converters/dim_order.py): from the tensor's
+    frame and the layer's PyTorch frame (`frames`, converters/layers.py layer_frames) and shape (`shapes`, batch
+    1); without them, as it is.
     Returns the matches, and for each layer without a tensor, why.
     """
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
-    producer, layout = {}, {}
+    producer, frame = {}, {}  # each tensor's frame (converters/dim_order.py), walked as layers.py walks PyTorch's
     in_index = interpreter.get_input_details()[0]["index"]
     out_index = interpreter.get_output_details()[0]["index"]
-    layout[in_index] = input_layout
+    in_shape = list(details[in_index]["shape"])
+    frame[in_index] = (dim_order.named(input_layout, in_shape) if len(in_shape) == 4 and input_layout in ("NCHW", "NHWC")
+                       else dim_order.fresh(in_shape))
     for pos, op in enumerate(ops):
         ins = [i for i in op["inputs"] if i >= 0]
+        first = frame.get(ins[0]) if ins else None
         for t in op["outputs"]:
             producer[t] = (pos, op["op_name"], ins)
-            if op["op_name"] in NHWC_OPS:
-                layout[t] = "NHWC"
-            elif op["op_name"] == "TRANSPOSE":
-                perm = list(interpreter.get_tensor(op["inputs"][1])) if len(ins) > 1 else []
-                layout[t] = {(0, 3, 1, 2): "NCHW", (0, 2, 3, 1): "NHWC"}.get(tuple(perm), "?")
-            elif op["op_name"] in LAYOUT_OPS or len(details[t]["shape"]) != 4:
-                layout[t] = "NCHW"
-            else:  # elementwise: the layout of its first 4-d input of the output's own shape (not a broadcast
-                # one: squeeze-excitation's MUL takes a [1, 1, 1, C] scale and an NHWC feature map, in either order)
-                known = [i for i in ins if i in layout and len(details[i]["shape"]) == 4]
-                same = [i for i in known if list(details[i]["shape"]) == list(details[t]["shape"])]
-                layout[t] = layout[(same or known)[0]] if known else "NCHW"
+            shape = [int(d) for d in details[t]["shape"]]
+            same_rank = [frame[i] for i in ins if i in frame and len(frame[i]) == len(shape)]
+            same_shape = [f for f in same_rank if [dim_order.size(d) for d in f] == shape]
+            if op["op_name"] in NHWC_OPS and len(shape) == 4:
+                frame[t] = dim_order.named(dim_order.NHWC, shape)
+            elif op["op_name"] == "TRANSPOSE" and first is not None and len(first) == len(shape) and len(ins) > 1:
+                frame[t] = dim_order.permute(first, interpreter.get_tensor(ins[1]))
+            elif op["op_name"] in LAYOUT_OPS and first is not None:
+                frame[t] = dim_order.reshape(first, shape) or dim_order.fresh(shape)
+            elif op["op_name"] in NEW_AXES_OPS or not same_rank:
+                frame[t] = dim_order.fresh(shape)
+            else:  # elementwise, pad, slice, concatenation: an input of the output's own shape (not a broadcast
+                # one: squeeze-excitation's MUL takes a [1, 1, 1, C] scale and an NHWC feature map, in either
+                # order), else its first input of the output's rank
+                frame[t] = dim_order.keep((same_shape or same_rank)[0], shape)
 
     def qparams(t):
         q = details[t]["quantization"]
@@ -209,6 +229,26 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
         first, pieces = first_piece(t), _pieces(details[t]["name"])
         claimed[t] = {l.name for l in layers if _named_after(l, first, pieces, owners)}
 
+    copy_of: dict[int, int] = {}  # tensor -> a tensor it only moves or reshapes (its data, in another layout)
+
+    def original(t):
+        while t in copy_of:
+            t = copy_of[t]
+        return t
+
+    for t, (_, name, ins) in producer.items():
+        if name in LAYOUT_OPS and ins:
+            copy_of[t] = ins[0]
+
+    def reads_inputs(pool: list[int], layer: Layer) -> list[int]:
+        """Of several tensors named after a layer, those that hold the data of, or are computed from, the tensors
+        of the layer's own inputs (k and v of one attention head are both slices of one conv with its name and
+        scale; each is read by its own op); all of them where none or no input is known."""
+        inputs = {original(matches[i].index) for i in layer.inputs if i in matches}
+        near = [t for t in pool if original(t) in inputs
+                or any(original(i) in inputs for i in producer.get(t, (0, "", []))[2])]
+        return near or pool
+
     used, matches, missing = set(), {}, {}
     for layer in layers:
         fits = [t for t in candidates if t not in used and int(np.prod(details[t]["shape"])) == sizes[layer.name]
@@ -217,15 +257,18 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
         fits.sort(key=lambda t: producer.get(t, (-1,))[0])
         kinds = set().union(*(OP_KINDS.get(op.rstrip("_"), set()) for op in layer.op.split("+")))
         named = [t for t in fits if _named_after(layer, first_piece(t), _pieces(details[t]["name"]), owners)]
+        near = reads_inputs(named, layer)
         if layer.name == INPUT and in_index in fits:
             chosen, method = in_index, "model input"
         elif layer.is_output and out_index in fits:
             chosen, method = out_index, "model output"
         elif len(named) == 1:
             chosen, method = named[0], "tensor name"
+        elif len({original(t) for t in near}) == 1:  # one tensor (in one or more layouts) reads the layer's inputs
+            chosen, method = near[0], f"tensor name, the one of {len(named)} that reads the layer's inputs"
         elif named:
-            computing = [t for t in named if producer[t][1] in kinds] or named
-            chosen, method = computing[0], f"tensor name, first of {len(named)} (guess)"
+            computing = [t for t in near if producer[t][1] in kinds] or near
+            chosen, method = computing[0], f"tensor name, first of {len(near)} (guess)"
         elif layer.activation:
             missing[layer.name] = f"the converter fused `{layer.activation}` into its op: no tensor of its own"
             continue
@@ -237,21 +280,33 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int],
                 chosen, method = fits[0], "scale, zero point and size: the only fit (no name)"
             else:
                 pool = computing or [t for t in fits if producer.get(t, (0, ""))[1] not in LAYOUT_OPS] or fits
+                pool = reads_inputs(pool, layer)
                 chosen, method = pool[0], f"first in graph order of {len(pool)} that fit (guess)"
         else:
             missing[layer.name] = "no tensor left with its scale, zero point and size (folded into a neighbour)"
             continue
         used.add(chosen)
         scale, zero = qparams(chosen)
-        matches[layer.name] = TensorMatch(chosen, details[chosen]["name"], layout.get(chosen, "NCHW"), scale, zero,
-                                          producer.get(chosen, (0, "input"))[1], method, float_source(chosen))
+        how = _reading(frame.get(chosen), [int(d) for d in details[chosen]["shape"]], layer.name, frames, shapes)
+        axes = None if how is None else dim_order.transpose(frame[chosen], frames[layer.name])
+        matches[layer.name] = TensorMatch(chosen, details[chosen]["name"], _layout(how, axes),
+                                          scale, zero, producer.get(chosen, (0, "input"))[1], method,
+                                          float_source(chosen), None if how is None else [list(how[0]), list(how[1])])
     return matches, missing
+
+
+def _reading(frame, shape: list[int], layer: str, frames, shapes) -> tuple[list[int], list[int]] | None:
+    """How to read a layer's tensor (its frame and shape) in PyTorch's order; None: as it is."""
+    if frame is None or not frames or not shapes or layer not in frames:
+        return None
+    return dim_order.reading(frame, shape, frames[layer], shapes[layer])
 
 
 class TFLiteLayers:
     """Runs a .tflite one image at a time and reads every matched layer's tensor."""
 
-    def __init__(self, path: Path, layers: list[Layer], sizes: dict[str, int], input_layout: str = "NCHW"):
+    def __init__(self, path: Path, layers: list[Layer], sizes: dict[str, int], input_layout: str,
+                 frames: dict[str, dim_order.Frame], shapes: dict[str, tuple[int, ...]]):
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_path=str(path), num_threads=1, experimental_preserve_all_tensors=True)
@@ -261,7 +316,7 @@ class TFLiteLayers:
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.nhwc = input_layout == "NHWC"
-        self.matches, self.missing = match_tflite(self.interpreter, layers, sizes, input_layout)
+        self.matches, self.missing = match_tflite(self.interpreter, layers, sizes, input_layout, frames, shapes)
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         scale, zero = self.input["quantization"]
@@ -271,7 +326,8 @@ class TFLiteLayers:
         return np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
 
     def run(self, images: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """Per layer, int8 values in NCHW order; the final int8 outputs; and those of the plain interpreter."""
+        """Per layer, int8 values in PyTorch's dim order (read flat where no transpose gives its shape); the final
+        int8 outputs; and those of the plain interpreter."""
         rows, finals, plain = {name: [] for name in self.matches}, [], []
         for x in images.numpy().astype(np.float32):
             q = self.quantize_input(x)
@@ -279,7 +335,7 @@ class TFLiteLayers:
                 interp.set_tensor(self.input["index"], q)
                 interp.invoke()
             for name, m in self.matches.items():
-                rows[name].append(_nchw(self.interpreter.get_tensor(m.index), m.layout))
+                rows[name].append(dim_order.read(self.interpreter.get_tensor(m.index), m.reading))
             finals.append(self.interpreter.get_tensor(self.output["index"]))
             plain.append(self.plain.get_tensor(self.plain.get_output_details()[0]["index"]))
         return ({name: np.concatenate(v) for name, v in rows.items()}, np.concatenate(finals), np.concatenate(plain))

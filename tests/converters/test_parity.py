@@ -127,6 +127,18 @@ def test_float_ops_are_loosened_only_where_they_run():
     assert not passed and failures[0].startswith("layer `conv2`")
 
 
+def test_xnnpack_float_kernels_name_the_layers_they_compute():
+    """ETDump names XNNPACK's kernels, not PyTorch's ops: a float batch matmul (attention's q^T k) is a bmm layer."""
+    from converters.layers import Layer
+
+    layers = [Layer(i, name, op, f"q{i}", 0.1, 0, "", "", "", "") for i, (name, op) in
+              enumerate([("attn:bmm", "bmm"), ("attn:softmax", "softmax"), ("proj", "conv2d")])]
+    rows = parity._layer_rows(layers, {l.name: (4,) for l in layers}, None,
+                              ["Batch Matrix Multiply (NC, F32) GEMM #1", "Softmax (NC, F32) #2"])
+    assert [r["float_in"] for r in rows] == [{"pte": "Batch Matrix Multiply (NC, F32) GEMM #1"},
+                                             {"pte": "Softmax (NC, F32) #2"}, {}]
+
+
 def test_stats_count_steps_equal_values_and_sqnr():
     stats = parity.Stats()
     a = np.array([[-128, 0, 5, 10]], np.int8)
@@ -260,3 +272,54 @@ def test_an_activation_fused_away_does_not_take_the_next_blocks_tensor(tmp_path,
     assert all(name in missing for name in relu6)
     adds = [l.name for l in layers if l.op == "add"]
     assert len({matches[a].index for a in adds}) == 2 and all(matches[a].method == "tensor name" for a in adds)
+
+
+class _AttentionHead(torch.nn.Module):
+    """EfficientViT's attention head: one conv makes q, k and v (one scale), q gets a depthwise conv, k and v are
+    only flattened; every op is named after this module."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.dw = torch.nn.Conv2d(8, 24, 1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        q, k, v = self.qkv(x).view(b, -1, h, w).split([8, 8, 8], dim=1)
+        q, k, v = self.dw(q).flatten(2), k.flatten(2), v.flatten(2)
+        attn = ((q * 0.35).transpose(-2, -1) @ k).softmax(dim=-1)
+        return (v @ attn.transpose(-2, -1)).view(b, 8, h, w)
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.attn = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1), _AttentionHead()
+        self.proj, self.fc = torch.nn.Conv2d(8, 8, 1), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.proj(self.attn(self.stem(x))).mean((2, 3)))
+
+
+def test_same_named_tensors_are_told_apart_by_what_they_read(tmp_path, calibrated):
+    """k and v are flattened slices of one conv: same name, scale and size. LiteRT reshapes k where its matmul
+    reads it, after v, so graph order gave k's layer v's tensor (and v's k's): 183 steps off, both runtimes right.
+    Each layer takes the tensor that holds, or is computed from, the tensors of its own input layers."""
+    import litert_torch
+
+    from converters.executorch import lower
+    from converters.tflite import _int8_config
+
+    torch.manual_seed(0)
+    prepared = calibrated(_Attention(), (3, 32, 32))
+    folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
+    unfolded.training = False
+    tflite, pte = tmp_path / "att.tflite", tmp_path / "att.pte"
+    litert_torch.convert(unfolded, (torch.zeros(1, 3, 32, 32),), quant_config=_int8_config()).export(str(tflite))
+    pte.write_bytes(lower(folded, (3, 32, 32))[0].to_executorch().buffer)
+    result = parity.run(folded, torch.randn(16, 3, 32, 32) * 2, (3, 32, 32), pte=pte, tflite=tflite, work_dir=tmp_path)
+    assert result["pairs"]["pte_vs_tflite"]["first_divergence"] is None, result["pairs"]["pte_vs_tflite"]["verdict"]
+    assert parity.check_local(result, max_steps=1)["tflite"]["passed"]
+    layers = {l.name: l for l in quantized_layers(folded)}
+    assert layers["attn:flatten_1"].inputs == ["attn:slice_tensor_1"] and layers["attn:flatten_2"].inputs == ["attn:slice_tensor_2"]
+    methods = {r["name"]: r["tflite"]["method"] for r in result["layers"] if r["tflite"]}
+    assert "reads the layer's inputs" in methods["attn:flatten_1"] and "reads the layer's inputs" in methods["attn:flatten_2"]
