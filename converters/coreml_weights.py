@@ -5,7 +5,8 @@ Core ML cannot run on Linux, so a float .mlpackage is checked by loading its (de
 network and running that. The file's const names are not relied on: coremltools names a weight after the
 PyTorch parameter only when the weight reaches Core ML unchanged, and anonymously (`const_207_to_fp16`) when one
 of its passes rebuilt it. Each network tensor is matched to the file's weight of the same shape whose values
-are closest, the graph position deciding between equal candidates.
+are closest, the graph position deciding between equal candidates; a weight the file stores dense (fp16) only
+if it is the tensor to fp16 rounding, a compressed one within the compression's error.
 """
 
 from __future__ import annotations
@@ -24,18 +25,39 @@ from .base import ConversionError
 
 # A matched weight differs from the network's by at most this share of its norm. fp16 rounding gives ~1e-3,
 # k-means LUTs of 1 to 8 bits 0.6 down to 0.01; an unrelated tensor of the same shape ~1.4, zeros 1.0.
-MAX_RELATIVE_DIFF = 0.9
+MAX_RELATIVE_DIFF = 0.9  # a weight the file stores compressed (a LUT, linear int8), or of unknown storage
+# A weight the file stores dense (a plain fp16 `const`) is the network's value rounded to fp16 (< 5e-4 of its
+# norm): only that close is it the same tensor. Two unrelated scalars can differ by less than MAX_RELATIVE_DIFF
+# (hgnetv2's LearnableAffineBlock scale 1.0004, rounded to 1.0 and dropped by Core ML, took the input's 1/std).
+DENSE_DIFF = 5e-3
 SHARED_DIFF = 2e-3  # fp16 rounding: a tensor this close to a weight another tensor took shares it (deduplicated)
+# ... of a dense const, compared in fp16 (_as_stored): equal tensors are equal there. Not one fp16 step apart: a
+# scale that is 1.0 in fp16 (dropped with its multiply) is not another block's 0.9995
+SHARED_DENSE_DIFF = 1e-4
 SHOWN = 3  # weights named on the console; the log has them all
 
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
+class FileWeights(dict):
+    """read_weights' answer: a dict (const name -> dense array) that also knows which consts the file stores
+    compressed (`compressed`, the outputs of its constexpr_* ops); the others are plain fp16 consts. A plain dict
+    given to match_weights is of unknown storage: every weight is matched as if it could be compressed."""
+
+    def __init__(self, items=(), compressed=frozenset()):
+        super().__init__(items)
+        self.compressed = frozenset(compressed)
+
+
+def read_weights(path: Path) -> FileWeights:
     """Every weight of an mlpackage, decompressed to dense arrays, keyed by Core ML's const name, in the order
-    the program first uses them."""
+    the program first uses them; `.compressed` names those the file stores compressed."""
     import coremltools as ct
     from coremltools.optimize.coreml import decompress_weights, get_weights_metadata
 
-    dense = decompress_weights(ct.models.MLModel(str(path), skip_model_load=True))
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    stored = model.get_spec().mlProgram.functions["main"]
+    compressed = {out.name for op in stored.block_specializations[stored.opset].operations
+                  if op.type.startswith("constexpr_") for out in op.outputs}
+    dense = decompress_weights(model)
     weights = {name: np.asarray(meta.val) for name, meta in get_weights_metadata(dense, weight_threshold=0).items()}
     main = dense.get_spec().mlProgram.functions["main"]
     first_use: dict[str, int] = {}
@@ -44,7 +66,14 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
             for arg in argument.arguments:
                 first_use.setdefault(arg.name, i)
     order = sorted(weights, key=lambda name: first_use.get(name, len(first_use)))
-    return {name: weights[name] for name in order}
+    return FileWeights(((name, weights[name]) for name in order), compressed & set(weights))
+
+
+def _tolerances(weights: dict, names: list[str]) -> dict[str, float]:
+    """How far each of the file's weights may be from the network tensor it is: fp16 rounding for a dense const,
+    compression error for a compressed one (or for any weight of a plain dict, whose storage is unknown)."""
+    compressed = getattr(weights, "compressed", None)
+    return {n: MAX_RELATIVE_DIFF if compressed is None or n in compressed else DENSE_DIFF for n in names}
 
 
 def _graph_order(net: nn.Module) -> list[str]:
@@ -67,6 +96,14 @@ def _graph_order(net: nn.Module) -> list[str]:
 
 def _shape_key(shape) -> tuple[int, ...]:
     return tuple(int(d) for d in shape if d != 1)
+
+
+def _as_stored(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor flattened, as the file would store it: rounded to fp16 (float64 values). Compared so, a dense
+    weight is its tensor to within the converter's own rounding, tiny values too (FastViT's layer scale, 1e-5 at
+    initialization, leaves a folded conv of fp16 subnormals: 0.09 off its fp32 values)."""
+    finite = np.clip(tensor.detach().double().reshape(-1).numpy(), -65504.0, 65504.0)
+    return finite.astype(np.float16).astype(np.float64)
 
 
 def relative_diffs(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
@@ -130,19 +167,22 @@ def match_weights(net: nn.Module, weights: dict[str, np.ndarray],
     state = net.state_dict()
     keys = _graph_order(net)
     names = [n for n, v in weights.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
-    matched, unmatched, taken = _assign({k: state[k] for k in keys}, keys, {n: weights[n] for n in names}, names)
-    free_shapes = {_shape_key(weights[n].shape) for n in names if n not in taken}
-    for row in [r for r in unmatched if _identity_element(state[r["key"]])
-                and _shape_key(state[r["key"]].shape) not in free_shapes]:  # no weight in the file it could be
-        matched[row["key"]] = state[row["key"]].detach().numpy()  # x * 1 or x + 0: Core ML drops the op and its const
+    tolerance = _tolerances(weights, names)
+    matched, unmatched, taken = _assign({k: state[k] for k in keys}, keys, {n: weights[n] for n in names}, names,
+                                        tolerance)
+    free = [n for n in names if n not in taken]
+    for row in list(unmatched):
+        identity = _identity_element(state[row["key"]])
+        if identity is None or _could_be(state[row["key"]], free, weights, tolerance):
+            continue  # not an identity in fp16, or a weight in the file could be it: reported
+        matched[row["key"]] = identity  # x * 1 or x + 0 in fp16: Core ML drops the op and its const
         unmatched.remove(row)
     reads = {r["key"]: reads[r["key"]] for r in unmatched if r["key"] in (reads or {})}
     if not reads:
         return matched, unmatched
     # tensors read through constant indices: each read (a table) matched like a tensor, then written back
     tables = {f"{k}#{i}": state[k].detach().reshape(-1)[m] for k, maps in reads.items() for i, m in enumerate(maps)}
-    free = [n for n in names if n not in taken]
-    found, _, _ = _assign(tables, list(tables), {n: weights[n] for n in free}, free)
+    found, _, _ = _assign(tables, list(tables), {n: weights[n] for n in free}, free, tolerance)
     for key, maps in reads.items():
         if all(f"{key}#{i}" in found for i in range(len(maps))):
             value = state[key].detach().clone().double()
@@ -154,16 +194,33 @@ def match_weights(net: nn.Module, weights: dict[str, np.ndarray],
     return matched, unmatched
 
 
-def _identity_element(tensor: torch.Tensor) -> bool:
-    """All ones or all zeros: a scale or shift that computes nothing (a norm's weight and bias at their
-    initial values), whose op and constant Core ML removes from the program."""
+def _identity_element(tensor: torch.Tensor) -> np.ndarray | None:
+    """The tensor as the file would hold it, if that is all ones or all zeros once rounded to fp16: a scale or
+    shift that computes nothing (a norm's weight and bias at their initial values; hgnetv2's LearnableAffineBlock
+    scale 1.0004, which is 1.0 in fp16), whose op and constant Core ML removes from the program. None otherwise."""
     t = tensor.detach()
-    return t.is_floating_point() and t.numel() > 0 and (bool((t == 1).all()) or bool((t == 0).all()))
+    if not t.is_floating_point() or t.numel() == 0:
+        return None
+    rounded = _as_stored(t).astype(np.float16).reshape(t.shape)
+    return rounded if bool((rounded == 1).all()) or bool((rounded == 0).all()) else None
 
 
-def _assign(tensors: dict, keys: list[str], weights: dict[str, np.ndarray], names: list[str]) -> tuple[dict, list, set]:
+def _could_be(tensor: torch.Tensor, names: list[str], weights: dict, tolerance: dict[str, float]) -> bool:
+    """Is one of the file's weights `names` of the tensor's shape within its tolerance of it?"""
+    shape = _shape_key(tensor.shape)
+    candidates = [n for n in names if _shape_key(weights[n].shape) == shape]
+    if not candidates:
+        return False
+    a = _as_stored(tensor)[None, :]
+    b = np.stack([np.asarray(weights[n], np.float64).reshape(-1) for n in candidates])
+    return bool((relative_diffs(a, b)[0] <= np.array([tolerance[n] for n in candidates])).any())
+
+
+def _assign(tensors: dict, keys: list[str], weights: dict[str, np.ndarray], names: list[str],
+            tolerance: dict[str, float]) -> tuple[dict, list, set]:
     """match_weights' pairing of `tensors` (in graph order `keys`) with the file's `weights` (in program order
-    `names`): the file's value per matched key, the rows left unmatched, and the names taken."""
+    `names`, each within its `tolerance`): the file's value per matched key, the rows left unmatched, and the
+    names taken."""
     from scipy.optimize import linear_sum_assignment
 
     state = tensors
@@ -180,17 +237,21 @@ def _assign(tensors: dict, keys: list[str], weights: dict[str, np.ndarray], name
         if not theirs:
             unmatched += [{"key": k, "shape": list(state[k].shape), "closest": None} for k in ours]
             continue
-        a = np.stack([state[k].detach().double().reshape(-1).numpy() for k in ours])
+        a = np.stack([_as_stored(state[k]) for k in ours])
         b = np.stack([np.asarray(weights[n], np.float64).reshape(-1) for n in theirs])
         diffs = relative_diffs(a, b)
         position = np.abs(np.array([key_pos[k] for k in ours])[:, None] - np.array([name_pos[n] for n in theirs])[None, :])
-        rows, cols = linear_sum_assignment(diffs + 1e-6 * position)  # the position only breaks near-ties
-        paired = dict(zip(rows.tolist(), cols.tolist()))
+        allowed = diffs <= np.array([tolerance[n] for n in theirs])[None, :]
+        # the position only breaks near-ties; a pair out of tolerance is taken only when nothing else is left
+        rows, cols = linear_sum_assignment(diffs + 1e-6 * position + 10.0 * ~allowed)
+        paired = {i: j for i, j in zip(rows.tolist(), cols.tolist()) if allowed[i, j]}
+        shared = diffs <= np.array([SHARED_DIFF if tolerance[n] > DENSE_DIFF else SHARED_DENSE_DIFF
+                                    for n in theirs])[None, :]
         for i, k in enumerate(ours):
             j = paired.get(i)
-            if (j is None or diffs[i, j] > MAX_RELATIVE_DIFF) and diffs[i].min() <= SHARED_DIFF:
-                j = int(diffs[i].argmin())  # equal tensors (two heads' BatchNorm statistics): Core ML keeps one const
-            if j is None or diffs[i, j] > MAX_RELATIVE_DIFF:
+            if j is None and shared[i].any():  # equal tensors (two heads' BatchNorm statistics): Core ML keeps one const
+                j = int(np.where(shared[i], diffs[i], np.inf).argmin())
+            if j is None:
                 unmatched.append({"key": k, "shape": list(state[k].shape), "closest": float(diffs[i].min())})
             else:
                 matched[k] = np.asarray(weights[theirs[j]])

@@ -239,3 +239,49 @@ def test_conv_norm_pairs_fold_in_a_network_fx_cannot_trace_and_a_norm_at_its_ini
     loaded = load_into(fold_batchnorm(net), read_weights(path))
     with torch.no_grad():
         assert torch.allclose(loaded(x), net(x), atol=1e-2)
+
+
+class AffineAfter(nn.Module):
+    """timm hgnetv2's ConvBNAct with its LearnableAffineBlock: conv, batch norm, ReLU, then `scale * x + bias`
+    with a one-element scale and bias."""
+
+    def __init__(self, cin: int, cout: int, scale: float, bias: float):
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+        self.scale, self.bias = nn.Parameter(torch.tensor([scale])), nn.Parameter(torch.tensor([bias]))
+
+    def forward(self, x):
+        return self.scale * self.act(self.bn(self.conv(x))) + self.bias
+
+
+def test_a_scalar_scale_that_fp16_rounds_to_one_is_not_read_back_as_another_scalar(tmp_path):
+    """timm hgnetv2_b0: two LearnableAffineBlock scales (1.0004) are 1.0 in fp16, so Core ML drops their multiply
+    and const. The read-back paired them with the closest free scalars, the input normalization's mean (0.13) and
+    1/std (3.46), within the 0.9 allowed for compressed weights: the fp16 file read back at 32.5% accuracy against
+    86.5%. A dense fp16 const is the network's value to fp16 rounding or not that tensor at all; a scalar that is
+    1 (or 0) in fp16 and has no such const is read back as that identity, not as the 0.9995 one step away."""
+    from converters.coreml import convert_float
+    from converters.coreml_weights import FileWeights
+    from core.workspace import ExportSource
+
+    torch.manual_seed(0)
+    net = nn.Sequential(AffineAfter(1, 8, 1.0004, 0.01), AffineAfter(8, 8, 0.9995, -0.02),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "affine.mlpackage"
+    convert_float(net, ExportSource("affine", (1, 32, 32), list("abcd"), [0.13], [0.29], net)).save(str(path))
+    weights = read_weights(path)
+    assert isinstance(weights, FileWeights) and not weights.compressed
+    matched, unmatched = match_weights(fold_batchnorm(net), weights)
+    assert not unmatched and np.asarray(matched["0.scale"]).reshape(-1).tolist() == [1.0]  # the fp16 identity
+    loaded = load_into(fold_batchnorm(net), weights, path.name)
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x), atol=1e-2)
+    # no identity in fp16 and no const of its value: refused, naming the tensor, not paired with the mean or 1/std
+    net[0].scale.data.fill_(1.5)
+    with pytest.raises(ConversionError, match="`0.scale`"):
+        load_into(fold_batchnorm(net), weights, path.name)
