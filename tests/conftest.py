@@ -138,6 +138,32 @@ def calibrated():
 
 
 @pytest.fixture(scope="session")
+def int8_parity(calibrated):
+    """int8_parity(net, work_dir, name) -> (folded int8 graph, parity.run result): `net` (3 x 32 x 32 input) calibrated,
+    converted, written as an int8 .tflite (litert-torch) and .pte (XNNPACK), and compared layer by layer on 16 images."""
+    import litert_torch
+    import torch
+
+    from converters import parity
+    from converters.executorch import lower
+    from converters.tflite import _int8_config
+    from core import qat
+
+    def run(net, work_dir, name: str):
+        torch.manual_seed(0)
+        prepared = calibrated(net, (3, 32, 32))
+        folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
+        unfolded.training = False
+        tflite, pte = work_dir / f"{name}.tflite", work_dir / f"{name}.pte"
+        litert_torch.convert(unfolded, (torch.zeros(1, 3, 32, 32),), quant_config=_int8_config()).export(str(tflite))
+        pte.write_bytes(lower(folded, (3, 32, 32))[0].to_executorch().buffer)
+        return folded, parity.run(folded, torch.randn(16, 3, 32, 32) * 2, (3, 32, 32), pte=pte, tflite=tflite,
+                                  work_dir=work_dir)
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def conv2_off_by_many_steps(exported, tmp_path_factory):
     """The int8 .tflite of the fixture's QAT graph with every conv2 weight moved 40 int8 steps up."""
     import copy

@@ -300,23 +300,11 @@ class _Attention(torch.nn.Module):
         return self.fc(self.proj(self.attn(self.stem(x))).mean((2, 3)))
 
 
-def test_same_named_tensors_are_told_apart_by_what_they_read(tmp_path, calibrated):
+def test_same_named_tensors_are_told_apart_by_what_they_read(tmp_path, int8_parity):
     """k and v are flattened slices of one conv: same name, scale and size. LiteRT reshapes k where its matmul
     reads it, after v, so graph order gave k's layer v's tensor (and v's k's): 183 steps off, both runtimes right.
     Each layer takes the tensor that holds, or is computed from, the tensors of its own input layers."""
-    import litert_torch
-
-    from converters.executorch import lower
-    from converters.tflite import _int8_config
-
-    torch.manual_seed(0)
-    prepared = calibrated(_Attention(), (3, 32, 32))
-    folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
-    unfolded.training = False
-    tflite, pte = tmp_path / "att.tflite", tmp_path / "att.pte"
-    litert_torch.convert(unfolded, (torch.zeros(1, 3, 32, 32),), quant_config=_int8_config()).export(str(tflite))
-    pte.write_bytes(lower(folded, (3, 32, 32))[0].to_executorch().buffer)
-    result = parity.run(folded, torch.randn(16, 3, 32, 32) * 2, (3, 32, 32), pte=pte, tflite=tflite, work_dir=tmp_path)
+    folded, result = int8_parity(_Attention(), tmp_path, "att")
     assert result["pairs"]["pte_vs_tflite"]["first_divergence"] is None, result["pairs"]["pte_vs_tflite"]["verdict"]
     assert parity.check_local(result, max_steps=1)["tflite"]["passed"]
     layers = {l.name: l for l in quantized_layers(folded)}

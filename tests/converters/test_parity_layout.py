@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from converters import parity
-from core import qat
 
 pytestmark = pytest.mark.cpu_sensitive  # re-run under forced CPU capabilities (make test-cpus)
 
@@ -25,22 +24,10 @@ class _ChannelsLast(torch.nn.Module):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
-def test_a_tensor_pytorch_holds_channels_last_is_read_as_it_is(tmp_path, calibrated):
+def test_a_tensor_pytorch_holds_channels_last_is_read_as_it_is(tmp_path, int8_parity):
     """litert-torch folds the permute into its NHWC layout: the padded tensor is the .tflite's NHWC tensor as it is.
     Read as an NCHW conv output (transposed), it differed from the .pte by up to hundreds of steps."""
-    import litert_torch
-
-    from converters.executorch import lower
-    from converters.tflite import _int8_config
-
-    torch.manual_seed(0)
-    prepared = calibrated(_ChannelsLast(), (3, 32, 32))
-    folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
-    unfolded.training = False
-    tflite, pte = tmp_path / "cl.tflite", tmp_path / "cl.pte"
-    litert_torch.convert(unfolded, (torch.zeros(1, 3, 32, 32),), quant_config=_int8_config()).export(str(tflite))
-    pte.write_bytes(lower(folded, (3, 32, 32))[0].to_executorch().buffer)
-    result = parity.run(folded, torch.randn(16, 3, 32, 32) * 2, (3, 32, 32), pte=pte, tflite=tflite, work_dir=tmp_path)
+    _, result = int8_parity(_ChannelsLast(), tmp_path, "cl")
     layers = {r["name"]: r for r in result["layers"]}
     pad = next(name for name, r in layers.items() if r["op"] == "pad")
     assert layers[pad]["shape"] == [18, 19, 8] and layers[pad]["tflite"]["producer"] == "PAD"
