@@ -139,8 +139,9 @@ def calibrated():
 
 @pytest.fixture(scope="session")
 def int8_parity(calibrated):
-    """int8_parity(net, work_dir, name) -> (folded int8 graph, parity.run result): `net` (3 x 32 x 32 input) calibrated,
-    converted, written as an int8 .tflite (litert-torch) and .pte (XNNPACK), and compared layer by layer on 16 images."""
+    """int8_parity(make_net, work_dir, name) -> (folded int8 graph, parity.run result): a network of `make_net()`,
+    built after seeding torch (3 x 32 x 32 input), calibrated, converted, written as an int8 .tflite (litert-torch)
+    and .pte (XNNPACK), and compared layer by layer on 16 images."""
     import litert_torch
     import torch
 
@@ -149,9 +150,9 @@ def int8_parity(calibrated):
     from converters.tflite import _int8_config
     from core import qat
 
-    def run(net, work_dir, name: str):
+    def run(make_net, work_dir, name: str):
         torch.manual_seed(0)
-        prepared = calibrated(net, (3, 32, 32))
+        prepared = calibrated(make_net(), (3, 32, 32))
         folded, unfolded = qat.convert(prepared, fold=True), qat.convert(prepared, fold=False)
         unfolded.training = False
         tflite, pte = work_dir / f"{name}.tflite", work_dir / f"{name}.pte"

@@ -304,8 +304,11 @@ def test_same_named_tensors_are_told_apart_by_what_they_read(tmp_path, int8_pari
     """k and v are flattened slices of one conv: same name, scale and size. LiteRT reshapes k where its matmul
     reads it, after v, so graph order gave k's layer v's tensor (and v's k's): 183 steps off, both runtimes right.
     Each layer takes the tensor that holds, or is computed from, the tensors of its own input layers."""
-    folded, result = int8_parity(_Attention(), tmp_path, "att")
-    assert result["pairs"]["pte_vs_tflite"]["first_divergence"] is None, result["pairs"]["pte_vs_tflite"]["verdict"]
+    folded, result = int8_parity(_Attention, tmp_path, "att")
+    # XNNPACK computes the attention products in float (the .tflite in int8): a step may differ after them, and
+    # on some CPUs does (AVX2: 1 step on 0.012% of the last view's values); a wrong tensor is many steps off
+    worst = max(r["max_steps"] for r in result["pairs"]["pte_vs_tflite"]["rows"])
+    assert worst <= 1, result["pairs"]["pte_vs_tflite"]["verdict"]
     assert parity.check_local(result, max_steps=1)["tflite"]["passed"]
     layers = {l.name: l for l in quantized_layers(folded)}
     assert layers["attn:flatten_1"].inputs == ["attn:slice_tensor_1"] and layers["attn:flatten_2"].inputs == ["attn:slice_tensor_2"]

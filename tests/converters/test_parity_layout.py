@@ -27,7 +27,7 @@ class _ChannelsLast(torch.nn.Module):
 def test_a_tensor_pytorch_holds_channels_last_is_read_as_it_is(tmp_path, int8_parity):
     """litert-torch folds the permute into its NHWC layout: the padded tensor is the .tflite's NHWC tensor as it is.
     Read as an NCHW conv output (transposed), it differed from the .pte by up to hundreds of steps."""
-    _, result = int8_parity(_ChannelsLast(), tmp_path, "cl")
+    _, result = int8_parity(_ChannelsLast, tmp_path, "cl")
     layers = {r["name"]: r for r in result["layers"]}
     pad = next(name for name, r in layers.items() if r["op"] == "pad")
     assert layers[pad]["shape"] == [18, 19, 8] and layers[pad]["tflite"]["producer"] == "PAD"
