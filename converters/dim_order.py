@@ -82,6 +82,15 @@ def keep(frame: Frame, shape) -> Frame:
     return tuple(out)
 
 
+def follow(inputs: list[Frame], shape) -> Frame:
+    """The frame of an op that keeps its inputs' dims (elementwise, pad, slice, concatenation, pooling, quantize), from
+    an input of the output's own shape (not a broadcast one: squeeze-excitation's MUL takes a [1, 1, 1, C] scale and
+    a feature map, in either order), else the first of its rank; new axes where no input has its rank."""
+    same_rank = [f for f in inputs if len(f) == len(shape)]
+    same_shape = [f for f in same_rank if [size(d) for d in f] == [int(s) for s in shape]]
+    return keep((same_shape or same_rank)[0], shape) if same_rank else fresh(shape)
+
+
 def reading(theirs: Frame, their_shape, ours: Frame, our_shape) -> tuple[list[int], list[int]] | None:
     """How to read a tensor with frame `theirs` in the order of one with frame `ours`: (shape, axes) for
     `values.reshape(shape).transpose(axes)`, after which a reshape to `our_shape` gives ours. None where the two

@@ -239,8 +239,6 @@ class _Frames(torch.fx.Interpreter):
             return out
         shape, op = tuple(out.shape), opname(n)
         first = self.frames.get(n.args[0].name) if n.args and isinstance(n.args[0], torch.fx.Node) else None
-        same_rank = [self.frames[a.name] for a in inputs if len(self.frames[a.name]) == len(shape)]
-        same_shape = [f for f in same_rank if [dim_order.size(d) for d in f] == list(shape)]
         if n.op == "placeholder":
             frame = dim_order.named(dim_order.NCHW, shape) if len(shape) == 4 else dim_order.fresh(shape)
         elif op in CONV_OPS and len(shape) == 4:
@@ -249,10 +247,10 @@ class _Frames(torch.fx.Interpreter):
             frame = dim_order.permute(first, _permutation(n, len(shape)))
         elif op in RESHAPE_OPS and first is not None:
             frame = dim_order.reshape(first, shape) or dim_order.fresh(shape)
-        elif op in NEW_AXES_OPS or op in CONV_OPS or not same_rank:
+        elif op in NEW_AXES_OPS or op in CONV_OPS:
             frame = dim_order.fresh(shape)
-        else:  # elementwise, pad, slice, cat, pooling, quantize: an input of the output's own shape (not a broadcast
-            frame = dim_order.keep((same_shape or same_rank)[0], shape)  # one), else the first of its rank
+        else:  # elementwise, pad, slice, cat, pooling, quantize
+            frame = dim_order.follow([self.frames[a.name] for a in inputs], shape)
         self.frames[n.name] = frame
         return out
 

@@ -188,20 +188,16 @@ def match_tflite(interpreter, layers: list[Layer], sizes: dict[str, int], input_
         for t in op["outputs"]:
             producer[t] = (pos, op["op_name"], ins)
             shape = [int(d) for d in details[t]["shape"]]
-            same_rank = [frame[i] for i in ins if i in frame and len(frame[i]) == len(shape)]
-            same_shape = [f for f in same_rank if [dim_order.size(d) for d in f] == shape]
             if op["op_name"] in NHWC_OPS and len(shape) == 4:
                 frame[t] = dim_order.named(dim_order.NHWC, shape)
             elif op["op_name"] == "TRANSPOSE" and first is not None and len(first) == len(shape) and len(ins) > 1:
                 frame[t] = dim_order.permute(first, interpreter.get_tensor(ins[1]))
             elif op["op_name"] in LAYOUT_OPS and first is not None:
                 frame[t] = dim_order.reshape(first, shape) or dim_order.fresh(shape)
-            elif op["op_name"] in NEW_AXES_OPS or not same_rank:
+            elif op["op_name"] in NEW_AXES_OPS:
                 frame[t] = dim_order.fresh(shape)
-            else:  # elementwise, pad, slice, concatenation: an input of the output's own shape (not a broadcast
-                # one: squeeze-excitation's MUL takes a [1, 1, 1, C] scale and an NHWC feature map, in either
-                # order), else its first input of the output's rank
-                frame[t] = dim_order.keep((same_shape or same_rank)[0], shape)
+            else:  # elementwise, pad, slice, concatenation
+                frame[t] = dim_order.follow([frame[i] for i in ins if i in frame], shape)
 
     def qparams(t):
         q = details[t]["quantization"]
